@@ -1,0 +1,322 @@
+"""The one configuration model of an adaptation run.
+
+The same frozen pydantic model is the Prefect flow's parameters (the UI renders it as
+a form), the source of the CLI's options (``flows/cli.py`` derives them from the field
+descriptions below) and the training worker's input (serialized to JSON in the run
+directory). Field names are unique across sections so that each maps to one CLI flag.
+
+S3 endpoint and credentials are deliberately absent: they come from the environment
+or a Prefect block (see ``tasks/s3.py``), never from parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, ClassVar, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from tasks.errors import ConfigError, Problem
+
+SAMPLE_DATA = "sample://reviews"
+DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
+NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+
+Pooling = Literal["auto", "mean", "cls", "pooler", "last"]
+POOLING_HELP = (
+    "How token states become one vector for the head: 'mean' (average of tokens), "
+    "'cls' (first token), 'pooler' (the model's own pooler layer), 'last' (last real "
+    "token, for decoders), or 'auto' (the checkpoint's sentence-transformers pooling if "
+    "it has one, 'last' for decoder models, else 'mean')."
+)
+
+
+class _Frozen(BaseModel):
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+
+class DataConfig(_Frozen):
+    """Where the task data is and how to read it."""
+
+    data: str = Field(
+        SAMPLE_DATA,
+        description="Training data: a CSV, TSV, JSONL or Parquet file, an s3:// URI of one, "
+        "a `datasets` folder saved with save_to_disk, or a Hugging Face hub dataset name. "
+        f"'{SAMPLE_DATA}' is the small sentiment set bundled with AdaptFlow.",
+    )
+    eval_data: str | None = Field(
+        None,
+        description="Evaluation data in the same forms as `data`. When empty, a seeded, "
+        "stratified `eval_fraction` of `data` is held out instead (or the 'validation'/'test' "
+        "split of a datasets folder or hub dataset).",
+    )
+    text_column: str | None = Field(
+        None,
+        description="Column holding the text. Empty: the only text column besides the label "
+        "(an error lists the columns when there are several).",
+    )
+    eval_text_column: str | None = Field(
+        None,
+        description="Text column of the evaluation file when it is named differently from "
+        "the training file's (e.g. SST-2 dev calls it 'content').",
+    )
+    text_pair_column: str | None = Field(
+        None,
+        description="Second text column for sentence-pair tasks (entailment, paraphrase); "
+        "empty for single-text classification.",
+    )
+    label_column: str = Field("label", description="Column holding the class label (strings or integers).")
+    eval_fraction: float = Field(
+        0.2, gt=0, lt=1, description="Share of `data` held out for evaluation when `eval_data` is empty."
+    )
+    validation_fraction: float = Field(
+        0.0,
+        ge=0,
+        lt=1,
+        description="Share of the training rows held out as a validation split for early stopping "
+        "and periodic evaluation, so the evaluation set is never used to choose anything. "
+        "0 uses the evaluation set for those.",
+    )
+    max_train_samples: int | None = Field(
+        None, ge=1, description="Use at most this many training rows (a seeded, stratified sample) for quick runs."
+    )
+    max_eval_samples: int | None = Field(
+        None, ge=1, description="Evaluate on at most this many rows (a seeded, stratified sample)."
+    )
+    max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
+    data_seed: int = Field(42, description="Seed for the held-out splits and row sampling.")
+
+
+class _ClassifierStrategy(_Frozen):
+    """Parameters shared by every classification strategy."""
+
+    default_learning_rate: ClassVar[float]
+    pooling: Pooling = Field("auto", description=POOLING_HELP)
+
+
+class TransferLearning(_ClassifierStrategy):
+    """Frozen pre-trained backbone, new task head trained on features computed once."""
+
+    default_learning_rate: ClassVar[float] = 2e-3
+    name: Literal["transfer_learning"] = "transfer_learning"
+
+
+class PartialFineTuning(_ClassifierStrategy):
+    """Embeddings and early layers frozen; the last N layers and the head train."""
+
+    default_learning_rate: ClassVar[float] = 1e-4
+    name: Literal["partial_fine_tuning"] = "partial_fine_tuning"
+    last_n_layers: int = Field(2, ge=1, description="How many of the last transformer layers train (with the head).")
+
+
+class FullFineTuning(_ClassifierStrategy):
+    """Every parameter trains."""
+
+    default_learning_rate: ClassVar[float] = 5e-5
+    name: Literal["full_fine_tuning"] = "full_fine_tuning"
+
+
+class Lora(_ClassifierStrategy):
+    """Frozen base, low-rank adapters (PEFT LoRA); the head trains and is saved with them."""
+
+    default_learning_rate: ClassVar[float] = 5e-4
+    name: Literal["lora"] = "lora"
+    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update matrices.")
+    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r).")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
+    lora_target_modules: list[str] | None = Field(
+        None,
+        description="Names of the linear layers that get adapters (e.g. query,key,value,dense). "
+        "Empty: PEFT's default for the architecture plus the feed-forward layers.",
+    )
+
+
+StrategyConfig = Annotated[
+    Union[TransferLearning, PartialFineTuning, FullFineTuning, Lora], Field(discriminator="name")
+]
+STRATEGY_CLASSES: dict[str, type[_ClassifierStrategy]] = {
+    cls.model_fields["name"].default: cls for cls in (TransferLearning, PartialFineTuning, FullFineTuning, Lora)
+}
+STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
+
+
+class TrainingConfig(_Frozen):
+    """Optimisation hyperparameters."""
+
+    learning_rate: float | None = Field(
+        None,
+        gt=0,
+        description="Peak learning rate. Empty: the strategy's default "
+        "(transfer 2e-3, partial 1e-4, full 5e-5, lora 5e-4).",
+    )
+    epochs: int = Field(1, ge=1, le=1000, description="Passes over the training data (ignored when max_steps is set).")
+    max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
+    batch_size: int = Field(32, ge=1, le=65536, description="Examples per step on each process.")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="Steps whose gradients add up before an update.")
+    warmup_ratio: float = Field(0.06, ge=0, lt=1, description="Share of the steps spent warming the learning rate up.")
+    scheduler: Literal["linear", "cosine", "constant", "constant_with_warmup"] = Field(
+        "linear", description="Learning-rate schedule after warm-up."
+    )
+    weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
+    seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
+    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
+        "no", description="Autocast precision: 'bf16' works on CPU and recent GPUs, 'fp16' needs a GPU."
+    )
+    eval_every: int | None = Field(
+        None, ge=1, description="Evaluate every N optimizer steps (loss curves, early stopping); empty: once per epoch."
+    )
+    early_stopping_patience: int | None = Field(
+        None, ge=1, description="Stop when the evaluation loss has not improved for N evaluations; empty: never."
+    )
+    checkpoint_every: int | None = Field(
+        None, ge=1, description="Save a resumable checkpoint every N optimizer steps; empty: none."
+    )
+    log_every: int = Field(10, ge=1, description="Report the training loss every N optimizer steps.")
+
+
+class LaunchConfig(_Frozen):
+    """Where and how the training processes run."""
+
+    launcher: Literal["local"] = Field("local", description="'local': training processes on this machine.")
+    num_processes: int = Field(
+        1, ge=1, le=1024, description="Training processes (data parallel). On CPU they use gloo; on GPUs, one per GPU."
+    )
+    accelerate_config: str | None = Field(
+        None, description="An `accelerate` config file (DDP, FSDP, DeepSpeed): launches with `accelerate launch`."
+    )
+
+
+class RegistryConfig(_Frozen):
+    """Where the adapted model is registered (the S3 endpoint and keys come from the environment)."""
+
+    register_model: bool = Field(True, description="Register the adapted model as a new version in the S3 registry.")
+    model_name: str | None = Field(
+        None,
+        description="Registry name of the model (lowercase letters, digits, '.', '_', '-'). "
+        "Empty: '<data name>-<strategy>'.",
+    )
+
+    @field_validator("model_name")
+    @classmethod
+    def _safe_name(cls, name: str | None) -> str | None:
+        if name is not None and (not NAME_PATTERN.match(name) or ".." in name):
+            raise ValueError(
+                "must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit "
+                "(no slashes, no '..')"
+            )
+        return name
+
+
+class AdaptConfig(_Frozen):
+    """Everything that defines one adaptation run."""
+
+    model: str = Field(
+        DEFAULT_MODEL,
+        description="Pre-trained model: a Hugging Face hub id, a local folder or an s3:// URI of a folder. "
+        "The default is bundled with AdaptFlow and works offline.",
+    )
+    trust_remote_code: bool = Field(
+        False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust."
+    )
+    strategy: StrategyConfig = Field(default_factory=TransferLearning, description="How the model is adapted.")
+    data: DataConfig = Field(default_factory=DataConfig, description="The task data.")
+    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation hyperparameters.")
+    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="Training processes.")
+    registry: RegistryConfig = Field(default_factory=RegistryConfig, description="Model registration.")
+    work_dir: str | None = Field(
+        None,
+        description="Folder for prepared data and run directories. Empty: $ADAPTFLOW_HOME/work "
+        "(ADAPTFLOW_HOME defaults to ~/.adaptflow).",
+    )
+
+    @model_validator(mode="after")
+    def _cross_field_checks(self) -> "AdaptConfig":
+        problems: list[str] = []
+        t = self.training
+        if t.early_stopping_patience is not None and t.eval_every is None and t.max_steps is not None:
+            problems.append("training.early_stopping_patience needs training.eval_every when max_steps is set")
+        if t.mixed_precision == "fp16" and not _cuda_available():
+            problems.append("training.mixed_precision 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # ---- derived values -------------------------------------------------------
+    def learning_rate(self) -> float:
+        return self.training.learning_rate or type(self.strategy).default_learning_rate
+
+    def model_name(self) -> str:
+        if self.registry.model_name:
+            return self.registry.model_name
+        stem = "sample-reviews" if self.data.data == SAMPLE_DATA else Path(self.data.data.rstrip("/")).stem
+        slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "model"
+        return f"{slug[:40]}-{self.strategy.name.replace('_', '-')}"
+
+    def resolved_work_dir(self) -> Path:
+        return Path(self.work_dir).expanduser() if self.work_dir else adaptflow_home() / "work"
+
+    def to_json(self) -> str:
+        return self.model_dump_json(indent=2)
+
+
+def adaptflow_home() -> Path:
+    return Path(os.environ.get("ADAPTFLOW_HOME", "~/.adaptflow")).expanduser()
+
+
+def _cuda_available() -> bool:
+    try:
+        import torch
+
+        return torch.cuda.is_available()
+    except ImportError:  # config can be validated without torch installed
+        return False
+
+
+def load_config(raw: dict[str, Any] | AdaptConfig) -> AdaptConfig:
+    """Validate a (possibly nested, partial) dict into an :class:`AdaptConfig`.
+
+    Raises one :class:`ConfigError` listing every problem, each naming its field.
+    """
+    if isinstance(raw, AdaptConfig):
+        return raw
+    try:
+        return AdaptConfig.model_validate(raw)
+    except ValidationError as exc:
+        raise config_error_from(exc) from None
+
+
+def load_config_file(path: str | Path) -> dict[str, Any]:
+    """Read a YAML or JSON config file into a nested dict (validated by :func:`load_config`)."""
+    import yaml
+
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(Problem(str(p), "config file not found", "check the path given to --config"))
+    try:
+        raw = json.loads(p.read_text()) if p.suffix == ".json" else yaml.safe_load(p.read_text())
+    except (ValueError, yaml.YAMLError) as exc:
+        raise ConfigError(Problem(str(p), f"not valid YAML/JSON ({exc})", "fix the syntax")) from None
+    if not isinstance(raw, dict):
+        raise ConfigError(Problem(str(p), "must hold a mapping of config sections", "see README 'Configuration'"))
+    return raw
+
+
+def config_error_from(exc: ValidationError) -> ConfigError:
+    problems = []
+    for err in exc.errors():
+        loc = [str(part) for part in err["loc"] if not _is_union_tag(part)]
+        where = ".".join(loc) or "config"
+        msg = err["msg"].removeprefix("Value error, ")
+        got = err.get("input")
+        if loc and not isinstance(got, (dict, list)) and err["type"] != "missing":
+            msg += f" (got {got!r})"
+        problems.append(Problem(where, msg))
+    return ConfigError(problems)
+
+
+def _is_union_tag(part: Any) -> bool:
+    return isinstance(part, str) and part in STRATEGY_NAMES

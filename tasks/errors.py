@@ -1,0 +1,76 @@
+"""Errors a user can fix, rendered as one readable message (no traceback wall).
+
+Every check that rejects user input raises an :class:`AdaptFlowError` listing *all*
+problems found, each naming where it is (field, file, row) and what to do. The CLI
+prints ``str(error)`` and exits with ``error.exit_code``; Prefect shows the same
+message as the failed run's reason.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class Problem:
+    """One thing wrong with the input."""
+
+    where: str
+    """The field, file, row or service concerned, e.g. ``training.learning_rate``."""
+    what: str
+    """What is wrong, in plain words."""
+    fix: str = ""
+    """What the user can do about it."""
+
+    def render(self) -> str:
+        text = f"{self.where}: {self.what}"
+        if self.fix:
+            text += f" -> {self.fix}"
+        return text
+
+
+class AdaptFlowError(Exception):
+    """A problem with the user's input or environment, not a bug in AdaptFlow."""
+
+    exit_code = 2
+    title = "AdaptFlow cannot continue"
+
+    def __init__(self, problems: list[Problem] | Problem | str):
+        if isinstance(problems, str):
+            problems = [Problem("input", problems)]
+        elif isinstance(problems, Problem):
+            problems = [problems]
+        self.problems: list[Problem] = list(problems)
+        super().__init__(self.problems)
+
+    def __reduce__(self):  # keep the problems when Prefect pickles a failed state
+        return (type(self), (self.problems,))
+
+    def __str__(self) -> str:
+        if len(self.problems) == 1:
+            return f"{self.title}: {self.problems[0].render()}"
+        lines = [f"{self.title}: {len(self.problems)} problems"]
+        lines += [f"  - {p.render()}" for p in self.problems]
+        return "\n".join(lines)
+
+
+class ConfigError(AdaptFlowError):
+    title = "Invalid configuration"
+
+
+class DataError(AdaptFlowError):
+    title = "Invalid data"
+
+
+class ModelError(AdaptFlowError):
+    title = "Invalid base model"
+
+
+class StorageError(AdaptFlowError):
+    title = "S3 storage problem"
+    exit_code = 3
+
+
+class TrainingError(AdaptFlowError):
+    title = "Training failed"
+    exit_code = 4
