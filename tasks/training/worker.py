@@ -1,0 +1,488 @@
+"""The training worker: runs inside every training process (plain python, torchrun, accelerate launch).
+
+    python -m tasks.training.worker RUN_DIR/run_spec.json
+
+Hardware never appears here: ``Accelerator`` picks CPU/GPU, DDP/FSDP/DeepSpeed and
+mixed precision from the launch environment. The shape is build -> prepare -> one plain
+loop for every strategy. Rank-dependent side effects go through the accelerator.
+
+Output in the run directory (written by the main process):
+  metrics.json       per-step loss, evaluations, wall time, samples/s, peak memory, parameter counts
+  predictions.json   labels, predictions and probabilities on the evaluation split
+  model/             the adapted model (see tasks/modeling.py)
+  checkpoints/       resumable states every ``checkpoint_every`` steps
+Progress reaches the parent as one JSON line per event prefixed with ``EVENT_PREFIX``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import resource
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from tasks.config import AdaptConfig
+from tasks.errors import AdaptFlowError
+from tasks.modeling import build_classifier, count_parameters, folder_digest, inspect_model, save_classifier
+from tasks.training.strategies import STRATEGIES
+
+EVENT_PREFIX = "ADAPTFLOW_EVENT "
+SPEC_FILE = "run_spec.json"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+@dataclass(frozen=True)
+class RunSpec:
+    """What the train task hands to every worker process."""
+
+    config: AdaptConfig
+    prepared_path: Path
+    model_path: Path
+    run_dir: Path
+
+    def write(self) -> Path:
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        path = self.run_dir / SPEC_FILE
+        payload = {
+            "config": self.config.model_dump(mode="json"),
+            "prepared_path": str(self.prepared_path),
+            "model_path": str(self.model_path),
+            "run_dir": str(self.run_dir),
+        }
+        path.write_text(json.dumps(payload, indent=2))
+        return path
+
+    @classmethod
+    def read(cls, path: Path) -> "RunSpec":
+        raw = json.loads(Path(path).read_text())
+        return cls(
+            config=AdaptConfig.model_validate(raw["config"]),
+            prepared_path=Path(raw["prepared_path"]),
+            model_path=Path(raw["model_path"]),
+            run_dir=Path(raw["run_dir"]),
+        )
+
+
+# ---- data --------------------------------------------------------------------------
+
+
+class LengthGroupedSampler(Sampler[int]):
+    """Shuffled order in which neighbouring examples have similar lengths.
+
+    Indices are shuffled, cut into mega-batches of ``group * batch_size``, each sorted
+    by length, and the resulting batches are shuffled again. Padding per batch drops
+    while every epoch still sees a different order. ``set_epoch`` reseeds.
+    """
+
+    def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
+        self.lengths = lengths
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group = group
+        self.epoch = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return len(self.lengths)
+
+    def __iter__(self):
+        g = torch.Generator().manual_seed(self.seed + self.epoch)
+        order = torch.randperm(len(self.lengths), generator=g).tolist()
+        mega = self.group * self.batch_size
+        batches = []
+        for start in range(0, len(order), mega):
+            chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
+            batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
+        for b in torch.randperm(len(batches), generator=g).tolist():
+            yield from batches[b]
+
+
+class PadCollator:
+    """Pads token lists to the longest in the batch (rounded up to a multiple of 8)."""
+
+    def __init__(self, pad_token_id: int, columns: tuple[str, ...]):
+        self.pad_token_id = pad_token_id
+        self.columns = columns
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        longest = max(len(r["input_ids"]) for r in rows)
+        width = int(math.ceil(longest / 8) * 8)
+        batch = {}
+        for col in self.columns:
+            pad = self.pad_token_id if col == "input_ids" else 0
+            batch[col] = torch.tensor([r[col] + [pad] * (width - len(r[col])) for r in rows], dtype=torch.long)
+        batch["labels"] = torch.tensor([r["labels"] for r in rows], dtype=torch.long)
+        return batch
+
+
+class FeatureDataset(Dataset):
+    """Cached pooled features and labels, for training the head alone."""
+
+    def __init__(self, features: torch.Tensor, labels: torch.Tensor):
+        self.features, self.labels = features, labels
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int) -> dict[str, torch.Tensor]:
+        return {"features": self.features[i], "labels": self.labels[i]}
+
+
+# ---- events ------------------------------------------------------------------------
+
+
+class Events:
+    """Progress and log events for the parent process, printed by the main process only."""
+
+    def __init__(self, accelerator):
+        self.accelerator = accelerator
+
+    def emit(self, kind: str, **payload) -> None:
+        if self.accelerator.is_main_process:
+            print(EVENT_PREFIX + json.dumps({"type": kind, **payload}), flush=True)
+
+    def log(self, message: str) -> None:
+        self.emit("log", message=message)
+
+
+# ---- evaluation --------------------------------------------------------------------
+
+
+@dataclass
+class EvalResult:
+    step: int
+    split: str
+    loss: float
+    labels: list[int]
+    predictions: list[int]
+    probabilities: list[list[float]]
+
+    @property
+    def accuracy(self) -> float:
+        return sum(int(p == y) for p, y in zip(self.predictions, self.labels)) / max(1, len(self.labels))
+
+
+def evaluate(module, loader, accelerator, step: int, split: str) -> EvalResult:
+    module.eval()
+    logits_all, labels_all = [], []
+    with torch.no_grad():
+        for batch in loader:
+            with accelerator.autocast():
+                _, logits = module(**{k: v for k, v in batch.items() if k != "labels"})
+            logits, labels = accelerator.gather_for_metrics((logits.float(), batch["labels"]))
+            logits_all.append(logits.cpu())
+            labels_all.append(labels.cpu())
+    module.train()
+    logits = torch.cat(logits_all)
+    labels = torch.cat(labels_all)
+    loss = torch.nn.functional.cross_entropy(logits, labels).item()
+    probs = torch.softmax(logits, dim=-1)
+    return EvalResult(step, split, loss, labels.tolist(), probs.argmax(-1).tolist(), probs.tolist())
+
+
+# ---- the loop ----------------------------------------------------------------------
+
+
+@dataclass
+class LoopState:
+    step: int = 0
+    examples_seen: int = 0
+    history: list[dict] = field(default_factory=list)
+    evals: list[dict] = field(default_factory=list)
+    best_loss: float = float("inf")
+    best_step: int = 0
+    best_state: dict | None = None
+    bad_evals: int = 0
+    stopped_early: bool = False
+    last_eval: EvalResult | None = None
+
+
+def loss_step(module, batch):
+    loss, _ = module(**batch)
+    return loss
+
+
+def make_optimizer(module, lr: float, weight_decay: float):
+    decay, no_decay = [], []
+    for name, p in module.named_parameters():
+        if p.requires_grad:
+            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
+    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+    fused = torch.cuda.is_available()
+    return torch.optim.AdamW(groups, lr=lr, fused=fused) if fused else torch.optim.AdamW(groups, lr=lr, foreach=True)
+
+
+def train_loop(cfg: AdaptConfig, accelerator, module, optimizer, train_loader, monitor_loader, monitor_split, run_dir: Path, events: Events) -> LoopState:
+    from transformers import get_scheduler
+
+    t = cfg.training
+    epochs = cfg.strategy.passes(t)
+    updates_per_epoch = math.ceil(len(train_loader) / t.gradient_accumulation_steps)
+    total_steps = t.max_steps or epochs * updates_per_epoch
+    if t.max_steps:
+        epochs = math.ceil(t.max_steps / max(1, updates_per_epoch))
+    scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    state = LoopState()
+    running, running_n = torch.zeros((), device=accelerator.device), 0
+    events.emit("start", total_steps=total_steps, epochs=epochs)
+    module.train()
+    for epoch in range(epochs):
+        train_loader.set_epoch(epoch)
+        for batch in train_loader:
+            with accelerator.accumulate(module):
+                with accelerator.autocast():
+                    loss = loss_step(module, batch)
+                accelerator.backward(loss)
+                if accelerator.sync_gradients:
+                    accelerator.clip_grad_norm_(trainable, t.max_grad_norm)
+                optimizer.step()
+                optimizer.zero_grad(set_to_none=True)
+            running += loss.detach().float()
+            running_n += 1
+            state.examples_seen += len(batch["labels"]) * accelerator.num_processes
+            if not accelerator.sync_gradients:
+                continue
+            scheduler.step()
+            state.step += 1
+            epoch_f = epoch + min(1.0, state.step / updates_per_epoch - epoch)
+            if state.step % t.log_every == 0 or state.step == total_steps:
+                mean_loss = accelerator.reduce(running / running_n, reduction="mean").item()
+                running, running_n = torch.zeros((), device=accelerator.device), 0
+                record = {"step": state.step, "epoch": round(epoch_f, 4), "train_loss": mean_loss, "learning_rate": scheduler.get_last_lr()[0]}
+                state.history.append(record)
+                events.emit("progress", total_steps=total_steps, examples_seen=state.examples_seen, **record)
+            if t.eval_every and state.step % t.eval_every == 0:
+                if _evaluate_and_check(cfg, accelerator, module, monitor_loader, monitor_split, state, epoch_f, events):
+                    break
+            if t.checkpoint_every and state.step % t.checkpoint_every == 0:
+                _checkpoint(accelerator, run_dir, state, epoch)
+            if state.step >= total_steps:
+                break
+        else:
+            if not t.eval_every and _evaluate_and_check(cfg, accelerator, module, monitor_loader, monitor_split, state, epoch + 1.0, events):
+                break
+            continue
+        break
+    if state.best_state is not None and state.stopped_early:
+        accelerator.unwrap_model(module).load_state_dict(state.best_state, strict=False)
+        state.last_eval = None  # the weights changed since
+        events.log(f"restored the weights of step {state.best_step} (best {monitor_split} loss {state.best_loss:.4f})")
+    return state
+
+
+def _evaluate_and_check(cfg, accelerator, module, loader, split, state: LoopState, epoch: float, events: Events) -> bool:
+    """Evaluate on the monitoring split; return True when early stopping says stop."""
+    result = evaluate(module, loader, accelerator, state.step, split)
+    state.last_eval = result
+    record = {"step": state.step, "epoch": round(epoch, 4), "eval_loss": result.loss, "accuracy": result.accuracy, "split": split}
+    state.evals.append(record)
+    events.emit("eval", **record)
+    patience = cfg.training.early_stopping_patience
+    if result.loss < state.best_loss - 1e-6:
+        state.best_loss, state.best_step, state.bad_evals = result.loss, state.step, 0
+        if patience:
+            unwrapped = accelerator.unwrap_model(module)
+            state.best_state = {k: p.detach().clone() for k, p in unwrapped.named_parameters() if p.requires_grad}
+    else:
+        state.bad_evals += 1
+    if patience and state.bad_evals >= patience:
+        state.stopped_early = True
+        events.log(f"early stopping at step {state.step}: {split} loss did not improve for {patience} evaluations")
+        return True
+    return False
+
+
+def _checkpoint(accelerator, run_dir: Path, state: LoopState, epoch: int, keep: int = 2) -> None:
+    ckpt_root = run_dir / "checkpoints"
+    path = ckpt_root / f"step-{state.step:07d}"
+    accelerator.save_state(str(path))
+    if accelerator.is_main_process:
+        (path / "loop_state.json").write_text(json.dumps({"step": state.step, "epoch": epoch, "examples_seen": state.examples_seen}))
+        for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+
+
+# ---- features for the frozen backbone ---------------------------------------------
+
+
+def cached_features(accelerator, model, ds, spec: RunSpec, collate, batch_size: int) -> dict[str, torch.Tensor]:
+    """Pooled backbone features of every split, computed once and cached next to the prepared data."""
+    from safetensors.torch import load_file, save_file
+
+    precision = spec.config.training.mixed_precision
+    key = folder_digest(spec.model_path)[:16] + f"-{model.pooling}-{precision}"
+    cache = spec.prepared_path / "features" / f"{key}.safetensors"
+    with accelerator.main_process_first():
+        if not cache.is_file():
+            tensors = {}
+            model.to(accelerator.device).eval()
+            for split in ds:
+                lengths = [len(x) for x in ds[split]["input_ids"]]
+                order = sorted(range(len(lengths)), key=lambda i: lengths[i])  # little padding per batch
+                out = torch.empty(len(order), model.head.linear.in_features)
+                loader = DataLoader(ds[split].select(order), batch_size=batch_size, collate_fn=collate)
+                pos = 0
+                with torch.inference_mode():
+                    for batch in loader:
+                        with accelerator.autocast():
+                            feats = model.encode(**{k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUTS})
+                        out[torch.tensor(order[pos : pos + len(feats)])] = feats.float().cpu()
+                        pos += len(feats)
+                tensors[split] = out
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(f".tmp{os.getpid()}")
+            save_file(tensors, str(tmp))
+            tmp.replace(cache)
+        return load_file(str(cache))
+
+
+# ---- main --------------------------------------------------------------------------
+
+
+def run(spec: RunSpec) -> dict:
+    from accelerate import Accelerator
+    from accelerate.utils import set_seed
+    from transformers import AutoTokenizer
+
+    from tasks.data import load_prepared
+
+    cfg, t = spec.config, spec.config.training
+    spec.run_dir.mkdir(parents=True, exist_ok=True)
+    accelerator = Accelerator(mixed_precision=t.mixed_precision, gradient_accumulation_steps=t.gradient_accumulation_steps)
+    events = Events(accelerator)
+    set_seed(t.seed)
+    started = time.perf_counter()
+    ds, manifest = load_prepared(spec.prepared_path)
+    label_names = manifest["label_names"]
+    tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
+    info = inspect_model(spec.model_path, cfg.trust_remote_code)
+    model = build_classifier(info, cfg.strategy.pooling, len(label_names), cfg.trust_remote_code)
+    strategy = STRATEGIES[cfg.strategy.name]
+    model = strategy.configure(model, cfg)
+    trainable_params, total_params = count_parameters(model)
+    events.log(
+        f"{cfg.strategy.name}: {trainable_params:,} of {total_params:,} parameters train "
+        f"({100 * trainable_params / total_params:.2f}%), pooling={model.pooling}, "
+        f"{accelerator.num_processes} process(es) on {accelerator.device}, precision={t.mixed_precision}"
+    )
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    columns = tuple(c for c in MODEL_INPUTS if c in ds["train"].column_names)
+    collate = PadCollator(pad_id, columns)
+    monitor_split = "validation" if "validation" in ds else "eval"
+
+    feature_time = 0.0
+    if strategy.uses_cached_features:
+        t0 = time.perf_counter()
+        feats = cached_features(accelerator, model, ds, spec, collate, batch_size=max(64, t.batch_size * 2))
+        feature_time = time.perf_counter() - t0
+        events.log(f"backbone features for {sum(len(v) for v in feats.values()):,} rows ready in {feature_time:.1f}s")
+        splits = {s: FeatureDataset(feats[s], torch.tensor(ds[s]["labels"])) for s in ds}
+        module = model.head
+        train_loader = DataLoader(splits["train"], batch_size=t.batch_size, shuffle=True, generator=torch.Generator().manual_seed(t.seed))
+        eval_loaders = {s: DataLoader(splits[s], batch_size=1024) for s in splits if s != "train"}
+    else:
+        module = model
+        train = ds["train"]
+        sampler = LengthGroupedSampler([len(x) for x in train["input_ids"]], t.batch_size, t.seed)
+        train_loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=collate)
+        eval_loaders = {s: DataLoader(ds[s], batch_size=t.batch_size * 2, collate_fn=collate) for s in ds if s != "train"}
+
+    optimizer = make_optimizer(module, cfg.learning_rate(), t.weight_decay)
+    split_names = list(eval_loaders)
+    prepared = accelerator.prepare(module, optimizer, train_loader, *eval_loaders.values())
+    module, optimizer, train_loader = prepared[:3]
+    eval_loaders = dict(zip(split_names, prepared[3:]))
+
+    if accelerator.device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    loop_start = time.perf_counter()
+    state = train_loop(cfg, accelerator, module, optimizer, train_loader, eval_loaders[monitor_split], monitor_split, spec.run_dir, events)
+    loop_time = time.perf_counter() - loop_start
+
+    final = state.last_eval
+    if final is None or final.step != state.step or final.split != "eval":  # no second pass over the same weights
+        final = evaluate(module, eval_loaders["eval"], accelerator, state.step, "eval")
+    accelerator.wait_for_everyone()
+    metrics = {
+        "strategy": cfg.strategy.name,
+        "history": state.history,
+        "evals": state.evals,
+        "steps": state.step,
+        "examples_seen": state.examples_seen,
+        "train_runtime_s": loop_time + feature_time,
+        "loop_time_s": loop_time,
+        "feature_time_s": feature_time,
+        "samples_per_s": state.examples_seen / max(1e-9, loop_time + feature_time),
+        "peak_memory_mb": _peak_memory_mb(accelerator),
+        "trainable_params": trainable_params,
+        "total_params": total_params,
+        "num_processes": accelerator.num_processes,
+        "device": str(accelerator.device),
+        "mixed_precision": t.mixed_precision,
+        "stopped_early": state.stopped_early,
+        "best_step": state.best_step,
+        "eval_loss": final.loss,
+        "eval_accuracy": final.accuracy,
+        "worker_wall_s": time.perf_counter() - started,
+    }
+    if accelerator.is_main_process:
+        out = spec.run_dir
+        (out / "predictions.json").write_text(
+            json.dumps(
+                {
+                    "split": "eval",
+                    "label_names": label_names,
+                    "labels": final.labels,
+                    "predictions": final.predictions,
+                    "probabilities": final.probabilities,
+                    "eval_loss": final.loss,
+                }
+            )
+        )
+        unwrapped = accelerator.unwrap_model(model) if module is not model.head else model
+        save_classifier(
+            unwrapped,
+            out / "model",
+            tokenizer,
+            {"strategy": cfg.strategy.name, "label_names": label_names, "base_model": cfg.model, "max_length": cfg.data.max_length},
+        )
+        (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
+    events.emit("done", steps=state.step, eval_accuracy=final.accuracy, train_runtime_s=metrics["train_runtime_s"])
+    accelerator.end_training()
+    return metrics
+
+
+def _peak_memory_mb(accelerator) -> float:
+    if accelerator.device.type == "cuda":
+        return torch.cuda.max_memory_allocated() / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = sys.argv[1:] if argv is None else argv
+    if len(args) != 1:
+        print("usage: python -m tasks.training.worker RUN_DIR/run_spec.json", file=sys.stderr)
+        return 2
+    try:
+        run(RunSpec.read(Path(args[0])))
+    except AdaptFlowError as exc:
+        problems = [vars(p) for p in exc.problems]
+        print(EVENT_PREFIX + json.dumps({"type": "error", "kind": type(exc).__name__, "problems": problems}), flush=True)
+        return exc.exit_code
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
