@@ -1,0 +1,339 @@
+"""The ``adaptflow`` command.
+
+``adaptflow run`` takes one option per field of :class:`tasks.config.AdaptConfig`; the
+options, their help and their grouping are derived from the config model, so the CLI,
+the Prefect form and the training worker cannot drift apart.
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import sys
+import types
+import typing
+from dataclasses import dataclass
+from enum import Enum
+from pathlib import Path
+from typing import Any, Literal, Optional
+
+import typer
+from pydantic import BaseModel
+from rich.console import Console
+from rich.table import Table
+
+from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflow_home, load_config, load_config_file
+from tasks.errors import AdaptFlowError, ConfigError, Problem
+
+console = Console(stderr=True)
+out = Console()
+
+app = typer.Typer(
+    help="AdaptFlow: adapt a pre-trained language model to your task (transfer learning, partial or full "
+    "fine-tuning, LoRA), measure it, and register it to S3.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+stack_app = typer.Typer(help="The local S3-compatible server (SeaweedFS) used by default. Its data is kept across restarts.", no_args_is_help=True)
+app.add_typer(stack_app, name="stack")
+
+SECTIONS = {"data": "Data", "training": "Training", "launch": "Launch", "registry": "Registry"}
+
+
+# ---- options derived from the config model -------------------------------------------
+
+
+@dataclass(frozen=True)
+class ConfigOption:
+    """One CLI option and the config field it sets."""
+
+    param: str  # python identifier == field name
+    section: str | None  # None: top level; "strategy": a strategy field
+    annotation: Any
+    help: str
+    panel: str
+    strategies: tuple[str, ...] = ()  # for strategy fields: the strategies having it
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.param.replace("_", "-")
+
+    @property
+    def is_list(self) -> bool:
+        return any(typing.get_origin(a) is list for a in (self.annotation, *typing.get_args(self.annotation)))
+
+
+def _cli_type(annotation: Any) -> tuple[Any, str]:
+    """A click-friendly type for a field annotation, and extra help text."""
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    base = args[0] if typing.get_origin(annotation) in (typing.Union, types.UnionType) and args else annotation
+    if typing.get_origin(base) is Literal:
+        choices = typing.get_args(base)
+        return Enum(f"Choice_{'_'.join(map(str, choices))}", {str(c): str(c) for c in choices}), ""
+    if typing.get_origin(base) is list:
+        return str, " Comma-separated."
+    if base in (int, float, str, bool):
+        return base, ""
+    return str, ""
+
+
+def _describe(field, default: Any) -> str:
+    text = field.description or ""
+    if default not in (None, "", [], ()) and not isinstance(default, BaseModel):
+        text += f" (default: {default})"
+    return text
+
+
+def config_options() -> list[ConfigOption]:
+    options: list[ConfigOption] = []
+    for name, field in AdaptConfig.model_fields.items():
+        if name in SECTIONS:
+            section_model = field.default_factory if field.default_factory else type(field.default)
+            for sub, subfield in section_model.model_fields.items():
+                options.append(ConfigOption(sub, name, subfield.annotation, _describe(subfield, subfield.default), SECTIONS[name]))
+        elif name == "strategy":
+            seen: dict[str, ConfigOption] = {}
+            for sname, cls in STRATEGY_CLASSES.items():
+                for sub, subfield in cls.model_fields.items():
+                    if sub == "name":
+                        continue
+                    prev = seen.get(sub)
+                    holders = (prev.strategies if prev else ()) + (sname,)
+                    seen[sub] = ConfigOption(sub, "strategy", subfield.annotation, _describe(subfield, subfield.default), "Strategy", holders)
+            for opt in seen.values():
+                if len(opt.strategies) < len(STRATEGY_CLASSES):
+                    opt = ConfigOption(opt.param, opt.section, opt.annotation, opt.help + f" (only for: {', '.join(opt.strategies)})", opt.panel, opt.strategies)
+                options.append(opt)
+        else:
+            options.append(ConfigOption(name, None, field.annotation, _describe(field, field.default), "Model"))
+    return options
+
+
+def options_to_config(values: dict[str, Any], strategy: str | None, base: dict[str, Any] | None = None) -> AdaptConfig:
+    """Merge a config file's dict with the options given on the command line, then validate."""
+    raw: dict[str, Any] = json.loads(json.dumps(base or {}))
+    problems = []
+    chosen = strategy or (raw.get("strategy") or {}).get("name") or "transfer_learning"
+    raw.setdefault("strategy", {})
+    if raw["strategy"].get("name") != chosen:
+        raw["strategy"] = {"name": chosen}
+    for opt in config_options():
+        value = values.get(opt.param)
+        if value is None:
+            continue
+        if isinstance(value, Enum):
+            value = value.value
+        if opt.is_list:
+            value = [v.strip() for v in str(value).split(",") if v.strip()]
+        if opt.section is None:
+            raw[opt.param] = value
+        elif opt.section == "strategy":
+            if chosen not in opt.strategies:
+                problems.append(Problem(opt.flag, f"does not apply to strategy {chosen!r}", f"it applies to: {', '.join(opt.strategies)}"))
+                continue
+            raw["strategy"][opt.param] = value
+        else:
+            raw.setdefault(opt.section, {})[opt.param] = value
+    if problems:
+        raise ConfigError(problems)
+    return load_config(raw)
+
+
+def _with_config_options(func):
+    """Give ``func`` one keyword option per config field (typer reads ``__signature__``)."""
+    params = [p for p in inspect.signature(func).parameters.values() if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    for opt in config_options():
+        cli_type, extra = _cli_type(opt.annotation)
+        if cli_type is bool:
+            default = typer.Option(None, f"{opt.flag}/--no-{opt.flag[2:]}", help=opt.help + extra, rich_help_panel=opt.panel, show_default=False)
+        else:
+            default = typer.Option(None, opt.flag, help=opt.help + extra, rich_help_panel=opt.panel, show_default=False)
+        params.append(inspect.Parameter(opt.param, inspect.Parameter.KEYWORD_ONLY, default=default, annotation=Optional[cli_type]))
+    func.__signature__ = inspect.Signature(params)
+    return func
+
+
+def _fail(exc: AdaptFlowError) -> typer.Exit:
+    console.print(f"[bold red]Error[/]: {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+# ---- adaptflow run -------------------------------------------------------------------
+
+
+StrategyChoice = Enum("StrategyChoice", {n: n for n in STRATEGY_NAMES})
+
+
+@app.command(context_settings={"max_content_width": 120})
+@_with_config_options
+def run(
+    strategy: Optional[StrategyChoice] = typer.Option(
+        None,
+        "--strategy",
+        "-s",
+        help="How to adapt: transfer_learning (frozen backbone, new head; cheapest), partial_fine_tuning "
+        "(last N layers), full_fine_tuning (everything; best quality, most cost), lora (low-rank adapters; "
+        "near-full quality, tiny artifact). (default: transfer_learning)",
+        rich_help_panel="Strategy",
+    ),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON config file (sections as in `--print-config`); options given here override it."),
+    print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and exit."),
+    **values: Any,
+) -> None:
+    """Run the [bold]adapt[/] flow: prepare data, train, evaluate, register the model to S3.
+
+    With no options it adapts the bundled offline MiniLM model to the bundled sample reviews
+    and registers it to the local S3 server (start it first with `adaptflow stack up`).
+
+    Example (SST-2):  adaptflow run --strategy lora --data train.tsv --eval-data dev.tsv --eval-text-column content --max-train-samples 2000
+    """
+    try:
+        base = load_config_file(config) if config else None
+        cfg = options_to_config(values, strategy.value if strategy else None, base)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    if print_config:
+        out.print_json(cfg.to_json())
+        return
+    summary = run_with_progress(cfg)
+    print_summary([summary])
+
+
+def run_with_progress(cfg: AdaptConfig) -> dict:
+    """Run the adapt flow in this process with a progress bar; exit cleanly on user errors."""
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+    from flows.adapt import adapt
+    from tasks.train import add_listener
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        redirect_stderr=True,
+        redirect_stdout=True,
+    )
+    bar = progress.add_task(f"training {cfg.strategy.name}", total=None, status="", visible=False)
+
+    def on_event(event: dict) -> None:
+        if event["type"] in ("start", "progress"):
+            progress.update(bar, total=event["total_steps"], visible=True)
+        if event["type"] == "progress":
+            progress.update(bar, completed=event["step"], status=f"loss {event['train_loss']:.4f}")
+
+    remove = add_listener(on_event)
+    quiet_prefect_tracebacks()
+    try:
+        with progress:
+            return adapt(config=cfg)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    finally:
+        remove()
+
+
+def quiet_prefect_tracebacks() -> None:
+    """Show user errors as one message: strip tracebacks of AdaptFlowError from Prefect's console logs."""
+    import logging
+
+    class DropUserErrorTracebacks(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, AdaptFlowError):
+                record.exc_info = None
+                record.exc_text = None
+                record.msg = f"{record.getMessage().splitlines()[0]} {type(exc).__name__}: {exc}"
+                record.args = ()
+            return True
+
+    user_filter = DropUserErrorTracebacks()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(user_filter)
+
+
+def print_summary(summaries: list[dict]) -> None:
+    table = Table(title="AdaptFlow results", title_style="bold")
+    for col in ("strategy", "trainable params", "train time", "samples/s", "peak memory", "accuracy", "macro-F1"):
+        table.add_column(col, justify="left" if col == "strategy" else "right")
+    for s in summaries:
+        pct = 100 * s["trainable_params"] / max(1, s["total_params"])
+        table.add_row(
+            s["strategy"],
+            f"{s['trainable_params']:,} ({pct:.2f}%)",
+            f"{s['train_runtime_s']:.1f} s",
+            f"{s['samples_per_s']:.1f}",
+            f"{s['peak_memory_mb']:.0f} MB",
+            f"{s['accuracy']:.4f}",
+            f"{s['macro_f1']:.4f}",
+        )
+    out.print(table)
+    for s in summaries:
+        if s.get("overfitting"):
+            out.print(f"[yellow]warning[/]: {s['strategy']} shows signs of overfitting (see {s['run_dir']}/plots/loss_curves.png)")
+        out.print(f"run folder: {s['run_dir']}")
+        out.print(f"registered version: [bold green]{s['version_uri']}[/]" if s["version_uri"] else "not registered (--no-register-model)")
+
+
+# ---- adaptflow stack -----------------------------------------------------------------
+
+
+def _stack():
+    from infra.stack import LocalS3Stack
+
+    return LocalS3Stack(adaptflow_home())
+
+
+@stack_app.command("up")
+def stack_up() -> None:
+    """Start the local S3 server (free ports, generated credentials, data under $ADAPTFLOW_HOME/stack)."""
+    try:
+        info = _stack().up()
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    out.print(f"S3 server running at [bold]{info.endpoint_url}[/] (pid {info.pid}); bucket 'adaptflow'.")
+    out.print("`adaptflow run` uses it automatically; other tools: eval \"$(adaptflow stack env)\"")
+
+
+@stack_app.command("down")
+def stack_down() -> None:
+    """Stop the local S3 server started by `stack up` (its data stays for the next `up`)."""
+    try:
+        _stack().down()
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    out.print("S3 server stopped.")
+
+
+@stack_app.command("status")
+def stack_status() -> None:
+    """Say whether the local S3 server is running, and where."""
+    info = _stack().status()
+    if info is None:
+        out.print("S3 server: not running (start it with `adaptflow stack up`).")
+        raise typer.Exit(1)
+    out.print(f"S3 server: running at {info.endpoint_url} (pid {info.pid}), data in {info.data_dir}")
+
+
+@stack_app.command("env")
+def stack_env() -> None:
+    """Print `export` lines for the local S3 server, for other tools: eval "$(adaptflow stack env)"."""
+    stack = _stack()
+    if stack.status() is None:
+        console.print("S3 server is not running: start it with `adaptflow stack up`.")
+        raise typer.Exit(1)
+    for key, value in stack.env().items():
+        out.print(f"export {key}={value}", highlight=False)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,51 @@
+"""One parameterized flow per adaptation strategy.
+
+Each flow has the strategy's own parameters as a form section (no strategy dropdown to
+contradict the flow's name) and runs the same pipeline as ``adapt``.
+"""
+
+from __future__ import annotations
+
+from prefect import Flow, flow
+
+from flows.adapt import run_pipeline
+from tasks.config import (
+    DEFAULT_MODEL,
+    STRATEGY_CLASSES,
+    DataConfig,
+    LaunchConfig,
+    RegistryConfig,
+    TrainingConfig,
+    load_config,
+)
+
+
+def _strategy_flow(name: str) -> Flow:
+    strategy_cls = STRATEGY_CLASSES[name]
+
+    def strategy_flow(
+        model: str = DEFAULT_MODEL,
+        strategy=strategy_cls(),
+        data: DataConfig = DataConfig(),
+        training: TrainingConfig = TrainingConfig(),
+        launch: LaunchConfig = LaunchConfig(),
+        registry: RegistryConfig = RegistryConfig(),
+        work_dir: str | None = None,
+    ) -> dict:
+        cfg = load_config(
+            {"model": model, "strategy": strategy, "data": data, "training": training, "launch": launch, "registry": registry, "work_dir": work_dir}
+        )
+        return run_pipeline(cfg)
+
+    # The annotation drives the parameter schema, so the UI shows this strategy's fields.
+    strategy_flow.__annotations__["strategy"] = strategy_cls
+    strategy_flow.__name__ = name
+    strategy_flow.__qualname__ = name
+    strategy_flow.__doc__ = f"{strategy_cls.__doc__.strip()} Prepare, train, evaluate and register."
+    return flow(name=name.replace("_", "-"), description=strategy_flow.__doc__)(strategy_flow)
+
+
+transfer_learning = _strategy_flow("transfer_learning")
+partial_fine_tuning = _strategy_flow("partial_fine_tuning")
+full_fine_tuning = _strategy_flow("full_fine_tuning")
+lora = _strategy_flow("lora")
