@@ -46,6 +46,7 @@ class ModelInfo:
     hidden_size: int
     is_decoder: bool
     default_pooling: str
+    max_positions: int | None = None
 
     def resolve_pooling(self, pooling: str) -> str:
         return self.default_pooling if pooling == "auto" else pooling
@@ -129,6 +130,7 @@ def inspect_model(path: Path, trust_remote_code: bool = False) -> ModelInfo:
         hidden_size=int(hidden or 0),
         is_decoder=is_decoder,
         default_pooling=_checkpoint_pooling(path) or ("last" if is_decoder else "mean"),
+        max_positions=_first_attr(text_config, ("max_position_embeddings", "n_positions")),
     )
 
 

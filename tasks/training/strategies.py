@@ -118,6 +118,10 @@ def check_against_model(cfg: AdaptConfig, info: ModelInfo) -> list[Problem]:
                 f"use 1..{info.num_layers}, or full_fine_tuning to train every layer",
             )
         )
+    if info.max_positions and cfg.data.max_length > info.max_positions:
+        problems.append(
+            Problem("data.max_length", f"is {cfg.data.max_length} but the model reads at most {info.max_positions} tokens", f"use at most {info.max_positions}")
+        )
     pooling = info.resolve_pooling(s.pooling)
     if pooling == "last" and not info.is_decoder:
         problems.append(Problem("strategy.pooling", "'last' is meant for decoder models", "use 'mean' or 'cls' for encoders"))

@@ -352,11 +352,16 @@ def cached_features(accelerator, model, ds, spec: RunSpec, collate, batch_size: 
 
 
 def run(spec: RunSpec) -> dict:
+    import datasets
     from accelerate import Accelerator
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer
+    from transformers.utils import logging as hf_logging
 
     from tasks.data import load_prepared
+
+    hf_logging.disable_progress_bar()  # the parent shows one progress bar of its own
+    datasets.disable_progress_bars()
 
     cfg, t = spec.config, spec.config.training
     spec.run_dir.mkdir(parents=True, exist_ok=True)
