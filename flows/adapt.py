@@ -18,9 +18,9 @@ from prefect.runtime import flow_run
 from tasks.config import AdaptConfig, load_config
 from tasks.data import prepare_data_task
 from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError
-from tasks.evaluate import evaluate_task
+from tasks.evaluate import evaluate_task, metrics_markdown
 from tasks.modeling import inspect_model, resolve_model
-from tasks.registry import register_task
+from tasks.register import register_task
 from tasks.s3 import S3Settings, check_access, download_prefix
 from tasks.train import train_task
 from tasks.training.strategies import check_against_model
@@ -97,7 +97,7 @@ def run_pipeline(cfg: AdaptConfig) -> dict:
     report = evaluate_task(run_dir)
     version = None
     if cfg.registry.register_model:
-        version = register_task(cfg, run_dir, prepared.manifest, model_path)
+        version = register_task(cfg, run_dir, prepared.manifest, model_path, metrics_markdown(report))
     summary = {
         "strategy": cfg.strategy.name,
         "model_name": cfg.model_name(),

@@ -1,0 +1,91 @@
+"""Turn a finished run into a registered model version.
+
+The version folder holds the model as the worker saved it (backbone in Hugging Face
+layout, or only the adapter for LoRA, plus head and tokenizer), ``metrics.json``,
+``evaluation.json``, the plots, the data manifest and a model card ``README.md``. Its
+``manifest.json`` (written last by the registry, the commit marker) carries the lineage:
+resolved config, data fingerprint, base model and its digest, strategy, metrics,
+package versions, code version and the Prefect flow run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
+from prefect.runtime import deployment, flow_run
+
+from tasks.card import code_version, model_card, package_versions
+from tasks.config import AdaptConfig
+from tasks.evaluate import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
+from tasks.modeling import folder_digest
+from tasks.registry import RegisteredVersion, register_version
+from tasks.s3 import S3Settings
+
+TRAINING_KEYS = ("train_runtime_s", "samples_per_s", "peak_memory_mb", "trainable_params", "total_params", "steps", "examples_seen", "num_processes", "device", "mixed_precision")
+
+
+def lineage_manifest(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation: dict) -> dict[str, Any]:
+    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+    return {
+        "strategy": cfg.strategy.name,
+        "task": "sequence_classification",
+        "base_model": {"ref": cfg.model, "sha256": folder_digest(model_path)},
+        "config": cfg.model_dump(mode="json"),
+        "data": {
+            "key": data_manifest["key"],
+            "source": data_manifest["source"],
+            "label_names": data_manifest["label_names"],
+            "splits": data_manifest["splits"],
+        },
+        "metrics": {
+            "accuracy": evaluation["metrics"]["accuracy"],
+            "macro_f1": evaluation["metrics"]["macro_f1"],
+            "eval_loss": evaluation["eval_loss"],
+            "overfitting": evaluation["overfitting"]["overfitting"],
+        },
+        "training": {k: metrics.get(k) for k in TRAINING_KEYS},
+        "package_versions": package_versions(),
+        "code_version": code_version(),
+        "prefect": {
+            "flow_run_id": flow_run.get_id(),
+            "flow_run_name": flow_run.get_name(),
+            "deployment": deployment.get_name(),
+        },
+    }
+
+
+def build_version_folder(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str) -> tuple[Path, dict]:
+    """Assemble ``run_dir/version`` (what gets uploaded) and its lineage manifest."""
+    evaluation = json.loads((run_dir / EVALUATION_FILE).read_text())
+    manifest = lineage_manifest(cfg, run_dir, data_manifest, model_path, evaluation)
+    folder = run_dir / "version"
+    if folder.exists():
+        shutil.rmtree(folder)
+    shutil.copytree(run_dir / "model", folder)
+    for name in (METRICS_FILE, EVALUATION_FILE, "config.json"):
+        shutil.copy(run_dir / name, folder / name)
+    shutil.copytree(run_dir / PLOTS_DIR, folder / PLOTS_DIR)
+    (folder / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2))
+    (folder / "README.md").write_text(model_card(cfg.model_name(), manifest, data_manifest, evaluation, evaluation_markdown))
+    return folder, manifest
+
+
+def register_run(
+    cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str, settings: S3Settings
+) -> RegisteredVersion:
+    folder, manifest = build_version_folder(cfg, run_dir, data_manifest, model_path, evaluation_markdown)
+    return register_version(settings, cfg.model_name(), folder, manifest)
+
+
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+def register_task(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str) -> RegisteredVersion:
+    """Upload the run as the next version of its model; the manifest is written last."""
+    version = register_run(cfg, run_dir, data_manifest, model_path, evaluation_markdown, S3Settings.resolve())
+    size = sum(f["size"] for f in version.files)
+    get_run_logger().info(f"registered {version.name} version {version.version}: {len(version.files)} files, {size / 2**20:.1f} MiB -> {version.uri}")
+    return version
