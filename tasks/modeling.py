@@ -212,6 +212,15 @@ class AdaptClassifier(nn.Module):
         self.pooling = pooling
         self.head = ClassifierHead(hidden_size, num_labels)
 
+    def unused_module_names(self) -> list[str]:
+        """Backbone modules the forward pass does not use (the pooler, unless pooling='pooler').
+
+        They must not train: DDP fails on parameters that get no gradient.
+        """
+        if self.pooling != "pooler" and isinstance(getattr(self.backbone, "pooler", None), nn.Module):
+            return ["pooler"]
+        return []
+
     def encode(self, input_ids, attention_mask, token_type_ids=None) -> torch.Tensor:
         kwargs = {"input_ids": input_ids, "attention_mask": attention_mask}
         if token_type_ids is not None:

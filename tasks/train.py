@@ -16,6 +16,7 @@ from collections import deque
 from pathlib import Path
 from typing import Callable
 
+import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -57,6 +58,9 @@ def worker_env(cfg: AdaptConfig) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_process(cfg.launch.num_processes)))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
+    if not torch.cuda.is_available():
+        # What `accelerate launch --cpu` sets: several processes on CPU form a gloo group (MULTI_CPU).
+        env.setdefault("ACCELERATE_USE_CPU", "true")
     project_root = str(Path(__file__).resolve().parents[1])
     env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
     return env

@@ -66,6 +66,8 @@ def _partial_fine_tuning(model: AdaptClassifier, cfg: AdaptConfig) -> AdaptClass
 def _full_fine_tuning(model: AdaptClassifier, cfg: AdaptConfig) -> AdaptClassifier:
     for p in model.parameters():
         p.requires_grad_(True)
+    for name in model.unused_module_names():
+        _freeze(model.backbone.get_submodule(name))
     return model
 
 
@@ -79,6 +81,7 @@ def _lora(model: AdaptClassifier, cfg: AdaptConfig) -> AdaptClassifier:
         lora_alpha=s.lora_alpha,
         lora_dropout=s.lora_dropout,
         target_modules=s.lora_target_modules or "all-linear",
+        exclude_modules=[f"{name}.dense" for name in model.unused_module_names()] or None,
         bias="none",
     )
     model.backbone = get_peft_model(model.backbone, lora_config)

@@ -36,8 +36,11 @@ def test_partial_fine_tuning_trains_last_layers_and_head(tiny_bert_dir):
     assert "head.linear.weight" in names
 
 
-def test_full_fine_tuning_trains_everything(tiny_bert_dir):
+def test_full_fine_tuning_trains_everything_the_forward_pass_uses(tiny_bert_dir):
     model, _ = _model(tiny_bert_dir, {"name": "full_fine_tuning"})
+    frozen = {n for n, p in model.named_parameters() if not p.requires_grad}
+    assert frozen == {"backbone.pooler.dense.weight", "backbone.pooler.dense.bias"}  # unused with mean pooling
+    model, _ = _model(tiny_bert_dir, {"name": "full_fine_tuning", "pooling": "pooler"})
     trainable, total = count_parameters(model)
     assert trainable == total
 
@@ -46,6 +49,7 @@ def test_lora_trains_adapters_and_head_only(tiny_bert_dir):
     model, _ = _model(tiny_bert_dir, {"name": "lora", "lora_r": 2})
     names = _trainable(model)
     assert names and all("lora_" in n or n.startswith("head.") for n in names)
+    assert not any("pooler" in n for n in names)  # unused with mean pooling: no adapter there
     assert "head.linear.weight" in names
     trainable, total = count_parameters(model)
     assert trainable < 0.2 * total
