@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import inspect
 import json
+import os
 import sys
 import types
 import typing
@@ -134,9 +135,16 @@ def options_to_config(values: dict[str, Any], strategy: str | None, base: dict[s
             raw["strategy"][opt.param] = value
         else:
             raw.setdefault(opt.section, {})[opt.param] = value
+    try:
+        cfg = load_config(raw)
+    except ConfigError as exc:
+        flags = {opt.param: opt.flag for opt in config_options()}
+        for p in exc.problems:
+            flag = flags.get(p.where.rsplit(".", 1)[-1])
+            problems.append(Problem(f"{p.where} ({flag})", p.what, p.fix) if flag else p)
     if problems:
         raise ConfigError(problems)
-    return load_config(raw)
+    return cfg
 
 
 def _with_config_options(func):
@@ -332,6 +340,9 @@ def stack_env() -> None:
 
 
 def main() -> None:
+    # No usage telemetry from the embedded Prefect server: there may be no network, and its
+    # failures print tracebacks that are not the user's problem.
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     app()
 
 

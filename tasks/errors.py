@@ -46,6 +46,9 @@ class AdaptFlowError(Exception):
     def __reduce__(self):  # keep the problems when Prefect pickles a failed state
         return (type(self), (self.problems,))
 
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self)!r})"
+
     def __str__(self) -> str:
         if len(self.problems) == 1:
             return f"{self.title}: {self.problems[0].render()}"

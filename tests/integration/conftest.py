@@ -45,12 +45,12 @@ def reviews_csv(tmp_path) -> Path:
     return write_reviews(tmp_path / "reviews.csv")
 
 
-def tiny_config(model_dir: Path, data: Path, work_dir: Path, strategy: dict | None = None, **sections) -> dict:
+def tiny_config(model_dir: Path, data_path: Path, work_dir: Path, strategy: dict | None = None, **sections) -> dict:
     """A config that trains a tiny model for a few steps."""
     cfg = {
         "model": str(model_dir),
         "strategy": strategy or {"name": "full_fine_tuning"},
-        "data": {"data": str(data), "max_length": 32, **sections.pop("data", {})},
+        "data": {"data": str(data_path), "max_length": 32, **sections.pop("data", {})},
         "training": {"max_steps": 6, "batch_size": 8, "learning_rate": 1e-3, "log_every": 2, **sections.pop("training", {})},
         "work_dir": str(work_dir),
     }
