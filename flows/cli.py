@@ -27,7 +27,7 @@ from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflo
 from tasks.errors import AdaptFlowError, ConfigError, Problem
 
 console = Console(stderr=True)
-out = Console()
+out = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the results table
 
 app = typer.Typer(
     help="AdaptFlow: adapt a pre-trained language model to your task (transfer learning, partial or full "
@@ -268,7 +268,7 @@ def quiet_prefect_tracebacks() -> None:
 def print_summary(summaries: list[dict]) -> None:
     table = Table(title="AdaptFlow results", title_style="bold")
     for col in ("strategy", "trainable params", "train time", "samples/s", "peak memory", "accuracy", "macro-F1"):
-        table.add_column(col, justify="left" if col == "strategy" else "right")
+        table.add_column(col, justify="left" if col == "strategy" else "right", no_wrap=True)
     for s in summaries:
         pct = 100 * s["trainable_params"] / max(1, s["total_params"])
         table.add_row(
