@@ -124,3 +124,21 @@ def test_two_processes_register_exactly_one_version(s3_env, tiny_bert_dir, revie
     assert metrics["num_processes"] == 2
     # global batch of 2 x 8 per step: twice the examples of one process
     assert metrics["examples_seen"] == 6 * 2 * 8
+
+
+def test_data_and_model_can_come_from_s3(s3_env, tiny_bert_dir, reviews_csv, tmp_path):
+    from tasks.s3 import upload_file
+
+    data_uri = s3_env.uri(s3_env.key("inputs", "reviews.csv"))
+    upload_file(s3_env, reviews_csv, data_uri)
+    model_prefix = s3_env.uri(s3_env.key("inputs", "tiny-bert"))
+    for f in tiny_bert_dir.iterdir():
+        upload_file(s3_env, f, f"{model_prefix}/{f.name}")
+    raw = tiny_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategy={"name": "transfer_learning", "head_epochs": 1}, registry={"model_name": "from-s3"})
+    raw["model"] = model_prefix
+    raw["data"]["data"] = data_uri
+    summary = adapt(config=load_config(raw))
+    manifest = get_manifest(s3_env, "from-s3", summary["version"])
+    assert manifest["config"]["model"] == model_prefix
+    assert manifest["data"]["source"]["data"]["uri"] == data_uri
+    assert manifest["data"]["source"]["data"]["sha256"] == __import__("hashlib").sha256(reviews_csv.read_bytes()).hexdigest()

@@ -1,0 +1,89 @@
+"""Training options, run through the real worker process (no Prefect needed)."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+
+from tasks.config import load_config
+from tasks.data import prepare_data
+from tasks.errors import TrainingError
+from tasks.train import run_training
+
+
+@pytest.fixture
+def prepared(tiny_bert_dir, reviews_csv, tmp_path):
+    cfg = load_config({"data": {"data": str(reviews_csv), "max_length": 32}})
+    return prepare_data(cfg.data, tiny_bert_dir, tmp_path / "work")
+
+
+def _train(tiny_bert_dir, prepared, run_dir, **sections):
+    cfg = load_config({"model": str(tiny_bert_dir), "data": {"max_length": 32}, **sections})
+    events = []
+    metrics = run_training(cfg, prepared.path, tiny_bert_dir, run_dir, on_event=events.append)
+    return metrics, events
+
+
+def test_accumulation_schedule_checkpoints_bf16_and_periodic_eval(tiny_bert_dir, prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    metrics, events = _train(
+        tiny_bert_dir,
+        prepared,
+        run_dir,
+        strategy={"name": "full_fine_tuning"},
+        training={
+            "epochs": 2, "batch_size": 8, "gradient_accumulation_steps": 2, "scheduler": "cosine", "warmup_ratio": 0.2,
+            "mixed_precision": "bf16", "eval_every": 3, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3,
+        },
+    )
+    batches_per_epoch = math.ceil(prepared.manifest["splits"]["train"] / 8)
+    assert metrics["steps"] == 2 * math.ceil(batches_per_epoch / 2)
+    assert metrics["mixed_precision"] == "bf16"
+    assert [e["step"] for e in metrics["evals"]] == list(range(3, metrics["steps"] + 1, 3))
+    lrs = [h["learning_rate"] for h in metrics["history"]]
+    assert max(lrs) == pytest.approx(1e-3, rel=0.05) and lrs[-1] < 0.05 * max(lrs)  # warm-up then cosine decay
+    checkpoints = sorted((run_dir / "checkpoints").glob("step-*"))
+    assert len(checkpoints) == 2  # only the last two are kept
+    state = json.loads((checkpoints[-1] / "loop_state.json").read_text())
+    assert state["step"] == max(s for s in range(2, metrics["steps"] + 1, 2))
+    assert any(f.name.startswith("optimizer") for f in checkpoints[-1].iterdir())
+    kinds = [e["type"] for e in events if e["type"] != "log"]
+    assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds and "eval" in kinds
+
+
+def test_early_stopping_stops_and_restores_the_best_weights(tiny_bert_dir, prepared, tmp_path):
+    metrics, _ = _train(
+        tiny_bert_dir,
+        prepared,
+        tmp_path / "run",
+        strategy={"name": "full_fine_tuning"},
+        training={"epochs": 20, "batch_size": 8, "learning_rate": 0.05, "eval_every": 2, "early_stopping_patience": 2},
+    )
+    assert metrics["stopped_early"] is True
+    steps = [e["step"] for e in metrics["evals"]]
+    best = steps.index(metrics["best_step"])
+    assert len(steps) == best + 1 + 2  # stopped after `patience` evaluations without improvement
+    best_loss = metrics["evals"][best]["eval_loss"]
+    assert all(e["eval_loss"] > best_loss - 1e-6 for e in metrics["evals"][best + 1 :])
+    # the saved model is the best one, not the last: its final evaluation loss is the best loss
+    assert metrics["eval_loss"] == pytest.approx(best_loss, rel=1e-3)
+
+
+def test_transfer_learning_caches_backbone_features(tiny_bert_dir, prepared, tmp_path):
+    first, _ = _train(tiny_bert_dir, prepared, tmp_path / "a", strategy={"name": "transfer_learning", "head_epochs": 2})
+    cached = list((prepared.path / "features").glob("*.safetensors"))
+    assert len(cached) == 1
+    mtime = cached[0].stat().st_mtime_ns
+    second, _ = _train(tiny_bert_dir, prepared, tmp_path / "b", strategy={"name": "transfer_learning", "head_epochs": 2})
+    assert cached[0].stat().st_mtime_ns == mtime  # read, not recomputed
+    assert second["eval_accuracy"] == pytest.approx(first["eval_accuracy"])
+
+
+def test_a_crashing_worker_is_reported_with_its_log(tiny_bert_dir, prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    (prepared.path / "dataset").rename(prepared.path / "moved")
+    with pytest.raises(TrainingError) as info:
+        _train(tiny_bert_dir, prepared, run_dir, strategy={"name": "full_fine_tuning"}, training={"max_steps": 1})
+    assert "worker.log" in str(info.value) and (run_dir / "worker.log").is_file()
