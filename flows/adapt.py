@@ -22,7 +22,7 @@ from tasks.evaluate import evaluate_task, metrics_markdown
 from tasks.modeling import inspect_model, resolve_model
 from tasks.register import register_task
 from tasks.s3 import S3Settings, check_access, download_prefix
-from tasks.train import train_task
+from tasks.train import accelerate_config_path, train_task
 from tasks.training.strategies import check_against_model
 
 
@@ -49,6 +49,11 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
         except StorageError as exc:
             found.append(exc)
             settings = None
+    if cfg.launch.accelerate_config:
+        try:
+            accelerate_config_path(cfg.launch.accelerate_config)
+        except ConfigError as exc:
+            found.append(exc)
     model_path = None
     try:
         fetch = (lambda uri, dest: download_prefix(settings, uri, dest)) if settings else None
@@ -93,7 +98,7 @@ def run_pipeline(cfg: AdaptConfig) -> dict:
 
     run_dir = _run_dir(cfg)
     logger.info(f"run folder: {run_dir}")
-    metrics = train_task(cfg, prepared.path, model_path, run_dir)
+    metrics = train_task.with_options(retries=cfg.launch.retries)(cfg, prepared.path, model_path, run_dir)
     report = evaluate_task(run_dir)
     version = None
     if cfg.registry.register_model:

@@ -195,13 +195,47 @@ class TrainingConfig(_Frozen):
 class LaunchConfig(_Frozen):
     """Where and how the training processes run."""
 
-    launcher: Literal["local"] = Field("local", description="'local': training processes on this machine.")
+    launcher: Literal["local", "multinode"] = Field(
+        "local",
+        description="'local': all training processes on this machine (torchrun, or `accelerate launch` with "
+        "accelerate_config). 'multinode': this machine is node `node_rank` of `nnodes`; the same torchrun "
+        "agent runs on every node (started by the cluster: a PyTorchJob on Kubernetes, srun on Slurm, or by hand) "
+        "and meets the others at master_addr:master_port.",
+    )
     num_processes: int = Field(
-        1, ge=1, le=1024, description="Training processes (data parallel). On CPU they use gloo; on GPUs, one per GPU."
+        1, ge=1, le=1024, description="Training processes per node (data parallel). On CPU they use gloo; on GPUs, one per GPU."
     )
     accelerate_config: str | None = Field(
-        None, description="An `accelerate` config file (DDP, FSDP, DeepSpeed): launches with `accelerate launch`."
+        None,
+        description="An `accelerate` config: a file, or the name of one shipped in infra/accelerate "
+        "(single_gpu, ddp, fsdp, deepspeed_zero2, deepspeed_zero3, multi_node). Launches with `accelerate launch`.",
     )
+    nnodes: int = Field(1, ge=1, le=4096, description="Machines taking part ('multinode' launcher).")
+    node_rank: int = Field(0, ge=0, description="This machine's rank among the nodes; node 0 hosts the rendezvous and writes the outputs.")
+    master_addr: str | None = Field(
+        None, description="Address of node 0 as the other nodes reach it ('multinode' launcher)."
+    )
+    master_port: int = Field(29500, ge=1024, le=65535, description="Rendezvous port on node 0.")
+    retries: int = Field(
+        1,
+        ge=0,
+        le=10,
+        description="Times a crashed training is started again. With training.checkpoint_every set it resumes "
+        "from the last checkpoint, not from step 0.",
+    )
+
+    @model_validator(mode="after")
+    def _multinode_needs_an_address(self) -> "LaunchConfig":
+        problems = []
+        if self.launcher == "multinode" and not self.master_addr:
+            problems.append("launch.master_addr is required with the 'multinode' launcher")
+        if self.launcher == "multinode" and self.nnodes < 2:
+            problems.append("launch.nnodes must be at least 2 with the 'multinode' launcher")
+        if self.node_rank >= self.nnodes:
+            problems.append(f"launch.node_rank {self.node_rank} must be below launch.nnodes {self.nnodes}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class RegistryConfig(_Frozen):

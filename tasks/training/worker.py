@@ -195,16 +195,30 @@ def evaluate(module, loader, accelerator, step: int, split: str) -> EvalResult:
 
 @dataclass
 class LoopState:
+    """Where the loop is; the persistent part is saved with every checkpoint."""
+
     step: int = 0
+    epoch: int = 0
+    batches_in_epoch: int = 0
     examples_seen: int = 0
     history: list[dict] = field(default_factory=list)
     evals: list[dict] = field(default_factory=list)
     best_loss: float = float("inf")
     best_step: int = 0
-    best_state: dict | None = None
     bad_evals: int = 0
+    resumed_from_step: int | None = None
+    best_state: dict | None = None
     stopped_early: bool = False
     last_eval: EvalResult | None = None
+
+    PERSISTENT = ("step", "epoch", "batches_in_epoch", "examples_seen", "history", "evals", "best_loss", "best_step", "bad_evals")
+
+    def to_json(self) -> str:
+        return json.dumps({k: getattr(self, k) for k in self.PERSISTENT})
+
+    @classmethod
+    def from_json(cls, text: str) -> "LoopState":
+        return cls(**{k: v for k, v in json.loads(text).items() if k in cls.PERSISTENT})
 
 
 def loss_step(module, batch):
@@ -232,14 +246,19 @@ def train_loop(cfg: AdaptConfig, accelerator, module, optimizer, train_loader, m
     if t.max_steps:
         epochs = math.ceil(t.max_steps / max(1, updates_per_epoch))
     scheduler = get_scheduler(t.scheduler, optimizer, num_warmup_steps=int(t.warmup_ratio * total_steps), num_training_steps=total_steps)
+    accelerator.register_for_checkpointing(scheduler)
     trainable = [p for p in module.parameters() if p.requires_grad]
-    state = LoopState()
+    state = _resume(accelerator, run_dir, events) or LoopState()
     running, running_n = torch.zeros((), device=accelerator.device), 0
-    events.emit("start", total_steps=total_steps, epochs=epochs)
+    events.emit("start", total_steps=total_steps, epochs=epochs, resumed_from_step=state.resumed_from_step)
     module.train()
-    for epoch in range(epochs):
+    for epoch in range(state.epoch, epochs):
         train_loader.set_epoch(epoch)
-        for batch in train_loader:
+        skip = state.batches_in_epoch if epoch == state.epoch else 0
+        state.epoch, state.batches_in_epoch = epoch, skip
+        batches = accelerator.skip_first_batches(train_loader, skip) if skip else train_loader
+        for batch in batches:
+            state.batches_in_epoch += 1
             with accelerator.accumulate(module):
                 with accelerator.autocast():
                     loss = loss_step(module, batch)
@@ -266,10 +285,11 @@ def train_loop(cfg: AdaptConfig, accelerator, module, optimizer, train_loader, m
                 if _evaluate_and_check(cfg, accelerator, module, monitor_loader, monitor_split, state, epoch_f, events):
                     break
             if t.checkpoint_every and state.step % t.checkpoint_every == 0:
-                _checkpoint(accelerator, run_dir, state, epoch)
+                _checkpoint(accelerator, run_dir, state, events)
             if state.step >= total_steps:
                 break
         else:
+            state.batches_in_epoch = 0
             if not t.eval_every and _evaluate_and_check(cfg, accelerator, module, monitor_loader, monitor_split, state, epoch + 1.0, events):
                 break
             continue
@@ -303,15 +323,40 @@ def _evaluate_and_check(cfg, accelerator, module, loader, split, state: LoopStat
     return False
 
 
-def _checkpoint(accelerator, run_dir: Path, state: LoopState, epoch: int, keep: int = 2) -> None:
-    ckpt_root = run_dir / "checkpoints"
-    path = ckpt_root / f"step-{state.step:07d}"
+CHECKPOINTS = "checkpoints"
+LOOP_STATE = "loop_state.json"
+
+
+def _checkpoint(accelerator, run_dir: Path, state: LoopState, events: Events, keep: int = 2) -> None:
+    """Model, optimizer, scheduler, RNG states and the loop position; the loop state is written last."""
+    root = run_dir / CHECKPOINTS
+    path = root / f"step-{state.step:07d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
-        (path / "loop_state.json").write_text(json.dumps({"step": state.step, "epoch": epoch, "examples_seen": state.examples_seen}))
-        for old in sorted(ckpt_root.glob("step-*"))[:-keep]:
+        tmp = path / (LOOP_STATE + ".tmp")
+        tmp.write_text(state.to_json())
+        tmp.replace(path / LOOP_STATE)  # a checkpoint without it is incomplete and never resumed from
+        for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
+        events.emit("checkpoint", step=state.step, path=str(path))
     accelerator.wait_for_everyone()
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    complete = [p for p in sorted((run_dir / CHECKPOINTS).glob("step-*")) if (p / LOOP_STATE).is_file()]
+    return complete[-1] if complete else None
+
+
+def _resume(accelerator, run_dir: Path, events: Events) -> LoopState | None:
+    """Continue from the last complete checkpoint of this run directory, if there is one."""
+    path = latest_checkpoint(run_dir)
+    if path is None:
+        return None
+    accelerator.load_state(str(path))
+    state = LoopState.from_json((path / LOOP_STATE).read_text())
+    state.resumed_from_step = state.step
+    events.log(f"resuming from checkpoint {path.name} (step {state.step}, epoch {state.epoch}, batch {state.batches_in_epoch})")
+    return state
 
 
 # ---- features for the frozen backbone ---------------------------------------------
@@ -400,7 +445,8 @@ def run(spec: RunSpec) -> dict:
     else:
         module = model
         train = ds["train"]
-        sampler = LengthGroupedSampler([len(x) for x in train["input_ids"]], t.batch_size, t.seed)
+        # Grouped by the global batch, so N processes of batch B see the same batches as one process of N*B.
+        sampler = LengthGroupedSampler([len(x) for x in train["input_ids"]], t.batch_size * accelerator.num_processes, t.seed)
         train_loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=collate)
         eval_loaders = {s: DataLoader(ds[s], batch_size=t.batch_size * 2, collate_fn=collate) for s in ds if s != "train"}
 
@@ -419,6 +465,8 @@ def run(spec: RunSpec) -> dict:
     final = state.last_eval
     if final is None or final.step != state.step or final.split != "eval":  # no second pass over the same weights
         final = evaluate(module, eval_loaders["eval"], accelerator, state.step, "eval")
+    # Every rank takes part: under FSDP / ZeRO-3 this gathers the sharded weights on rank 0.
+    full_state = accelerator.get_state_dict(module)
     accelerator.wait_for_everyone()
     metrics = {
         "strategy": cfg.strategy.name,
@@ -438,6 +486,7 @@ def run(spec: RunSpec) -> dict:
         "mixed_precision": t.mixed_precision,
         "stopped_early": state.stopped_early,
         "best_step": state.best_step,
+        "resumed_from_step": state.resumed_from_step,
         "eval_loss": final.loss,
         "eval_accuracy": final.accuracy,
         "worker_wall_s": time.perf_counter() - started,
@@ -456,12 +505,12 @@ def run(spec: RunSpec) -> dict:
                 }
             )
         )
-        unwrapped = accelerator.unwrap_model(model) if module is not model.head else model
         save_classifier(
-            unwrapped,
+            model,
             out / "model",
             tokenizer,
             {"strategy": cfg.strategy.name, "label_names": label_names, "base_model": cfg.model, "max_length": cfg.data.max_length},
+            state_dict=None if module is model.head else full_state,
         )
         (out / "metrics.json").write_text(json.dumps(metrics, indent=2))
     events.emit("done", steps=state.step, eval_accuracy=final.accuracy, train_runtime_s=metrics["train_runtime_s"])

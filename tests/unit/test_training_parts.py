@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
 import torch
 
 from tasks.config import load_config
-from tasks.train import describe_event, launch_command, worker_env
+from tasks.errors import ConfigError
+from tasks.train import ACCELERATE_CONFIGS, accelerate_config_path, describe_event, launch_command, other_node_commands, worker_env
 from tasks.training.worker import LengthGroupedSampler, PadCollator
 
 
@@ -39,9 +41,47 @@ def test_launcher_choice():
     one = launch_command(load_config({}), Path("spec.json"))
     assert one[1:] == ["-m", "tasks.training.worker", "spec.json"]
     two = launch_command(load_config({"launch": {"num_processes": 2}}), Path("spec.json"))
-    assert "torch.distributed.run" in two and "--nproc_per_node" in two and two[two.index("--nproc_per_node") + 1] == "2"
-    acc = launch_command(load_config({"launch": {"accelerate_config": "infra/accelerate/ddp.yaml"}}), Path("s.json"))
-    assert "accelerate.commands.launch" in acc and "infra/accelerate/ddp.yaml" in acc
+    assert "torch.distributed.run" in two and "--standalone" in two and two[two.index("--nproc-per-node") + 1] == "2"
+    acc = launch_command(load_config({"launch": {"accelerate_config": "ddp", "num_processes": 4}}), Path("s.json"))
+    assert "accelerate.commands.launch" in acc and acc[acc.index("--config_file") + 1].endswith("infra/accelerate/ddp.yaml")
+    assert acc[acc.index("--num_processes") + 1] == "4"
+
+
+def test_multinode_launcher_gives_every_node_the_same_agent_with_its_rank():
+    cfg = load_config({"launch": {"launcher": "multinode", "nnodes": 3, "num_processes": 2, "master_addr": "10.0.0.1", "master_port": 29600}})
+    mine = launch_command(cfg, Path("spec.json"))
+    assert mine[mine.index("--node-rank") + 1] == "0" and mine[mine.index("--nnodes") + 1] == "3"
+    assert mine[mine.index("--master-addr") + 1] == "10.0.0.1" and "--standalone" not in mine
+    others = other_node_commands(cfg, Path("spec.json"))
+    assert len(others) == 2 and "--node-rank 1" in others[0] and "--node-rank 2" in others[1]
+    acc = launch_command(load_config({"launch": {**cfg.launch.model_dump(), "accelerate_config": "multi_node"}}), Path("s.json"))
+    assert acc[acc.index("--num_processes") + 1] == "6" and acc[acc.index("--main_process_ip") + 1] == "10.0.0.1"
+
+
+def test_launch_settings_are_checked():
+    with pytest.raises(ConfigError) as info:
+        load_config({"launch": {"launcher": "multinode", "nnodes": 1}})
+    assert "master_addr" in str(info.value) and "nnodes" in str(info.value)
+    with pytest.raises(ConfigError, match="ddp, deepspeed_zero2"):
+        accelerate_config_path("no-such-config")
+
+
+@pytest.mark.parametrize("path", sorted(ACCELERATE_CONFIGS.glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_accelerate_configs_load_in_accelerate(path):
+    from accelerate.commands.config.config_args import ClusterConfig
+
+    config = ClusterConfig.from_yaml_file(path)  # rejects unknown keys
+    assert config.compute_environment.value == "LOCAL_MACHINE"
+    if config.distributed_type.value == "FSDP":
+        assert config.fsdp_config["fsdp_sharding_strategy"] == "FULL_SHARD"
+        assert config.fsdp_config["fsdp_state_dict_type"] == "FULL_STATE_DICT"
+    if config.distributed_type.value == "DEEPSPEED":
+        assert config.deepspeed_config["zero_stage"] in (2, 3)
+
+
+def test_every_documented_config_is_shipped():
+    shipped = {p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")}
+    assert shipped == {"single_gpu", "ddp", "fsdp", "deepspeed_zero2", "deepspeed_zero3", "multi_node"}
 
 
 def test_worker_gets_no_s3_secret(monkeypatch):
