@@ -440,15 +440,17 @@ def run(spec: RunSpec) -> dict:
         events.log(f"backbone features for {sum(len(v) for v in feats.values()):,} rows ready in {feature_time:.1f}s")
         splits = {s: FeatureDataset(feats[s], torch.tensor(ds[s]["labels"])) for s in ds}
         module = model.head
-        train_loader = DataLoader(splits["train"], batch_size=t.batch_size, shuffle=True, generator=torch.Generator().manual_seed(t.seed))
-        eval_loaders = {s: DataLoader(splits[s], batch_size=1024) for s in splits if s != "train"}
+        train_loader = DataLoader(splits["train"], batch_size=t.batch_size, shuffle=True, generator=_generator(t.seed))
+        eval_loaders = {s: DataLoader(splits[s], batch_size=1024, generator=_generator(t.seed)) for s in splits if s != "train"}
     else:
         module = model
         train = ds["train"]
         # Grouped by the global batch, so N processes of batch B see the same batches as one process of N*B.
         sampler = LengthGroupedSampler([len(x) for x in train["input_ids"]], t.batch_size * accelerator.num_processes, t.seed)
-        train_loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=collate)
-        eval_loaders = {s: DataLoader(ds[s], batch_size=t.batch_size * 2, collate_fn=collate) for s in ds if s != "train"}
+        # Loaders get generators of their own: starting an iterator then draws nothing from the
+        # global RNG, so a run resumed from a checkpoint sees the same dropout masks.
+        train_loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=collate, generator=_generator(t.seed))
+        eval_loaders = {s: DataLoader(ds[s], batch_size=t.batch_size * 2, collate_fn=collate, generator=_generator(t.seed)) for s in ds if s != "train"}
 
     optimizer = make_optimizer(module, cfg.learning_rate(), t.weight_decay)
     split_names = list(eval_loaders)
@@ -516,6 +518,10 @@ def run(spec: RunSpec) -> dict:
     events.emit("done", steps=state.step, eval_accuracy=final.accuracy, train_runtime_s=metrics["train_runtime_s"])
     accelerator.end_training()
     return metrics
+
+
+def _generator(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
 
 
 def _peak_memory_mb(accelerator) -> float:

@@ -1,0 +1,192 @@
+"""Several training processes and nodes on CPU (gloo), and surviving a killed worker.
+
+- DDP parity: 2 processes x batch 8 follow the same loss curve as 1 process x batch 16.
+- Kill and resume: one worker killed mid-run; Prefect's retry resumes from the last
+  checkpoint and ends where an uninterrupted run ends.
+- Two nodes: two network namespaces' worth of hosts (this one and a namespace joined by
+  a veth pair, private addresses of our own) meet through torchrun's static rendezvous.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flows.adapt import adapt
+from tasks.config import load_config
+from tasks.data import prepare_data
+from tasks.registry import list_versions
+from tasks.train import run_training
+from tests.integration.conftest import tiny_config
+from tests.model_fixtures import build_tiny_model
+
+
+def _train(model_dir, prepared, run_dir, **sections) -> dict:
+    cfg = load_config({"model": str(model_dir), "data": {"max_length": 32}, **sections})
+    return run_training(cfg, prepared.path, model_dir, run_dir)
+
+
+def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, reviews_csv):
+    model = build_tiny_model(tmp_path / "model", dropout=0.0)  # no dropout: the runs must agree to rounding
+    prepared = prepare_data(load_config({"data": {"data": str(reviews_csv), "max_length": 32}}).data, model, tmp_path / "work")
+    training = {"max_steps": 12, "learning_rate": 1e-3, "log_every": 1, "warmup_ratio": 0.0}
+    strategy = {"name": "full_fine_tuning"}
+    one = _train(model, prepared, tmp_path / "one", strategy=strategy, training={**training, "batch_size": 16})
+    two = _train(model, prepared, tmp_path / "two", strategy=strategy, training={**training, "batch_size": 8}, launch={"num_processes": 2})
+    assert two["num_processes"] == 2 and one["examples_seen"] == two["examples_seen"] == 12 * 16
+    losses_one = [h["train_loss"] for h in one["history"]]
+    losses_two = [h["train_loss"] for h in two["history"]]
+    assert losses_one[-1] < losses_one[0]  # it learned something
+    # Stated tolerance: 0.5% relative per logged step, 0.5% on the final evaluation loss
+    # (all-reduce sums gradients in another order than one process does).
+    assert losses_two == pytest.approx(losses_one, rel=5e-3)
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=5e-3)
+
+
+def _wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def _worker_processes(spec_marker: str) -> list[psutil.Process]:
+    procs = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmd = proc.info["cmdline"] or []
+        if "tasks.training.worker" in cmd and any(spec_marker in part for part in cmd) and "torch.distributed.run" not in cmd:
+            procs.append(proc)
+    return procs
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(s3_env, reviews_csv, tmp_path):
+    model = build_tiny_model(tmp_path / "model", layers=4, hidden=256)  # slow enough to be killed mid-run
+    sections = {
+        "strategy": {"name": "full_fine_tuning"},
+        "training": {"max_steps": 40, "checkpoint_every": 5, "batch_size": 8, "log_every": 5, "learning_rate": 3e-4},
+        "launch": {"num_processes": 2, "retries": 1},
+    }
+    work = tmp_path / "work"
+    interrupted = load_config({**tiny_config(model, reviews_csv, work), **sections, "registry": {"model_name": "killed"}})
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            outcome["summary"] = adapt(config=interrupted)
+        except BaseException as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    runs = work / "runs" / "killed"
+    _wait_for(lambda: list(runs.glob("*/checkpoints/step-0000010/loop_state.json")), 240, "the step-10 checkpoint")
+    victims = _wait_for(lambda: _worker_processes(str(runs)), 30, "the worker processes")
+    victims[-1].send_signal(signal.SIGKILL)
+    thread.join(600)
+    assert "error" not in outcome, outcome.get("error")
+    summary = outcome["summary"]
+    run_dir = Path(summary["run_dir"])
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["steps"] == 40
+    assert metrics["resumed_from_step"] is not None and 10 <= metrics["resumed_from_step"] < 40
+    assert "resuming from checkpoint" in (run_dir / "worker.log").read_text()
+    assert [v.version for v in list_versions(s3_env, "killed")] == [1]
+
+    reference = load_config({**tiny_config(model, reviews_csv, tmp_path / "work-ref"), **sections, "registry": {"model_name": "uninterrupted"}})
+    ref_summary = adapt(config=reference)
+    ref_metrics = json.loads((Path(ref_summary["run_dir"]) / "metrics.json").read_text())
+    assert ref_metrics["resumed_from_step"] is None
+    assert metrics["eval_loss"] == pytest.approx(ref_metrics["eval_loss"], rel=1e-3)
+    resumed_head = load_file(str(run_dir / "model" / "head.safetensors"))
+    reference_head = load_file(str(Path(ref_summary["run_dir"]) / "model" / "head.safetensors"))
+    for key, value in reference_head.items():
+        assert torch.allclose(resumed_head[key], value, atol=1e-4), key
+
+
+# ---- two nodes -------------------------------------------------------------------------
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+@pytest.fixture
+def second_host():
+    """A network namespace joined to this one by a veth pair: a second 'host' on private addresses."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace")
+    tag = uuid.uuid4().hex[:6]
+    ns, here, there = f"afnode-{tag}", f"afh{tag}", f"afp{tag}"
+    subnet = 10 + int(tag[:2], 16) % 200  # 10.123.<subnet>.0/30, addresses of our own test hosts only
+    host_addr, peer_addr = f"10.123.{subnet}.1", f"10.123.{subnet}.2"
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", ns)
+        _ip("addr", "add", f"{host_addr}/30", "dev", here)
+        _ip("link", "set", here, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{peer_addr}/30", "dev", there)
+        _ip("netns", "exec", ns, "ip", "link", "set", there, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
+    try:
+        yield {"ns": ns, "host_if": here, "peer_if": there, "host_addr": host_addr, "peer_addr": peer_addr}
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.usefixtures("prefect_api")
+def test_two_node_run_completes_and_registers_one_version(second_host, s3_env, tiny_bert_dir, reviews_csv, tmp_path, monkeypatch):
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", second_host["host_if"])
+    raw = tiny_config(
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
+        launch={"launcher": "multinode", "nnodes": 2, "num_processes": 1, "master_addr": second_host["host_addr"], "master_port": _free_port()},
+        registry={"model_name": "two-nodes"},
+    )
+    outcome: dict = {}
+    thread = threading.Thread(target=lambda: outcome.update(summary=adapt(config=load_config(raw))))
+    thread.start()
+    commands = _wait_for(lambda: list((tmp_path / "work" / "runs" / "two-nodes").glob("*/node_commands.txt")), 120, "node_commands.txt")
+    (line,) = commands[0].read_text().splitlines()
+    node1 = subprocess.run(
+        ["ip", "netns", "exec", second_host["ns"], "env", f"GLOO_SOCKET_IFNAME={second_host['peer_if']}", *shlex.split(line)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    thread.join(300)
+    assert node1.returncode == 0, node1.stdout[-2000:] + node1.stderr[-2000:]
+    summary = outcome["summary"]
+    metrics = json.loads((Path(summary["run_dir"]) / "metrics.json").read_text())
+    assert metrics["num_processes"] == 2  # world size across both hosts
+    assert "--node-rank 1" in line
+    assert [v.version for v in list_versions(s3_env, "two-nodes")] == [1]
