@@ -195,12 +195,13 @@ class TrainingConfig(_Frozen):
 class LaunchConfig(_Frozen):
     """Where and how the training processes run."""
 
-    launcher: Literal["local", "multinode"] = Field(
+    launcher: Literal["local", "multinode", "pytorchjob"] = Field(
         "local",
         description="'local': all training processes on this machine (torchrun, or `accelerate launch` with "
         "accelerate_config). 'multinode': this machine is node `node_rank` of `nnodes`; the same torchrun "
-        "agent runs on every node (started by the cluster: a PyTorchJob on Kubernetes, srun on Slurm, or by hand) "
-        "and meets the others at master_addr:master_port.",
+        "agent runs on every node (started by srun on Slurm, or by hand) and meets the others at "
+        "master_addr:master_port. 'pytorchjob': the train task creates a Kubeflow PyTorchJob of `nnodes` pods "
+        "(infra/k8s/pytorchjob.yaml) and follows it; work_dir must be on the shared volume k8s_work_claim.",
     )
     num_processes: int = Field(
         1, ge=1, le=1024, description="Training processes per node (data parallel). On CPU they use gloo; on GPUs, one per GPU."
@@ -216,6 +217,12 @@ class LaunchConfig(_Frozen):
         None, description="Address of node 0 as the other nodes reach it ('multinode' launcher)."
     )
     master_port: int = Field(29500, ge=1024, le=65535, description="Rendezvous port on node 0.")
+    k8s_namespace: str = Field("adaptflow", description="Kubernetes namespace of the PyTorchJob ('pytorchjob' launcher).")
+    k8s_image: str = Field("adaptflow-train:latest", description="Training image (infra/Dockerfile) for the PyTorchJob pods.")
+    k8s_work_claim: str = Field(
+        "adaptflow-work", description="ReadWriteMany volume claim holding work_dir, mounted at the same path in every pod."
+    )
+    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs requested by each PyTorchJob pod (0: CPU pods).")
     retries: int = Field(
         1,
         ge=0,

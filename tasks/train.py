@@ -10,14 +10,18 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
+import string
 import subprocess
 import sys
+import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
 
 import torch
+import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -80,6 +84,84 @@ def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = No
     return torchrun + ["--standalone", "--nnodes", "1"] + worker
 
 
+PYTORCHJOB_TEMPLATE = ACCELERATE_CONFIGS.parent / "k8s" / "pytorchjob.yaml"
+
+
+def job_name(run_dir: Path) -> str:
+    """A Kubernetes name (DNS-1123) for the run."""
+    return re.sub(r"[^a-z0-9-]", "-", f"adaptflow-{run_dir.name}".lower())[:63].strip("-")
+
+
+def render_pytorchjob(cfg: AdaptConfig, spec_path: Path, name: str) -> dict:
+    """The PyTorchJob of infra/k8s/pytorchjob.yaml for this run: nnodes pods of num_processes each."""
+    launch = cfg.launch
+    text = string.Template(PYTORCHJOB_TEMPLATE.read_text()).substitute(
+        JOB_NAME=name,
+        NAMESPACE=launch.k8s_namespace,
+        PROCS_PER_NODE=launch.num_processes,
+        IMAGE=launch.k8s_image,
+        RUN_SPEC=str(spec_path),
+        GPUS_PER_NODE=launch.gpus_per_node,
+        WORK_DIR=str(cfg.resolved_work_dir()),
+        WORK_CLAIM=launch.k8s_work_claim,
+        WORKERS=launch.nnodes - 1,
+        ACCELERATE_USE_CPU="true" if launch.gpus_per_node == 0 else "false",
+    )
+    job = yaml.safe_load(text)
+    replicas = job["spec"]["pytorchReplicaSpecs"]
+    if launch.nnodes == 1:
+        del replicas["Worker"]
+    for spec in replicas.values():
+        container = spec["template"]["spec"]["containers"][0]
+        if launch.gpus_per_node == 0:
+            container.pop("resources")
+        else:
+            container["resources"]["limits"]["nvidia.com/gpu"] = launch.gpus_per_node
+    return job
+
+
+class PyTorchJob:
+    """A Kubeflow PyTorchJob driven through kubectl: create, wait for the master pod, follow its log, read the outcome."""
+
+    def __init__(self, job: dict, poll_s: float = 2.0, timeout_s: float = 1800.0):
+        self.job = job
+        self.name = job["metadata"]["name"]
+        self.namespace = job["metadata"]["namespace"]
+        self.poll_s, self.timeout_s = poll_s, timeout_s
+
+    def _kubectl(self, *args: str, stdin: str | None = None) -> str:
+        try:
+            done = subprocess.run(["kubectl", "-n", self.namespace, *args], input=stdin, capture_output=True, text=True, timeout=120)
+        except FileNotFoundError:
+            raise TrainingError(Problem("launch.launcher", "'pytorchjob' needs kubectl on the PATH", "install kubectl and configure access to the cluster")) from None
+        if done.returncode != 0:
+            raise TrainingError(Problem(f"kubectl {args[0]} {self.name}", done.stderr.strip() or done.stdout.strip(), "check the cluster, the namespace and the training operator"))
+        return done.stdout.strip()
+
+    def submit(self) -> None:
+        self._kubectl("apply", "-f", "-", stdin=json.dumps(self.job))
+
+    def _poll(self, read, done: set[str], what: str) -> str:
+        deadline = time.monotonic() + self.timeout_s
+        while time.monotonic() < deadline:
+            value = read()
+            if value in done:
+                return value
+            time.sleep(self.poll_s)
+        raise TrainingError(Problem(f"PyTorchJob {self.name}", f"{what} did not happen within {self.timeout_s:.0f} s", "look at `kubectl describe pytorchjob`"))
+
+    def wait_for_master(self) -> None:
+        self._poll(lambda: self._kubectl("get", "pod", f"{self.name}-master-0", "--ignore-not-found", "-o", "jsonpath={.status.phase}"), {"Running", "Succeeded", "Failed"}, "the master pod starting")
+
+    def logs_command(self) -> list[str]:
+        return ["kubectl", "-n", self.namespace, "logs", "-f", f"{self.name}-master-0"]
+
+    def outcome(self) -> int:
+        """0 when the job succeeded, 1 when it failed."""
+        state = self._poll(lambda: self._kubectl("get", "pytorchjob", self.name, "-o", "jsonpath={.status.conditions[-1:].type}"), {"Succeeded", "Failed"}, "the job finishing")
+        return 0 if state == "Succeeded" else 1
+
+
 NODE_ENV = ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED")
 
 
@@ -121,7 +203,15 @@ def run_training(
     """Run the worker to completion; return the metrics it wrote. Raises TrainingError on failure."""
     spec_path = RunSpec(cfg, prepared_path, model_path, run_dir).write()
     (run_dir / "config.json").write_text(cfg.to_json())
-    command = launch_command(cfg, spec_path)
+    job = None
+    if cfg.launch.launcher == "pytorchjob":
+        job = PyTorchJob(render_pytorchjob(cfg, spec_path, job_name(run_dir)))
+        job.submit()
+        on_line(f"created PyTorchJob {job.name} ({cfg.launch.nnodes} pod(s)); waiting for its master pod")
+        job.wait_for_master()
+        command = job.logs_command()
+    else:
+        command = launch_command(cfg, spec_path)
     on_line("launching: " + " ".join(command[1:]))
     others = other_node_commands(cfg, spec_path)
     if others:
@@ -149,6 +239,8 @@ def run_training(
             tail.append(line)
             on_line(line)
         returncode = proc.wait()
+    if job is not None:
+        returncode = job.outcome()
     if worker_error is not None:
         error_class = getattr(errors, worker_error["kind"], TrainingError)
         raise error_class([Problem(**p) for p in worker_error["problems"]])
