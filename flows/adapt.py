@@ -39,7 +39,7 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     """
     found: list[AdaptFlowError] = []
     needs_s3 = cfg.registry.register_model or any(
-        ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data)
+        ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data, cfg.training.checkpoint_uri)
     )
     settings = None
     if needs_s3:

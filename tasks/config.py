@@ -189,6 +189,11 @@ class TrainingConfig(_Frozen):
     checkpoint_every: int | None = Field(
         None, ge=1, description="Save a resumable checkpoint every N optimizer steps; empty: none."
     )
+    checkpoint_uri: str | None = Field(
+        None,
+        description="An s3:// prefix where checkpoints are mirrored (the newest two), so that a retry on another "
+        "machine resumes from them. Empty: checkpoints stay in the run folder.",
+    )
     log_every: int = Field(10, ge=1, description="Report the training loss every N optimizer steps.")
 
 

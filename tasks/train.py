@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import Callable
+from typing import TYPE_CHECKING, Callable
 
 import torch
 import yaml
@@ -31,6 +31,9 @@ from tasks.config import AdaptConfig
 from tasks.errors import ConfigError, Problem, TrainingError
 from tasks.modeling import cpu_threads_per_process
 from tasks.training.worker import EVENT_PREFIX, RunSpec
+
+if TYPE_CHECKING:
+    from tasks.checkpoints import CheckpointMirror
 
 Event = dict
 EventSink = Callable[[Event], None]
@@ -199,9 +202,18 @@ def run_training(
     run_dir: Path,
     on_event: EventSink = lambda e: None,
     on_line: LineSink = lambda line: None,
+    mirror: CheckpointMirror | None = None,
 ) -> dict:
-    """Run the worker to completion; return the metrics it wrote. Raises TrainingError on failure."""
+    """Run the worker to completion; return the metrics it wrote. Raises TrainingError on failure.
+
+    With a checkpoint ``mirror``, the newest mirrored checkpoint is restored first when the
+    run folder has none, and every new checkpoint is uploaded as soon as it is written.
+    """
     spec_path = RunSpec(cfg, prepared_path, model_path, run_dir).write()
+    if mirror is not None:
+        restored = mirror.restore_into(run_dir)
+        if restored is not None:
+            on_line(f"restored checkpoint {restored.name} from {mirror.uri}")
     (run_dir / "config.json").write_text(cfg.to_json())
     job = None
     if cfg.launch.launcher == "pytorchjob":
@@ -235,6 +247,8 @@ def run_training(
                     sink(event)
                 if event["type"] == "log":
                     on_line(event["message"])
+                if event["type"] == "checkpoint" and mirror is not None:
+                    on_line(f"checkpoint mirrored to {mirror.upload(Path(event['path']))}")
                 continue
             tail.append(line)
             on_line(line)
@@ -307,4 +321,10 @@ def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir:
         if line:
             logger.info(line)
 
-    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info)
+    mirror = None
+    if cfg.training.checkpoint_uri:
+        from tasks.checkpoints import CheckpointMirror
+        from tasks.s3 import S3Settings
+
+        mirror = CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
+    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=mirror)

@@ -87,3 +87,26 @@ def test_a_crashing_worker_is_reported_with_its_log(tiny_bert_dir, prepared, tmp
     with pytest.raises(TrainingError) as info:
         _train(tiny_bert_dir, prepared, run_dir, strategy={"name": "full_fine_tuning"}, training={"max_steps": 1})
     assert "worker.log" in str(info.value) and (run_dir / "worker.log").is_file()
+
+
+def test_checkpoints_mirrored_to_s3_restore_on_a_machine_without_them(tiny_bert_dir, prepared, tmp_path, s3_env):
+    import shutil
+
+    from tasks.checkpoints import CheckpointMirror
+    from tasks.s3 import iter_objects
+
+    uri = s3_env.uri(s3_env.key("checkpoints", "run-1"))
+    training = {"batch_size": 8, "checkpoint_every": 2, "learning_rate": 1e-3, "checkpoint_uri": uri}
+    cfg = load_config({"model": str(tiny_bert_dir), "data": {"max_length": 32}, "strategy": {"name": "full_fine_tuning"}, "training": {**training, "max_steps": 6}})
+    run_dir = tmp_path / "run"
+    run_training(cfg, prepared.path, tiny_bert_dir, run_dir, mirror=CheckpointMirror(s3_env, uri))
+    keys = [o["Key"] for o in iter_objects(s3_env, s3_env.bucket, s3_env.key("checkpoints", "run-1") + "/")]
+    assert {k.split("/")[-2] for k in keys} == {"step-0000004", "step-0000006"}  # the newest two
+    assert any(k.endswith("step-0000006/loop_state.json") for k in keys)
+
+    shutil.rmtree(run_dir / "checkpoints")  # "another machine": nothing local
+    longer = load_config({**cfg.model_dump(), "training": {**cfg.training.model_dump(), "max_steps": 8}})
+    lines: list[str] = []
+    metrics = run_training(longer, prepared.path, tiny_bert_dir, run_dir, on_line=lines.append, mirror=CheckpointMirror(s3_env, uri))
+    assert any("restored checkpoint step-0000006" in line for line in lines)
+    assert metrics["resumed_from_step"] == 6 and metrics["steps"] == 8
