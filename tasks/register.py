@@ -86,6 +86,8 @@ def register_run(
 def register_task(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str) -> RegisteredVersion:
     """Upload the run as the next version of its model; the manifest is written last."""
     version = register_run(cfg, run_dir, data_manifest, model_path, evaluation_markdown, S3Settings.resolve())
-    size = sum(f["size"] for f in version.files)
-    get_run_logger().info(f"registered {version.name} version {version.version}: {len(version.files)} files, {size / 2**20:.1f} MiB -> {version.uri}")
+    get_run_logger().info(
+        f"registered {version.name} version {version.version}: {len(version.files)} files, {version.total_bytes / 2**20:.1f} MiB "
+        f"({version.uploaded_bytes / 2**20:.1f} MiB uploaded, the rest already stored) -> {version.uri}"
+    )
     return version

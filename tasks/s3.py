@@ -22,6 +22,7 @@ from typing import Any
 
 import boto3
 from boto3.exceptions import Boto3Error, RetriesExceededError, S3UploadFailedError
+from boto3.s3.transfer import TransferConfig
 from botocore.config import Config
 from botocore.exceptions import (
     BotoCoreError,
@@ -57,6 +58,10 @@ _REJECTED_KEY_CODES = {
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_MIB = 1 << 20
+
+TRANSFER_CONFIG = TransferConfig(multipart_threshold=16 * _MIB, multipart_chunksize=8 * _MIB, max_concurrency=4)
+"""Every file transfer: multipart above 16 MiB, 8 MiB parts, 4 parts in flight per file."""
 
 
 @dataclass(frozen=True)
@@ -95,6 +100,11 @@ class S3Settings:
         credentials (keys or ``AWS_PROFILE``) are set, the endpoint and keys of the
         local stack (``adaptflow stack up``) are used if it is running.
         """
+        from tasks.credentials import settings_from_block  # imports this module: import here
+
+        block = settings_from_block()  # a Prefect block named by ADAPTFLOW_S3_BLOCK wins when set
+        if block is not None:
+            return block
         env = {name: value for name, value in os.environ.items() if value}
         endpoint = next((env[name] for name in ENDPOINT_VARS if name in env), None)
         access_key, secret_key = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
@@ -319,7 +329,7 @@ def upload_file(settings: S3Settings, path: Path, uri: str, client: Any = None) 
         raise StorageError(Problem(uri, "an upload needs a full object key", "write it as s3://BUCKET/path/to/file"))
     client = client or make_client(settings)
     with storage_errors(f"upload {path}", uri, settings.endpoint_url):
-        client.upload_file(str(path), bucket, key)
+        client.upload_file(str(path), bucket, key, Config=TRANSFER_CONFIG)
     return uri
 
 
@@ -339,7 +349,7 @@ def download_file(settings: S3Settings, uri: str, dest: Path, client: Any = None
     client = client or make_client(settings)
     try:
         with storage_errors("download", uri, settings.endpoint_url):
-            client.download_file(bucket, key, str(partial))
+            client.download_file(bucket, key, str(partial), Config=TRANSFER_CONFIG)
         os.replace(partial, dest)
     finally:
         partial.unlink(missing_ok=True)

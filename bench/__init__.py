@@ -1,0 +1,1 @@
+"""Measurements that are run by hand (and reused by a few tests); not part of the package."""

@@ -1,0 +1,394 @@
+"""``adaptflow models``: browse, promote, pull and clean up the model registry on S3.
+
+The S3 endpoint and keys come from the environment or the local stack, as for
+``adaptflow run``. A user error is one message and an exit code (2: bad input, 3: S3
+problem), never a traceback.
+"""
+
+from __future__ import annotations
+
+import getpass
+import socket
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import datetime, timezone
+from pathlib import Path
+from types import ModuleType
+from typing import Any, Optional
+
+import typer
+from rich.table import Table
+
+from tasks.errors import AdaptFlowError, ConfigError, Problem
+from tasks.registry import (
+    AliasInfo,
+    append_decision,
+    delete_version,
+    gc,
+    get_alias,
+    get_manifest,
+    list_aliases,
+    list_models,
+    list_versions,
+    pull_version,
+    resolve_ref,
+    set_alias,
+)
+from tasks.s3 import S3Settings
+
+REF_HELP = "A registered version: NAME (its latest version), NAME:7, or NAME@champion (an alias)."
+
+models_app = typer.Typer(
+    help="The model registry on S3: list and inspect registered versions, move aliases such as "
+    "'champion' or 'staging', pull a version into a local folder, delete versions and clean up.",
+    no_args_is_help=True,
+    rich_markup_mode="rich",
+)
+
+
+def _cli() -> ModuleType:
+    """``flows.cli`` (its consoles and ``_fail``), imported on use: it imports this module itself."""
+    from flows import cli
+
+    return cli
+
+
+@contextmanager
+def _reported() -> Iterator[None]:
+    """A user error inside the block ends the command with its message and exit code."""
+    try:
+        yield
+    except AdaptFlowError as exc:
+        raise _cli()._fail(exc) from None
+
+
+# ---- list / show ---------------------------------------------------------------------
+@models_app.command("list")
+def list_command(
+    name: Optional[str] = typer.Argument(None, help="A model name: list its versions. Empty: list the models."),
+) -> None:
+    """List the registered models, or the versions of one model with their metrics and aliases.
+
+    Examples:  adaptflow models list     adaptflow models list reviews-lora
+    """
+    with _reported():
+        settings = S3Settings.resolve()
+        table = _versions_table(settings, name) if name else _models_table(settings)
+    if table.row_count == 0:
+        _cli().out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
+        return
+    _cli().out.print(table)
+
+
+def _models_table(settings: S3Settings) -> Table:
+    table = Table(title="Registered models", title_style="bold")
+    for column in ("model", "versions", "latest", "registered", "aliases"):
+        table.add_column(column, justify="right" if column in ("versions", "latest") else "left", no_wrap=True)
+    for name in list_models(settings):
+        versions = list_versions(settings, name)
+        if not versions:
+            continue
+        table.add_row(
+            name,
+            str(len(versions)),
+            str(versions[-1].version),
+            _when(versions[-1].committed_at),
+            _aliases_text(list_aliases(settings, name)),
+        )
+    return table
+
+
+def _versions_table(settings: S3Settings, name: str) -> Table:
+    aliases = _aliases_by_version(list_aliases(settings, name))
+    table = Table(title=f"Versions of {name}", title_style="bold")
+    for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
+        justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for info in list_versions(settings, name):
+        manifest = get_manifest(settings, name, info.version)
+        metrics = manifest.get("metrics", {})
+        table.add_row(
+            str(info.version),
+            str(manifest.get("strategy", "-")),
+            _number(metrics.get("accuracy")),
+            _number(metrics.get("macro_f1")),
+            _size(sum(entry["size"] for entry in manifest["files"])),
+            _when(info.committed_at),
+            ", ".join(aliases.get(info.version, [])),
+        )
+    return table
+
+
+@models_app.command("show")
+def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
+    """Show one version: strategy, base model, data fingerprint, metrics, files, lineage, versions of the code.
+
+    Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion
+    """
+    with _reported():
+        settings = S3Settings.resolve()
+        name, version = resolve_ref(settings, ref)
+        manifest = get_manifest(settings, name, version)
+        aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
+    out = _cli().out
+    out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
+    out.print(_summary_table(manifest))
+    out.print(_files_table(manifest))
+
+
+def _summary_table(manifest: dict[str, Any]) -> Table:
+    table = Table(show_header=False, box=None, padding=(0, 2))
+    table.add_column(style="bold", no_wrap=True)
+    table.add_column(overflow="fold")
+    for label, value in _summary_rows(manifest):
+        if value not in (None, "", [], {}):
+            table.add_row(label, str(value))
+    return table
+
+
+def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
+    base = manifest.get("base_model", {})
+    data = manifest.get("data", {})
+    source = data.get("source", {}).get("data", {})
+    metrics = manifest.get("metrics", {})
+    training = manifest.get("training", {})
+    prefect = manifest.get("prefect", {})
+    packages = manifest.get("package_versions", {})
+    return [
+        ("registered", manifest.get("registered_at")),
+        ("strategy", manifest.get("strategy")),
+        ("task", manifest.get("task")),
+        ("base model", _join(base.get("ref"), _short(base.get("sha256")))),
+        ("data", _join(source.get("uri"), _short(source.get("sha256")))),
+        ("data fingerprint", data.get("key")),
+        ("labels", ", ".join(data.get("label_names", []))),
+        ("splits", ", ".join(f"{split}: {rows}" for split, rows in data.get("splits", {}).items())),
+        ("metrics", ", ".join(f"{key} {_number(value)}" for key, value in metrics.items())),
+        ("trainable params", _params(training)),
+        ("training", _join(_seconds(training.get("train_runtime_s")), training.get("device"), training.get("mixed_precision"))),
+        ("flow run", _join(prefect.get("flow_run_name"), prefect.get("flow_run_id"))),
+        ("code version", manifest.get("code_version")),
+        ("packages", ", ".join(f"{package} {version}" for package, version in packages.items())),
+    ]
+
+
+def _files_table(manifest: dict[str, Any]) -> Table:
+    files = manifest["files"]
+    total = sum(entry["size"] for entry in files)
+    table = Table(title=f"{len(files)} files, {_size(total)}", title_justify="left")
+    table.add_column("file")
+    table.add_column("size", justify="right", no_wrap=True)
+    table.add_column("sha256", no_wrap=True)
+    for entry in files:
+        table.add_row(entry["path"], _size(entry["size"]), entry["sha256"][:12])
+    return table
+
+
+# ---- promote ----------------------------------------------------------------------------
+@models_app.command("promote")
+def promote_command(
+    ref: str = typer.Argument(..., help="The version to promote: NAME:7 (or NAME@staging, NAME for the latest)."),
+    alias: str = typer.Option("champion", "--alias", "-a", help="The alias to point at it: champion, staging or any name."),
+    reason: str = typer.Option("", "--reason", help="Why, recorded with the decision (default: 'manual promotion')."),
+    force: bool = typer.Option(False, "--force", help="Skip the checks: allows moving the alias back to an older version."),
+    eval_data: Optional[str] = typer.Option(
+        None,
+        "--if-better-on",
+        help="A labelled file (CSV/TSV/JSONL/Parquet or s3://): score the candidate and the alias's current version on it "
+        "and move the alias only if the candidate is better by --min-delta.",
+    ),
+    metric: str = typer.Option("macro_f1", "--metric", help="With --if-better-on: accuracy, macro_f1, macro_precision or macro_recall."),
+    min_delta: float = typer.Option(0.0, "--min-delta", help="With --if-better-on: how much better the candidate must be."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="With --if-better-on: the text column (found automatically when there is one)."),
+    label_column: str = typer.Option("label", "--label-column", help="With --if-better-on: the label column."),
+) -> None:
+    """Point an alias at a version (compare-and-swap: a concurrent move is detected, never overwritten).
+
+    The move and its reason are recorded in the model's decision log. Moving an alias to an older version (a rollback) needs --force.
+    With --if-better-on FILE it is a promotion gate: both versions are scored on the same rows and the alias moves only for a
+    better candidate; the decision is recorded either way. Exit code 0: promoted (or already there), 1: not better.
+
+    Examples:  adaptflow models promote reviews-lora:3 --alias champion --reason "beats v2 on the March sample"
+               adaptflow models promote reviews-lora:3 --if-better-on dev.csv --metric accuracy --min-delta 0.005
+    """
+    if eval_data is not None:
+        _gate(ref, alias, eval_data, metric, min_delta, text_column, label_column)
+        return
+    with _reported():
+        settings = S3Settings.resolve()
+        name, version = resolve_ref(settings, ref)
+        current = get_alias(settings, name, alias)
+        if current is not None and current.version == version:
+            _cli().out.print(f"{name}@{alias} already points at version {version}.")
+            return
+        moved = promote_version(settings, name, version, alias, current, force=force, reason=reason)
+    was = f" (was version {current.version})" if current else ""
+    _cli().out.print(f"{name}@{alias} -> version [bold]{moved.version}[/]{was}")
+
+
+def _gate(ref: str, alias: str, eval_data: str, metric: str, min_delta: float, text_column: str | None, label_column: str) -> None:
+    from tasks.promote import promote_if_better
+
+    with _reported():
+        decision = promote_if_better(
+            S3Settings.resolve(), ref, alias=alias, metric=metric, min_delta=min_delta, eval_data=eval_data, text_column=text_column, label_column=label_column
+        )
+    champion = "none" if decision.champion_score is None else f"{decision.champion_score:.4f}"
+    _cli().out.print(
+        f"{decision.name}:{decision.candidate_version} {metric} {decision.candidate_score:.4f} vs {alias} {champion}: "
+        f"{'[bold green]promoted[/]' if decision.promoted else '[yellow]not promoted[/]'} ({decision.reason})"
+    )
+    if not decision.promoted:
+        raise typer.Exit(1)
+
+
+def promote_version(
+    settings: S3Settings, name: str, version: int, alias: str, current: AliasInfo | None, *, force: bool, reason: str
+) -> AliasInfo:
+    """Move ``alias`` from ``current`` (as read) to ``version`` and record the decision.
+
+    A plain compare-and-swap that only refuses to move an alias backwards without ``force``;
+    the metric gate is ``--if-better-on`` (``tasks.promote.promote_if_better``).
+    """
+    if current is not None and current.version > version and not force:
+        raise ConfigError(
+            Problem(
+                f"{name}@{alias}",
+                f"points at version {current.version}, newer than {version}",
+                "pass --force to roll back",
+            )
+        )
+    reason = reason or "manual promotion"
+    moved = set_alias(settings, name, alias, version, expected_etag=current.etag if current else None, reason=reason)
+    append_decision(
+        settings,
+        name,
+        {
+            "kind": "manual_promotion",
+            "name": name,
+            "alias": alias,
+            "candidate_version": version,
+            "previous_version": current.version if current else None,
+            "promoted": True,
+            "forced": force,
+            "reason": reason,
+            "decided_by": f"{getpass.getuser()}@{socket.gethostname()}",
+            "decided_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        },
+    )
+    return moved
+
+
+# ---- pull / delete / gc -----------------------------------------------------------------
+@models_app.command("pull")
+def pull_command(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="Copy the files into this folder. Empty: use the read-only local cache folder."
+    ),
+) -> None:
+    """Download a version (every file checked against its sha256) and print the folder.
+
+    The folder loads directly: tasks.modeling.load_classifier(folder), AutoModel.from_pretrained(folder/'backbone'), or for LoRA versions PeftModel.from_pretrained(base_model, folder/'adapter'). Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
+
+    Example:  python predict.py --model "$(adaptflow models pull reviews-lora@champion)"
+    """
+    with _reported():
+        settings = S3Settings.resolve()
+        name, version = resolve_ref(settings, ref)
+        folder = pull_version(settings, name, version, output)
+    _cli().console.print(f"pulled {name}:{version}", highlight=False)
+    _cli().out.print(str(folder), soft_wrap=True, highlight=False, markup=False)
+
+
+@models_app.command("delete")
+def delete_command(
+    ref: str = typer.Argument(..., help="The version to delete, named explicitly: NAME:7."),
+    force: bool = typer.Option(False, "--force", help="Delete it even if an alias points at it (the alias is removed too)."),
+) -> None:
+    """Delete a version: it stops being listed at once; its files are reclaimed by `adaptflow models gc`.
+
+    Refused while an alias points at the version, unless --force. Version numbers are never reused.
+    """
+    with _reported():
+        if ":" not in ref:
+            raise ConfigError(Problem(f"model reference {ref!r}", "names no version", "write NAME:VERSION, e.g. reviews-lora:3"))
+        settings = S3Settings.resolve()
+        name, version = resolve_ref(settings, ref)
+        removed = delete_version(settings, name, version, force=force)
+    also = f"; removed alias {', '.join(removed)}" if removed else ""
+    _cli().out.print(f"deleted {name}:{version}{also}. Run `adaptflow models gc` later to reclaim its files.")
+
+
+@models_app.command("gc")
+def gc_command(
+    name: Optional[str] = typer.Argument(None, help="Only this model. Empty: every model."),
+    grace_hours: float = typer.Option(
+        1.0, "--grace-hours", min=0, help="Leave anything younger than this alone (must exceed the longest registration)."
+    ),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+) -> None:
+    """Reclaim space: remove abandoned registrations and files that no registered version uses.
+
+    Safe to run while others register: files of registrations in progress and of every committed version are kept.
+    """
+    with _reported():
+        report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run)
+    out = _cli().out
+    verb = "would remove" if dry_run else "removed"
+    out.print(
+        f"{verb}: {len(report.removed_versions)} abandoned registration(s), {len(report.removed_blobs)} unused "
+        f"file(s) ({_size(report.freed_bytes)}), {report.aborted_uploads} unfinished upload(s)"
+    )
+    for version in report.removed_versions:
+        out.print(f"  abandoned registration {version}", highlight=False)
+    for blob in report.removed_blobs:
+        out.print(f"  unused file {blob}", highlight=False, soft_wrap=True)
+    for reason in report.skipped:
+        out.print(f"[yellow]skipped[/]: {reason}", highlight=False)
+
+
+# ---- formatting -------------------------------------------------------------------------
+def _aliases_by_version(aliases: list[AliasInfo]) -> dict[int, list[str]]:
+    by_version: dict[int, list[str]] = {}
+    for info in aliases:
+        by_version.setdefault(info.version, []).append(info.alias)
+    return by_version
+
+
+def _aliases_text(aliases: list[AliasInfo]) -> str:
+    return ", ".join(f"{info.alias} -> {info.version}" for info in aliases)
+
+
+def _size(size: int) -> str:
+    for unit, scale in (("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4f}" if isinstance(value, float) else "-" if value is None else str(value)
+
+
+def _short(digest: str | None) -> str | None:
+    return f"sha256 {digest[:12]}" if digest else None
+
+
+def _when(moment: datetime) -> str:
+    return moment.astimezone(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
+
+
+def _seconds(value: float | None) -> str | None:
+    return f"{value:.1f} s" if value is not None else None
+
+
+def _params(training: dict[str, Any]) -> str | None:
+    trainable, total = training.get("trainable_params"), training.get("total_params")
+    if not trainable or not total:
+        return None
+    return f"{trainable:,} of {total:,} ({100 * trainable / total:.2f}%)"
+
+
+def _join(*parts: Any) -> str:
+    return ", ".join(str(part) for part in parts if part not in (None, ""))
