@@ -23,6 +23,7 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
+from flows.models_cli import models_app
 from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflow_home, load_config, load_config_file
 from tasks.errors import AdaptFlowError, ConfigError, Problem
 
@@ -37,6 +38,7 @@ app = typer.Typer(
 )
 stack_app = typer.Typer(help="The local S3-compatible server (SeaweedFS) used by default. Its data is kept across restarts.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
+app.add_typer(models_app, name="models")
 
 SECTIONS = {"data": "Data", "training": "Training", "launch": "Launch", "registry": "Registry"}
 
@@ -286,6 +288,52 @@ def print_summary(summaries: list[dict]) -> None:
             out.print(f"[yellow]warning[/]: {s['strategy']} shows signs of overfitting (see {s['run_dir']}/plots/loss_curves.png)")
         out.print(f"run folder: {s['run_dir']}")
         out.print(f"registered version: [bold green]{s['version_uri']}[/]" if s["version_uri"] else "not registered (--no-register-model)")
+
+
+# ---- adaptflow predict ---------------------------------------------------------------
+
+
+@app.command("predict")
+def predict_command(
+    model: str = typer.Option(..., "--model", "-m", help="Registered version: NAME (latest), NAME:7, or NAME@champion (an alias)."),
+    data: str = typer.Option(..., "--data", "-d", help="CSV, TSV, JSON lines or Parquet file (or s3:// URI) with a text column; labels not needed."),
+    output: Path = typer.Option(..., "--output", "-o", help="File to write, .csv or .jsonl: the input's columns + label, score, prob_<class>."),
+    text_column: Optional[str] = typer.Option(None, "--text-column", help="Column holding the text. Empty: the only text column besides 'label'."),
+    batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+) -> None:
+    """Run the [bold]predict[/] flow: label every row of a file with a registered model version.
+
+    Example:  adaptflow predict --model reviews-lora@champion --data new_reviews.csv --output predictions.csv
+    """
+    from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+    from transformers.utils import logging as hf_logging
+
+    from flows.predict import predict
+    from tasks.predict import add_progress_listener
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
+        console=console, redirect_stderr=True, redirect_stdout=True,
+    )
+    bar = progress.add_task(f"predicting with {model}", total=None, visible=False)
+
+    def on_batch(done: int, total: int) -> None:
+        if not progress.tasks[0].visible:  # the clock starts with the first batch, not with Prefect's start-up
+            progress.reset(bar, total=total, visible=True)
+        progress.update(bar, completed=done)
+
+    remove = add_progress_listener(on_batch)
+    hf_logging.disable_progress_bar()  # one bar: ours
+    quiet_prefect_tracebacks()
+    try:
+        with progress:
+            result = predict(model=model, data=data, output=str(output), text_column=text_column, batch_size=batch_size)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    finally:
+        remove()
+    counts = ", ".join(f"{label}: {n}" for label, n in result["label_counts"].items())
+    out.print(f"{result['rows']} rows predicted with [bold]{result['model']}[/] -> {result['output']} ({counts})")
 
 
 # ---- adaptflow stack -----------------------------------------------------------------

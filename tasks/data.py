@@ -1088,6 +1088,63 @@ def _collect(*steps: Callable[[], T]) -> list[T]:
     return results
 
 
+# ---- one file for batch inference and scoring -------------------------------------------
+
+
+def read_data_file(given: str, path: Path | None = None) -> Table:
+    """The rows of one CSV, TSV, JSON lines or Parquet file, read as the preparation reads them.
+
+    ``given`` names the file in messages; ``path`` is where it is locally when that differs
+    (a downloaded ``s3://`` object).
+    """
+    local = path if path is not None else Path(given).expanduser()
+    if not local.is_file():
+        what = "is a folder, not a data file" if local.is_dir() else "no such file"
+        raise DataError(Problem(given, what, f"give a {', '.join(FILE_FORMATS)} file"))
+    src = _local_source("data", given, local)
+    assert src.path is not None
+    return _read_file(src.path, given)
+
+
+def text_column_of(table: Table, wanted: str | None, exclude: set[str | None]) -> str:
+    """``wanted`` if the table has it, else the only text column outside ``exclude``."""
+    if wanted is not None:
+        if wanted not in table.frame.columns:
+            raise DataError(_missing_column(table, wanted, "text", "--text-column"))
+        return wanted
+    problems: list[Problem] = []
+    found = _detect_text_column(table, exclude, problems)
+    if problems:
+        raise DataError(problems)
+    assert found is not None
+    return found
+
+
+def texts_of(table: Table, column: str) -> list[str]:
+    """The column's values as strings, missing values as empty strings."""
+    return [_as_text(value) for value in table.frame[column]]
+
+
+def label_ids_of(table: Table, column: str, label_names: list[str]) -> list[int]:
+    """Class ids (indices into ``label_names``) of a label column; every unusable row reported."""
+    if column not in table.frame.columns:
+        raise DataError(_missing_column(table, column, "label", "--label-column"))
+    kind: Literal["int", "str"] = "int" if all(_is_integral(name) for name in label_names) else "str"
+    ids = {name: i for i, name in enumerate(label_names)}
+    found: list[int] = []
+    problems: list[Problem] = []
+    for row, value in enumerate(table.frame[column]):
+        name = None if _is_missing(value) else _canonical_label(value, kind)
+        if name in ids:
+            found.append(ids[name])
+            continue
+        what = "has no label" if name is None else f"label {name!r} is not one the model knows"
+        problems.append(Problem(table.where(row), what, f"the model's labels: {', '.join(label_names)}"))
+    if problems:
+        raise DataError(_capped(problems, table.origin))
+    return found
+
+
 # ---- Prefect wrapper -----------------------------------------------------------------
 
 

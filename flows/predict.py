@@ -1,0 +1,58 @@
+"""The ``predict`` flow: batch inference with a registered model version.
+
+``adaptflow predict --model NAME@champion --data FILE --output FILE`` runs it in-process;
+a deployment can run it on a schedule. It writes the output file and publishes a table
+artifact (the first rows) and a markdown summary (rows per predicted label).
+"""
+
+from __future__ import annotations
+
+from prefect import flow
+from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+from tasks.predict import DEFAULT_BATCH_SIZE, PredictionResult, predict_task
+
+
+def summary_markdown(result: PredictionResult) -> str:
+    lines = [
+        f"# Predictions of `{result.model}`",
+        "",
+        f"{result.rows} rows of `{result.data}` (text column `{result.text_column}`) -> `{result.output}` "
+        f"in {result.wall_s:.1f} s",
+        "",
+        "| predicted label | rows | share |",
+        "|---|---|---|",
+    ]
+    for label, count in result.label_counts.items():
+        lines.append(f"| {label} | {count} | {count / max(1, result.rows):.1%} |")
+    return "\n".join(lines) + "\n"
+
+
+@flow(name="predict", description="Predict a label for every row of a data file with a registered model version.")
+def predict(
+    model: str,
+    data: str,
+    output: str,
+    text_column: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+) -> dict:
+    """Batch inference.
+
+    Args:
+        model: Registered version: NAME (latest), NAME:7 (version 7) or NAME@champion (an alias).
+        data: CSV, TSV, JSON lines or Parquet file (or an s3:// URI of one) with a text column.
+        output: File to write, .csv or .jsonl: the input's columns, label, score, prob_<class>.
+        text_column: Column holding the text. Empty: the only text column besides 'label'.
+        batch_size: Texts per forward pass.
+    """
+    result = predict_task(model, data, output, text_column, batch_size)
+    create_table_artifact(result.preview, key="predictions-preview", description=f"First rows of {result.output}")
+    create_markdown_artifact(summary_markdown(result), key="predictions-summary", description=f"Predictions of {result.model}")
+    return {
+        "model": result.model,
+        "data": result.data,
+        "output": str(result.output),
+        "rows": result.rows,
+        "label_counts": result.label_counts,
+        "wall_s": result.wall_s,
+    }

@@ -1,0 +1,375 @@
+"""Batch inference with a registered model version, and scoring a version on labelled rows.
+
+:func:`load_version` pulls a version from the registry (files checked against the
+manifest) and loads it with :func:`tasks.modeling.load_classifier`, which reads only
+``safetensors``. A LoRA version holds only its adapter and head: its base model is
+resolved from the manifest's ``base_model.ref`` and must hash to the
+``base_model.sha256`` recorded when it was registered, or the adapter would silently run
+on other weights.
+
+:func:`predict_file` reads a CSV, TSV, JSON lines or Parquet file with the readers of
+``tasks/data.py`` (no labels needed), runs batched, length-sorted inference and writes
+CSV or JSON lines (by the output's extension)::
+
+    <the input's columns> | label | score | prob_<class> (one per class)
+
+``label`` is the predicted class name and ``score`` its probability; an input column
+already called ``label``, ``score`` or ``prob_<class>`` is kept as ``input_<name>``.
+
+:func:`evaluate_version` scores a version on a labelled file with
+:func:`tasks.evaluate.classification_metrics`; the promotion gate uses it so that a
+candidate and the champion are scored on the same rows.
+
+Plain functions down to the thin Prefect task at the end.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from prefect import get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from tasks.config import adaptflow_home
+from tasks.data import Table, label_ids_of, read_data_file, text_column_of, texts_of
+from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem
+from tasks.evaluate import classification_metrics
+from tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
+from tasks.registry import MANIFEST, pull_version, resolve_ref
+from tasks.s3 import S3Settings, download_file, download_prefix
+
+OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
+PROB_PREFIX = "prob_"
+INPUT_PREFIX = "input_"
+MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+DEFAULT_BATCH_SIZE = 32
+PREVIEW_ROWS = 20
+FALLBACK_MAX_LENGTH = 512
+
+Progress = Callable[[int, int], None]
+"""Called after each batch with (rows done, rows in total)."""
+
+
+# ---- loading a version ---------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A registered version, loaded for inference."""
+
+    name: str
+    version: int
+    model: AdaptClassifier
+    tokenizer: Any
+    label_names: list[str]
+    max_length: int
+    """Tokens per text, as in training (longer texts are truncated)."""
+    manifest: dict[str, Any] = field(repr=False)
+
+    @property
+    def ref(self) -> str:
+        return f"{self.name}:{self.version}"
+
+
+def default_cache_dir() -> Path:
+    """Where base models fetched from S3 or the hub are kept (the adapt flow's cache)."""
+    return adaptflow_home() / "work" / "cache"
+
+
+def load_version(settings: S3Settings, name: str, version: int, *, cache_dir: Path | None = None) -> LoadedVersion:
+    """Pull a committed version (see :func:`tasks.registry.resolve_ref` for references) and load it for inference."""
+    folder = pull_version(settings, name, version)
+    manifest = json.loads((folder / MANIFEST).read_text())
+    meta_path = folder / META_FILE
+    if not meta_path.is_file():
+        raise ModelError(Problem(f"model {name}:{version}", f"holds no {META_FILE}; it is not an AdaptFlow classifier"))
+    meta = json.loads(meta_path.read_text())
+    base_dir = None
+    if meta.get("weights") == "adapter":
+        base_dir = verified_base_model(settings, manifest, f"{name}:{version}", cache_dir or default_cache_dir())
+    model, tokenizer, meta = load_classifier(folder, base_dir)
+    label_names = list(meta.get("label_names") or manifest["data"]["label_names"])
+    if len(label_names) != model.head.linear.out_features:
+        raise ModelError(
+            Problem(f"model {name}:{version}", f"names {len(label_names)} labels but its head has {model.head.linear.out_features} outputs")
+        )
+    max_length = meta.get("max_length") or manifest.get("config", {}).get("data", {}).get("max_length")
+    return LoadedVersion(name, version, model, tokenizer, label_names, int(max_length or FALLBACK_MAX_LENGTH), manifest)
+
+
+def verified_base_model(settings: S3Settings, manifest: dict[str, Any], where: str, cache_dir: Path) -> Path:
+    """The local folder of a LoRA version's base model, checked against the registered digest."""
+    base = manifest.get("base_model") or {}
+    ref, expected = base.get("ref"), base.get("sha256")
+    if not ref or not expected:
+        raise ModelError(
+            Problem(f"model {where}", "is a LoRA adapter but its manifest names no base model (base_model.ref and sha256)", "register it again with AdaptFlow")
+        )
+    path = resolve_model(ref, cache_dir, lambda uri, dest: download_prefix(settings, uri, dest))
+    actual = folder_digest(path)
+    if actual != expected:
+        raise ModelError(
+            Problem(
+                f"model {where}",
+                f"is a LoRA adapter trained on base model {ref!r} with sha256 {expected[:16]}..., but {path} now hashes "
+                f"to {actual[:16]}...; the adapter would run on different weights",
+                "restore the base model the adapter was trained on, or adapt and register again on this one",
+            )
+        )
+    return path
+
+
+# ---- inputs --------------------------------------------------------------------------
+
+
+def local_input(settings: S3Settings | None, data: str, cache_dir: Path) -> Path:
+    """A local data file as given, or an ``s3://`` object downloaded into ``cache_dir``."""
+    if not data.startswith("s3://"):
+        return Path(data).expanduser()
+    if settings is None:
+        raise DataError(Problem(data, "is on S3 but no S3 storage is configured", "set ADAPTFLOW_S3_ENDPOINT_URL and the S3 keys"))
+    dest = cache_dir / "inputs" / hashlib.sha256(data.encode()).hexdigest()[:16]
+    dest.mkdir(parents=True, exist_ok=True)
+    return download_file(settings, data, dest)
+
+
+def read_rows(settings: S3Settings | None, data: str, cache_dir: Path) -> Table:
+    """The rows of a local data file or of an ``s3://`` object (named as given in messages)."""
+    return read_data_file(data, local_input(settings, data, cache_dir))
+
+
+def _rows_and_text_column(
+    settings: S3Settings | None, data: str, cache_dir: Path, wanted: str | None, exclude: set[str | None]
+) -> tuple[Table, str]:
+    table = read_rows(settings, data, cache_dir)
+    return table, text_column_of(table, wanted, exclude)
+
+
+def check_batch_size(batch_size: int) -> int:
+    if batch_size < 1:
+        raise ConfigError(Problem("batch_size", f"must be 1 or more (got {batch_size})"))
+    return batch_size
+
+
+def output_format(output: str | Path) -> str:
+    """'csv' or 'jsonl' from the output file's extension."""
+    fmt = OUTPUT_FORMATS.get(Path(output).suffix.lower())
+    if fmt is None:
+        raise DataError(Problem(f"--output {output}", "unsupported output file type", f"end the name with {' or '.join(OUTPUT_FORMATS)}"))
+    return fmt
+
+
+def _all_or_nothing(*steps: Callable[[], Any]) -> list[Any]:
+    """Run every check; raise one error carrying all their problems when any fails."""
+    results: list[Any] = []
+    errors: list[AdaptFlowError] = []
+    for step in steps:
+        try:
+            results.append(step())
+        except AdaptFlowError as exc:
+            errors.append(exc)
+            results.append(None)
+    if len(errors) == 1:
+        raise errors[0]
+    if errors:
+        kinds = {type(e) for e in errors}
+        cls = kinds.pop() if len(kinds) == 1 else AdaptFlowError
+        raise cls([p for e in errors for p in e.problems])
+    return results
+
+
+# ---- inference -----------------------------------------------------------------------
+
+
+def predict_probabilities(
+    loaded: LoadedVersion, texts: Sequence[str], *, batch_size: int = DEFAULT_BATCH_SIZE, on_progress: Progress | None = None
+) -> np.ndarray:
+    """Class probabilities [rows, classes] in the order of ``texts``.
+
+    Texts are tokenized once, sorted by length and padded per batch, so batches hold
+    texts of similar length and little padding.
+    """
+    check_batch_size(batch_size)
+    tokenizer = loaded.tokenizer
+    encoded = tokenizer(list(texts), truncation=True, max_length=loaded.max_length)
+    inputs = [name for name in MODEL_INPUTS if name in encoded]
+    order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
+    probabilities = np.zeros((len(texts), len(loaded.label_names)), dtype=np.float64)
+    with torch.inference_mode():
+        for start in range(0, len(order), batch_size):
+            rows = order[start : start + batch_size]
+            features = {name: [encoded[name][i] for i in rows] for name in inputs}
+            batch = tokenizer.pad(features, padding=True, padding_side="right", return_tensors="pt")  # 'last' pooling expects right padding
+            _, logits = loaded.model(**batch)
+            probabilities[rows] = torch.softmax(logits.double(), dim=-1).numpy()
+            if on_progress is not None:
+                on_progress(min(start + batch_size, len(order)), len(order))
+    return probabilities
+
+
+def prediction_frame(frame: pd.DataFrame, label_names: Sequence[str], probabilities: np.ndarray) -> pd.DataFrame:
+    """The input's columns (clashing names prefixed ``input_``) + label, score, prob_<class>."""
+    added = ["label", "score", *(PROB_PREFIX + name for name in label_names)]
+    out = frame.rename(columns={c: INPUT_PREFIX + str(c) for c in frame.columns if c in added}).reset_index(drop=True)
+    best = probabilities.argmax(axis=1)
+    out["label"] = [label_names[i] for i in best]
+    out["score"] = probabilities[np.arange(len(best)), best]
+    for j, name in enumerate(label_names):
+        out[PROB_PREFIX + name] = probabilities[:, j]
+    return out
+
+
+def write_predictions(frame: pd.DataFrame, output: Path) -> Path:
+    """Write CSV or JSON lines; the file appears complete or not at all."""
+    fmt = output_format(output)
+    output.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(prefix=f".{output.name}-", dir=output.parent)
+    os.close(handle)
+    try:
+        if fmt == "csv":
+            frame.to_csv(partial, index=False)
+        else:
+            frame.to_json(partial, orient="records", lines=True, force_ascii=False, double_precision=15)
+        os.replace(partial, output)
+    finally:
+        Path(partial).unlink(missing_ok=True)
+    return output
+
+
+@dataclass(frozen=True)
+class PredictionResult:
+    """What a batch prediction did."""
+
+    model: str
+    """The version used, ``NAME:VERSION``."""
+    data: str
+    output: Path
+    text_column: str
+    rows: int
+    label_counts: dict[str, int]
+    """Rows per predicted label, every class listed."""
+    preview: list[dict[str, Any]]
+    """The first rows of the output, JSON-safe."""
+    wall_s: float
+
+
+def predict_file(
+    settings: S3Settings,
+    ref: str,
+    data: str,
+    output: str | Path,
+    *,
+    text_column: str | None = None,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    on_progress: Progress | None = None,
+    cache_dir: Path | None = None,
+) -> PredictionResult:
+    """Predict a label for every row of ``data`` with version ``ref``; write ``output``.
+
+    The input file and its text column, the output type, the batch size and the model
+    reference are all checked (every problem reported at once) before the model is
+    loaded. A missing text is predicted as an empty string.
+    """
+    started = time.perf_counter()
+    cache_dir = cache_dir or default_cache_dir()
+    output = Path(output).expanduser()
+    (table, column), _, _, (name, version) = _all_or_nothing(
+        lambda: _rows_and_text_column(settings, data, cache_dir, text_column, {"label"}),
+        lambda: output_format(output),
+        lambda: check_batch_size(batch_size),
+        lambda: resolve_ref(settings, ref),
+    )
+    loaded = load_version(settings, name, version, cache_dir=cache_dir)
+    probabilities = predict_probabilities(loaded, texts_of(table, column), batch_size=batch_size, on_progress=on_progress)
+    frame = prediction_frame(table.frame, loaded.label_names, probabilities)
+    write_predictions(frame, output)
+    counts = Counter(frame["label"])
+    preview = json.loads(frame.head(PREVIEW_ROWS).to_json(orient="records", force_ascii=False))
+    return PredictionResult(
+        model=loaded.ref,
+        data=data,
+        output=output,
+        text_column=column,
+        rows=len(frame),
+        label_counts={label: counts.get(label, 0) for label in loaded.label_names},
+        preview=preview,
+        wall_s=time.perf_counter() - started,
+    )
+
+
+def evaluate_version(
+    settings: S3Settings,
+    ref: str,
+    data_file: str,
+    text_column: str | None = None,
+    label_column: str = "label",
+    *,
+    batch_size: int = DEFAULT_BATCH_SIZE,
+    cache_dir: Path | None = None,
+) -> dict[str, Any]:
+    """Classification metrics (:func:`tasks.evaluate.classification_metrics`) of ``ref`` on a labelled file."""
+    cache_dir = cache_dir or default_cache_dir()
+    (table, column), _, (name, version) = _all_or_nothing(
+        lambda: _rows_and_text_column(settings, data_file, cache_dir, text_column, {label_column}),
+        lambda: check_batch_size(batch_size),
+        lambda: resolve_ref(settings, ref),
+    )
+    loaded = load_version(settings, name, version, cache_dir=cache_dir)
+    labels = label_ids_of(table, label_column, loaded.label_names)
+    probabilities = predict_probabilities(loaded, texts_of(table, column), batch_size=batch_size)
+    return classification_metrics(labels, probabilities.argmax(axis=1).tolist(), loaded.label_names)
+
+
+# ---- Prefect wrapper -----------------------------------------------------------------
+
+# Callbacks that want the progress of every prediction in this process (the CLI's bar).
+_listeners: list[Progress] = []
+
+
+def add_progress_listener(listener: Progress) -> Callable[[], None]:
+    """Register a ``(done, total)`` callback for predictions run here; returns its remover."""
+    _listeners.append(listener)
+    return lambda: _listeners.remove(listener)
+
+
+class _Reporter:
+    """Progress to the Prefect artifact (each percent), the log (each 10%) and the listeners."""
+
+    def __init__(self, description: str):
+        self.artifact = create_progress_artifact(progress=0.0, description=description)
+        self.shown = 0.0
+        self.logged = -1
+
+    def __call__(self, done: int, total: int) -> None:
+        pct = 100.0 * done / max(1, total)
+        if pct - self.shown >= 1.0 or done == total:
+            update_progress_artifact(self.artifact, progress=pct)
+            self.shown = pct
+        if int(pct // 10) > self.logged:
+            self.logged = int(pct // 10)
+            get_run_logger().info(f"predicted {done}/{total} rows")
+        for listener in list(_listeners):
+            listener(done, total)
+
+
+@task(name="predict", cache_policy=NO_CACHE)
+def predict_task(ref: str, data: str, output: str, text_column: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> PredictionResult:
+    """Predict every row of ``data`` with a registered version; write ``output``."""
+    result = predict_file(
+        S3Settings.resolve(), ref, data, output, text_column=text_column, batch_size=batch_size, on_progress=_Reporter(f"Predicting {data} with {ref}")
+    )
+    get_run_logger().info(f"{result.model}: {result.rows} rows from {data} -> {result.output} in {result.wall_s:.1f} s ({result.label_counts})")
+    return result
