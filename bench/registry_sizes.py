@@ -105,14 +105,7 @@ def main() -> int:
         stack = LocalS3Stack(Path(tmp) / "home")
         stack.up(timeout=90)
         try:
-            env = stack.env()
-            settings = S3Settings(
-                endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-                access_key_id=env["AWS_ACCESS_KEY_ID"],
-                secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-                source="local stack",
-            )
-            rows = measure(settings, base, Path(tmp) / "folders")
+            rows = measure(stack.settings(), base, Path(tmp) / "folders")
         finally:
             stack.down()
     print(f"base model: {base}")

@@ -130,6 +130,19 @@ class LocalS3Stack:
             return None
         return info
 
+    def settings(self, prefix: str = "") -> S3Settings:
+        """S3 settings for this server (its bucket, its generated keys) under ``prefix``."""
+        env = self.env()
+        return S3Settings(
+            endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
+            bucket=env["ADAPTFLOW_S3_BUCKET"],
+            prefix=prefix,
+            region=env["AWS_DEFAULT_REGION"],
+            access_key_id=env["AWS_ACCESS_KEY_ID"],
+            secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
+            source="local stack",
+        )
+
     def env(self) -> dict[str, str]:
         """Environment variables that point a client (boto3, AdaptFlow) at this server.
 

@@ -49,17 +49,8 @@ def s3_stack(weed_binary: Path, tmp_path_factory: pytest.TempPathFactory) -> Ite
 
 @pytest.fixture
 def s3_settings(s3_stack: LocalS3Stack, request: pytest.FixtureRequest) -> S3Settings:
-    env = s3_stack.env()
     test_name = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40]
-    return S3Settings(
-        endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-        bucket=env["ADAPTFLOW_S3_BUCKET"],
-        prefix=f"tests/{test_name}-{uuid.uuid4().hex[:8]}",
-        region=env["AWS_DEFAULT_REGION"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        source="local stack",
-    )
+    return s3_stack.settings(prefix=f"tests/{test_name}-{uuid.uuid4().hex[:8]}")
 
 
 @pytest.fixture

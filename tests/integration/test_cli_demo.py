@@ -12,7 +12,7 @@ import pytest
 
 from infra.stack import LocalS3Stack
 from tasks.registry import get_manifest, list_versions
-from tasks.s3 import ENDPOINT_VARS, S3Settings
+from tasks.s3 import ENDPOINT_VARS
 
 
 def _adaptflow(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
@@ -43,7 +43,7 @@ def test_stack_up_then_run_with_defaults_registers_a_version(user_env, tmp_path)
         # the version is really there: manifest, model, card
         stack = LocalS3Stack(tmp_path / "home")
         env = stack.env()
-        settings = S3Settings(endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"], access_key_id=env["AWS_ACCESS_KEY_ID"], secret_access_key=env["AWS_SECRET_ACCESS_KEY"])
+        settings = stack.settings()
         assert [v.version for v in list_versions(settings, "sample-reviews-transfer-learning")] == [1]
         manifest = get_manifest(settings, "sample-reviews-transfer-learning", 1)
         files = {f["path"] for f in manifest["files"]}

@@ -61,17 +61,6 @@ def _blob_keys(settings: S3Settings, name: str) -> list[str]:
     return _keys(settings, registry.blobs_key(settings, name))
 
 
-def _settings_of(stack: LocalS3Stack, prefix: str = "") -> S3Settings:
-    env = stack.env()
-    return S3Settings(
-        endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-        prefix=prefix,
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        source="local stack",
-    )
-
-
 class FailingClient:
     """A real client that fails like a dropped connection on a chosen call."""
 
@@ -235,7 +224,7 @@ def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path)
     stack = LocalS3Stack(tmp_path / "home")
     stack.up(timeout=90)
     try:
-        settings = _settings_of(stack, "crash")
+        settings = stack.settings("crash")
         big = os.urandom(30 * MiB)
         folder = write_files(tmp_path / "model", {**MODEL_FILES, "backbone/model.safetensors": big})
         client = PausingClient(make_client(settings, connect_timeout=2, max_attempts=1), after_bytes=8 * MiB)
@@ -259,7 +248,7 @@ def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path)
         assert "backbone/model.safetensors" in str(outcome["error"])
 
         stack.up(timeout=90)
-        restarted = _settings_of(stack, "crash")
+        restarted = stack.settings("crash")
         assert restarted.endpoint_url == settings.endpoint_url  # the stack reuses its last ports
         assert registry.list_versions(restarted, "crashy") == []
 

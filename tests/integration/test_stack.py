@@ -18,16 +18,6 @@ from tasks.errors import StorageError
 from tasks.s3 import ENDPOINT_VARS, S3Settings, check_access, make_client
 
 
-def _settings(stack: LocalS3Stack) -> S3Settings:
-    env = stack.env()
-    return S3Settings(
-        endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-        bucket=env["ADAPTFLOW_S3_BUCKET"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-    )
-
-
 def _process_exists(pid: int) -> bool:
     try:
         os.kill(pid, 0)
@@ -49,7 +39,7 @@ def test_up_down_up_keeps_objects_and_keys(weed_binary: Path, tmp_path: Path) ->
         assert stat.S_IMODE(stack.identities_path.stat().st_mode) == 0o600
         assert json.loads(stack.state_path.read_text())["endpoint_url"] == env["ADAPTFLOW_S3_ENDPOINT_URL"]
 
-        make_client(_settings(stack)).put_object(Bucket="adaptflow", Key="kept/object.txt", Body=b"still here")
+        make_client(stack.settings()).put_object(Bucket="adaptflow", Key="kept/object.txt", Body=b"still here")
 
         assert stack.down() is True
         assert not _process_exists(info.pid)
@@ -61,7 +51,7 @@ def test_up_down_up_keeps_objects_and_keys(weed_binary: Path, tmp_path: Path) ->
         restarted = stack.up()
         assert restarted.pid != info.pid
         assert stack.env()["AWS_SECRET_ACCESS_KEY"] == secret  # credentials survive restarts
-        body = make_client(_settings(stack)).get_object(Bucket="adaptflow", Key="kept/object.txt")["Body"].read()
+        body = make_client(stack.settings()).get_object(Bucket="adaptflow", Key="kept/object.txt")["Body"].read()
         assert body == b"still here"
     finally:
         stack.down()
@@ -95,7 +85,7 @@ def test_down_refuses_to_signal_a_process_that_is_not_the_stack(tmp_path: Path) 
 
 
 def test_wrong_keys_are_refused_without_leaking_the_secret(s3_stack: LocalS3Stack) -> None:
-    good = _settings(s3_stack)
+    good = s3_stack.settings()
     for bad in (
         replace(good, secret_access_key="not-the-secret"),
         replace(good, access_key_id="AFUNKNOWNKEY00000000"),

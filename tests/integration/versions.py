@@ -31,15 +31,7 @@ CLEARED_VARS = (*ENDPOINT_VARS, "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION"
 def stack_env(stack: LocalS3Stack, label: str, home: Path) -> Iterator[S3Settings]:
     """The stack's variables, a fresh ADAPTFLOW_S3_PREFIX and ADAPTFLOW_HOME exported; yields the settings."""
     env = stack.env()
-    settings = S3Settings(
-        endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-        bucket=env["ADAPTFLOW_S3_BUCKET"],
-        prefix=f"tests/{label}-{uuid.uuid4().hex[:8]}",
-        region=env["AWS_DEFAULT_REGION"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        source="local stack",
-    )
+    settings = stack.settings(prefix=f"tests/{label}-{uuid.uuid4().hex[:8]}")
     with pytest.MonkeyPatch.context() as patch:
         for name in CLEARED_VARS:
             patch.delenv(name, raising=False)
