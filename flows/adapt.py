@@ -17,7 +17,7 @@ from prefect.runtime import flow_run
 
 from tasks.config import AdaptConfig, load_config
 from tasks.data import prepare_data_task
-from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError
+from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError, raise_together
 from tasks.evaluate import evaluate_task, metrics_markdown
 from tasks.modeling import inspect_model, resolve_model
 from tasks.register import register_task
@@ -67,15 +67,6 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     return model_path, found
 
 
-def raise_together(found: list[AdaptFlowError]) -> None:
-    """One error carrying every problem; its type (and exit code) kept when all agree."""
-    if not found:
-        return
-    kinds = {type(e) for e in found}
-    cls = kinds.pop() if len(kinds) == 1 else InputError
-    raise cls([p for e in found for p in e.problems])
-
-
 def _run_dir(cfg: AdaptConfig) -> Path:
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
     run_id = (flow_run.get_id() or "local")[:8]
@@ -93,7 +84,7 @@ def run_pipeline(cfg: AdaptConfig) -> dict:
             prepared = prepare_data_task(cfg.data, model_path, cfg.resolved_work_dir())
         except DataError as exc:
             found.append(exc)
-    raise_together(found)
+    raise_together(found, mixed=InputError)
     assert prepared is not None and model_path is not None
 
     run_dir = _run_dir(cfg)

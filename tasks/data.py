@@ -64,7 +64,7 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
 from tasks.config import DataConfig
-from tasks.errors import DataError, ModelError, Problem
+from tasks.errors import DataError, ModelError, Problem, run_all
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -1075,17 +1075,7 @@ def _rename_unless_published(staging: Path, folder: Path) -> None:
 
 def _collect(*steps: Callable[[], T]) -> list[T]:
     """Run every step; one DataError with all their problems when any fails."""
-    results: list[Any] = []
-    problems: list[Problem] = []
-    for step in steps:
-        try:
-            results.append(step())
-        except DataError as exc:
-            problems += exc.problems
-            results.append(None)
-    if problems:
-        raise DataError(problems)
-    return results
+    return run_all(*steps, catch=DataError)
 
 
 # ---- one file for batch inference and scoring -------------------------------------------

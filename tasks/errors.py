@@ -9,6 +9,7 @@ message as the failed run's reason.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any, Callable
 
 
 @dataclass(frozen=True)
@@ -77,3 +78,28 @@ class StorageError(AdaptFlowError):
 class TrainingError(AdaptFlowError):
     title = "Training failed"
     exit_code = 4
+
+
+def raise_together(errors: list[AdaptFlowError], mixed: type[AdaptFlowError] = AdaptFlowError) -> None:
+    """Raise one error carrying every problem of ``errors``; its type is kept when all agree, else ``mixed``."""
+    if not errors:
+        return
+    if len(errors) == 1:
+        raise errors[0]
+    kinds = {type(e) for e in errors}
+    cls = kinds.pop() if len(kinds) == 1 else mixed
+    raise cls([p for e in errors for p in e.problems])
+
+
+def run_all(*steps: Callable[[], Any], catch: type[AdaptFlowError] = AdaptFlowError) -> list[Any]:
+    """Run every step even when some fail; then raise all their problems together (see raise_together)."""
+    results: list[Any] = []
+    errors: list[AdaptFlowError] = []
+    for step in steps:
+        try:
+            results.append(step())
+        except catch as exc:
+            errors.append(exc)
+            results.append(None)
+    raise_together(errors)
+    return results

@@ -45,7 +45,7 @@ from prefect.cache_policies import NO_CACHE
 
 from tasks.config import adaptflow_home
 from tasks.data import Table, label_ids_of, read_data_file, text_column_of, texts_of
-from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem
+from tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
 from tasks.evaluate import classification_metrics
 from tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
 from tasks.registry import MANIFEST, pull_version, resolve_ref
@@ -172,25 +172,6 @@ def output_format(output: str | Path) -> str:
     return fmt
 
 
-def _all_or_nothing(*steps: Callable[[], Any]) -> list[Any]:
-    """Run every check; raise one error carrying all their problems when any fails."""
-    results: list[Any] = []
-    errors: list[AdaptFlowError] = []
-    for step in steps:
-        try:
-            results.append(step())
-        except AdaptFlowError as exc:
-            errors.append(exc)
-            results.append(None)
-    if len(errors) == 1:
-        raise errors[0]
-    if errors:
-        kinds = {type(e) for e in errors}
-        cls = kinds.pop() if len(kinds) == 1 else AdaptFlowError
-        raise cls([p for e in errors for p in e.problems])
-    return results
-
-
 # ---- inference -----------------------------------------------------------------------
 
 
@@ -286,7 +267,7 @@ def predict_file(
     started = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
     output = Path(output).expanduser()
-    (table, column), _, _, (name, version) = _all_or_nothing(
+    (table, column), _, _, (name, version) = run_all(
         lambda: _rows_and_text_column(settings, data, cache_dir, text_column, {"label"}),
         lambda: output_format(output),
         lambda: check_batch_size(batch_size),
@@ -322,7 +303,7 @@ def evaluate_version(
 ) -> dict[str, Any]:
     """Classification metrics (:func:`tasks.evaluate.classification_metrics`) of ``ref`` on a labelled file."""
     cache_dir = cache_dir or default_cache_dir()
-    (table, column), _, (name, version) = _all_or_nothing(
+    (table, column), _, (name, version) = run_all(
         lambda: _rows_and_text_column(settings, data_file, cache_dir, text_column, {label_column}),
         lambda: check_batch_size(batch_size),
         lambda: resolve_ref(settings, ref),
