@@ -37,21 +37,36 @@ class CheckpointMirror:
                 names[match.group(1)] = names.get(match.group(1), False) or obj["Key"].endswith("/" + LOOP_STATE)
         return sorted(n for n, complete in names.items() if complete or not complete_only)
 
-    def upload(self, checkpoint: Path) -> str:
-        """Upload one complete local checkpoint; its loop state goes last. Returns its URI."""
+    def upload(self, checkpoint: Path) -> str | None:
+        """Upload one complete local checkpoint; its loop state goes last. Returns its URI.
+
+        The worker keeps writing while this uploads, and rotates its own old checkpoints
+        away. A checkpoint that disappears before or during its upload has been superseded
+        by a newer one (which gets its own upload): its partial copy is removed and None
+        is returned. The newest checkpoint of a run is never rotated, so it always arrives.
+        """
         target = f"{self.uri}/{checkpoint.name}"
-        files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != LOOP_STATE)
-        for path in files + [checkpoint / LOOP_STATE]:
-            upload_file(self.settings, path, f"{target}/{path.relative_to(checkpoint).as_posix()}", self.client)
+        try:
+            if not (checkpoint / LOOP_STATE).is_file():
+                return None
+            files = sorted(p for p in checkpoint.rglob("*") if p.is_file() and p.name != LOOP_STATE)
+            for path in files + [checkpoint / LOOP_STATE]:
+                upload_file(self.settings, path, f"{target}/{path.relative_to(checkpoint).as_posix()}", self.client)
+        except FileNotFoundError:
+            self._delete(checkpoint.name)
+            return None
         self._prune()
         return target
 
+    def _delete(self, name: str) -> None:
+        keys = [o["Key"] for o in iter_objects(self.settings, self.bucket, f"{self.prefix}/{name}/", self.client)]
+        with storage_errors("delete old checkpoint", f"{self.uri}/{name}", self.settings.endpoint_url):
+            for start in range(0, len(keys), 1000):
+                self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+
     def _prune(self) -> None:
         for name in self._steps(complete_only=False)[: -self.keep]:
-            keys = [o["Key"] for o in iter_objects(self.settings, self.bucket, f"{self.prefix}/{name}/", self.client)]
-            with storage_errors("delete old checkpoint", f"{self.uri}/{name}", self.settings.endpoint_url):
-                for start in range(0, len(keys), 1000):
-                    self.client.delete_objects(Bucket=self.bucket, Delete={"Objects": [{"Key": k} for k in keys[start : start + 1000]]})
+            self._delete(name)
 
     def restore_into(self, run_dir: Path) -> Path | None:
         """Download the newest mirrored checkpoint when the run folder has none; returns its local path."""

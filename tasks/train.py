@@ -248,7 +248,8 @@ def run_training(
                 if event["type"] == "log":
                     on_line(event["message"])
                 if event["type"] == "checkpoint" and mirror is not None:
-                    on_line(f"checkpoint mirrored to {mirror.upload(Path(event['path']))}")
+                    mirrored = mirror.upload(Path(event["path"]))
+                    on_line(f"checkpoint mirrored to {mirrored}" if mirrored else f"checkpoint {Path(event['path']).name} superseded before its upload; skipped")
                 continue
             tail.append(line)
             on_line(line)
