@@ -75,6 +75,10 @@ def _run_dir(cfg: AdaptConfig) -> Path:
 
 def run_pipeline(cfg: AdaptConfig) -> dict:
     """The whole adaptation; returns a JSON-able summary (metrics, run folder, registered version)."""
+    from flows.lm import is_language_model_run, run_language_model
+
+    if is_language_model_run(cfg):  # domain adaptation, causal LM fine-tuning (flows/lm.py)
+        return run_language_model(cfg)
     logger = get_run_logger()
     started = time.perf_counter()
     model_path, found = check_inputs(cfg)

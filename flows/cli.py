@@ -24,6 +24,7 @@ from rich.console import Console
 from rich.table import Table
 
 from flows.models_cli import models_app
+from flows.retrain_cli import deploy_command, retrain_command
 from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflow_home, load_config, load_config_file
 from tasks.errors import AdaptFlowError, ConfigError, Problem
 
@@ -36,9 +37,11 @@ app = typer.Typer(
     no_args_is_help=True,
     rich_markup_mode="rich",
 )
-stack_app = typer.Typer(help="The local S3-compatible server (SeaweedFS) used by default. Its data is kept across restarts.", no_args_is_help=True)
+stack_app = typer.Typer(help="The local S3-compatible server (SeaweedFS) used by default, and a Prefect server with a process worker. Data is kept across restarts.", no_args_is_help=True)
 app.add_typer(stack_app, name="stack")
 app.add_typer(models_app, name="models")
+app.command("retrain", context_settings={"max_content_width": 120})(retrain_command)
+app.command("deploy")(deploy_command)
 
 SECTIONS = {"data": "Data", "training": "Training", "launch": "Launch", "registry": "Registry"}
 
@@ -183,7 +186,9 @@ def run(
         "-s",
         help="How to adapt: transfer_learning (frozen backbone, new head; cheapest), partial_fine_tuning "
         "(last N layers), full_fine_tuning (everything; best quality, most cost), lora (low-rank adapters; "
-        "near-full quality, tiny artifact). (default: transfer_learning)",
+        "near-full quality, tiny artifact), domain_adaptation (continued pre-training on unlabelled domain text, "
+        "then optionally --then STRATEGY on --task-data). With --task causal_lm: lora, partial, full or "
+        "transfer_learning fine-tune a decoder on prompt/response data. (default: transfer_learning)",
         rich_help_panel="Strategy",
     ),
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="YAML/JSON config file (sections as in `--print-config`); options given here override it."),
@@ -206,7 +211,14 @@ def run(
         out.print_json(cfg.to_json())
         return
     summary = run_with_progress(cfg)
-    print_summary([summary])
+    from flows.lm import print_lm_summary
+
+    if "domain" in summary:  # domain adaptation, then a task strategy
+        print_lm_summary(summary["domain"], out)
+    if "metrics" in summary:  # a language-model run without a classification step
+        print_lm_summary(summary, out)
+    else:
+        print_summary([summary])
 
 
 def run_with_progress(cfg: AdaptConfig) -> dict:
@@ -300,10 +312,18 @@ def predict_command(
     output: Path = typer.Option(..., "--output", "-o", help="File to write, .csv or .jsonl: the input's columns + label, score, prob_<class>."),
     text_column: Optional[str] = typer.Option(None, "--text-column", help="Column holding the text. Empty: the only text column besides 'label'."),
     batch_size: int = typer.Option(32, "--batch-size", min=1, help="Texts per forward pass."),
+    prompt_column: str = typer.Option("prompt", "--prompt-column", help="Causal LM versions: column holding the prompts.", rich_help_panel="Generation (causal LM versions)"),
+    max_new_tokens: int = typer.Option(64, "--max-new-tokens", min=1, help="Tokens generated per prompt at most.", rich_help_panel="Generation (causal LM versions)"),
+    do_sample: bool = typer.Option(False, "--sample/--greedy", help="Sample tokens (with --temperature, --top-p) or always take the most likely one.", rich_help_panel="Generation (causal LM versions)"),
+    temperature: float = typer.Option(1.0, "--temperature", help="With --sample: below 1 sharper, above 1 more varied.", rich_help_panel="Generation (causal LM versions)"),
+    top_p: float = typer.Option(1.0, "--top-p", help="With --sample: sample from the smallest set of tokens holding this probability.", rich_help_panel="Generation (causal LM versions)"),
+    seed: int = typer.Option(0, "--seed", help="Random seed, for repeatable sampling.", rich_help_panel="Generation (causal LM versions)"),
 ) -> None:
-    """Run the [bold]predict[/] flow: label every row of a file with a registered model version.
+    """Run the [bold]predict[/] flow: label every row of a file with a registered classifier, or generate a
+    response to every prompt with a registered causal LM (written to a 'generated' column).
 
     Example:  adaptflow predict --model reviews-lora@champion --data new_reviews.csv --output predictions.csv
+    Example:  adaptflow predict --model support-lora@champion --data prompts.jsonl --output answers.jsonl --max-new-tokens 128 --sample --temperature 0.7
     """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers.utils import logging as hf_logging
@@ -327,11 +347,17 @@ def predict_command(
     quiet_prefect_tracebacks()
     try:
         with progress:
-            result = predict(model=model, data=data, output=str(output), text_column=text_column, batch_size=batch_size)
+            result = predict(
+                model=model, data=data, output=str(output), text_column=text_column, batch_size=batch_size, prompt_column=prompt_column,
+                max_new_tokens=max_new_tokens, do_sample=do_sample, temperature=temperature, top_p=top_p, seed=seed,
+            )
     except AdaptFlowError as exc:
         raise _fail(exc) from None
     finally:
         remove()
+    if result.get("task") == "causal_lm":
+        out.print(f"{result['rows']} prompts answered with [bold]{result['model']}[/] -> {result['output']}")
+        return
     counts = ", ".join(f"{label}: {n}" for label, n in result["label_counts"].items())
     out.print(f"{result['rows']} rows predicted with [bold]{result['model']}[/] -> {result['output']} ({counts})")
 
@@ -346,20 +372,38 @@ def _stack():
 
 
 @stack_app.command("up")
-def stack_up() -> None:
-    """Start the local S3 server (free ports, generated credentials, data under $ADAPTFLOW_HOME/stack)."""
+def stack_up(
+    prefect: bool = typer.Option(
+        True, "--prefect/--no-prefect",
+        help="Also start a Prefect server (SQLite in $ADAPTFLOW_HOME/stack/prefect; PostgreSQL when "
+        "PREFECT_API_DATABASE_CONNECTION_URL is set) and a process worker on the pool 'adaptflow-local'.",
+    ),
+) -> None:
+    """Start the local S3 server (free ports, generated credentials, data under $ADAPTFLOW_HOME/stack) and a Prefect server + worker."""
     try:
-        info = _stack().up()
+        stack = _stack()
+        info = stack.up()
+        out.print(f"S3 server running at [bold]{info.endpoint_url}[/] (pid {info.pid}); bucket 'adaptflow'.")
+        if prefect:
+            from infra.prefect_stack import PrefectStack
+
+            served = PrefectStack(adaptflow_home()).up()  # runs resolve S3 as the CLI does: environment, else this stack
+            out.print(f"Prefect server at [bold]{served.ui_url}[/] (pid {served.server_pid}, {served.database}); "
+                      f"process worker on '{served.work_pool}' (pid {served.worker_pid}).")
+            out.print("Next: `adaptflow deploy`, then trigger runs from the UI (Deployments -> Run).")
     except AdaptFlowError as exc:
         raise _fail(exc) from None
-    out.print(f"S3 server running at [bold]{info.endpoint_url}[/] (pid {info.pid}); bucket 'adaptflow'.")
-    out.print("`adaptflow run` uses it automatically; other tools: eval \"$(adaptflow stack env)\"")
+    out.print("`adaptflow run` uses the S3 server automatically; other tools: eval \"$(adaptflow stack env)\"")
 
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the local S3 server started by `stack up` (its data stays for the next `up`)."""
+    """Stop the Prefect worker and server and the S3 server started by `stack up` (their data stays for the next `up`)."""
+    from infra.prefect_stack import PrefectStack
+
     try:
+        if PrefectStack(adaptflow_home()).down():
+            out.print("Prefect worker and server stopped.")
         _stack().down()
     except AdaptFlowError as exc:
         raise _fail(exc) from None
@@ -374,6 +418,15 @@ def stack_status() -> None:
         out.print("S3 server: not running (start it with `adaptflow stack up`).")
         raise typer.Exit(1)
     out.print(f"S3 server: running at {info.endpoint_url} (pid {info.pid}), data in {info.data_dir}")
+    from infra.prefect_stack import PrefectStack
+
+    prefect_stack = PrefectStack(adaptflow_home())
+    served = prefect_stack.status()
+    if served is None:
+        out.print("Prefect server: not running (`adaptflow stack up` starts it).")
+    else:
+        worker = f"worker pid {served.worker_pid}" if prefect_stack.worker_running(served) else "worker NOT running"
+        out.print(f"Prefect server: running at {served.ui_url} (pid {served.server_pid}, {served.database}); {worker}")
 
 
 @stack_app.command("env")
@@ -385,6 +438,19 @@ def stack_env() -> None:
         raise typer.Exit(1)
     for key, value in stack.env().items():
         out.print(f"export {key}={value}", highlight=False)
+    from infra.prefect_stack import PrefectStack
+
+    served = PrefectStack(adaptflow_home()).status()
+    if served is not None:
+        out.print(f"export PREFECT_API_URL={served.api_url}", highlight=False)
+
+
+# ---- adaptflow compare (flows/compare_cli.py reuses the option machinery above) ---------
+
+if __name__ != "__main__":  # under `python -m flows.cli` the importable module below registers it
+    from flows.compare_cli import register as _register_compare
+
+    _register_compare(app)
 
 
 def main() -> None:
@@ -395,4 +461,7 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    # compare_cli imports this module by name: run that copy, the one every command is registered on
+    from flows.cli import main as _main
+
+    sys.exit(_main())

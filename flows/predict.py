@@ -35,8 +35,14 @@ def predict(
     output: str,
     text_column: str | None = None,
     batch_size: int = DEFAULT_BATCH_SIZE,
+    prompt_column: str = "prompt",
+    max_new_tokens: int = 64,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    seed: int = 0,
 ) -> dict:
-    """Batch inference.
+    """Batch inference: a label per row for classifiers, a generated response per prompt for causal LMs.
 
     Args:
         model: Registered version: NAME (latest), NAME:7 (version 7) or NAME@champion (an alias).
@@ -44,7 +50,21 @@ def predict(
         output: File to write, .csv or .jsonl: the input's columns, label, score, prob_<class>.
         text_column: Column holding the text. Empty: the only text column besides 'label'.
         batch_size: Texts per forward pass.
+        prompt_column: Causal LM versions: column holding the prompts.
+        max_new_tokens: Causal LM versions: tokens generated per prompt at most.
+        do_sample: Causal LM versions: sample tokens (with temperature, top_p) instead of greedy decoding.
+        temperature: Causal LM versions, with do_sample: below 1 sharper, above 1 more varied.
+        top_p: Causal LM versions, with do_sample: sample from the smallest token set holding this probability.
+        seed: Causal LM versions: random seed, for repeatable sampling.
     """
+    from tasks.generate import Sampling, generate_task, is_causal_version
+    from tasks.s3 import S3Settings
+
+    if is_causal_version(S3Settings.resolve(), model):
+        sampling = Sampling(max_new_tokens, do_sample, temperature, top_p, seed)
+        generated = generate_task(model, data, output, prompt_column, sampling, min(batch_size, 16))
+        create_table_artifact(generated.preview, key="generations-preview", description=f"First rows of {generated.output}")
+        return {"model": generated.model, "data": generated.data, "output": str(generated.output), "rows": generated.rows, "wall_s": generated.wall_s, "task": "causal_lm"}
     result = predict_task(model, data, output, text_column, batch_size)
     create_table_artifact(result.preview, key="predictions-preview", description=f"First rows of {result.output}")
     create_markdown_artifact(summary_markdown(result), key="predictions-summary", description=f"Predictions of {result.model}")

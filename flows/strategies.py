@@ -6,12 +6,16 @@ contradict the flow's name) and runs the same pipeline as ``adapt``.
 
 from __future__ import annotations
 
+import inspect
+from typing import Literal
+
 from prefect import Flow, flow
 
 from flows.adapt import run_pipeline
 from tasks.config import (
     DEFAULT_MODEL,
     STRATEGY_CLASSES,
+    AdaptConfig,
     DataConfig,
     LaunchConfig,
     RegistryConfig,
@@ -31,9 +35,10 @@ def _strategy_flow(name: str) -> Flow:
         launch: LaunchConfig = LaunchConfig(),
         registry: RegistryConfig = RegistryConfig(),
         work_dir: str | None = None,
+        task: Literal["classification", "causal_lm"] = "classification",
     ) -> dict:
         cfg = load_config(
-            {"model": model, "strategy": strategy, "data": data, "training": training, "launch": launch, "registry": registry, "work_dir": work_dir}
+            {"model": model, "task": task, "strategy": strategy, "data": data, "training": training, "launch": launch, "registry": registry, "work_dir": work_dir}
         )
         return run_pipeline(cfg)
 
@@ -41,11 +46,23 @@ def _strategy_flow(name: str) -> Flow:
     strategy_flow.__annotations__["strategy"] = strategy_cls
     strategy_flow.__name__ = name
     strategy_flow.__qualname__ = name
-    strategy_flow.__doc__ = f"{strategy_cls.__doc__.strip()} Prepare, train, evaluate and register."
-    return flow(name=name.replace("_", "-"), description=strategy_flow.__doc__)(strategy_flow)
+    summary = f"{strategy_cls.__doc__.strip()} Prepare, train, evaluate and register."
+    strategy_flow.__doc__ = summary + _args_section(strategy_flow)  # Prefect reads the Args into the UI form's descriptions
+    return flow(name=name.replace("_", "-"), description=summary)(strategy_flow)
+
+
+def _args_section(function) -> str:
+    """A Google-style ``Args:`` section from the config model's field descriptions."""
+    lines = ["", "", "Args:"]
+    for param in inspect.signature(function).parameters:
+        field = AdaptConfig.model_fields.get(param)
+        if field is not None and field.description:
+            lines.append(f"    {param}: {' '.join(field.description.split())}")
+    return "\n".join(lines)
 
 
 transfer_learning = _strategy_flow("transfer_learning")
 partial_fine_tuning = _strategy_flow("partial_fine_tuning")
 full_fine_tuning = _strategy_flow("full_fine_tuning")
 lora = _strategy_flow("lora")
+domain_adaptation = _strategy_flow("domain_adaptation")

@@ -16,6 +16,7 @@ import os
 import re
 from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
+from typing import get_args as typing_get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
@@ -88,6 +89,19 @@ class DataConfig(_Frozen):
     )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     data_seed: int = Field(42, description="Seed for the held-out splits and row sampling.")
+    # ---- causal LM fine-tuning (task 'causal_lm'); see tasks/lm_data.py ----
+    prompt_column: str = Field("prompt", description="Causal LM data: column holding the prompt (its tokens get no loss).")
+    response_column: str = Field("response", description="Causal LM data: column holding the response the model learns to write.")
+    messages_column: str | None = Field(
+        None,
+        description="Causal LM data in chat format: column holding a list of {role, content} messages; the last "
+        "assistant message is the response. Formatted with the tokenizer's chat template when it has one.",
+    )
+    packing: bool = Field(
+        False,
+        description="Causal LM / domain text: pack several examples into each max_length block (fewer padding "
+        "tokens; no example is split across blocks).",
+    )
 
 
 class _ClassifierStrategy(_Frozen):
@@ -146,15 +160,47 @@ class Lora(_ClassifierStrategy):
         description="Names of the linear layers that get adapters (e.g. query,key,value,dense). "
         "Empty: every linear layer of the backbone (PEFT's 'all-linear').",
     )
+    qlora: bool = Field(
+        False,
+        description="QLoRA: load the frozen base in 4 bits (bitsandbytes NF4) and train LoRA adapters on it. "
+        "Needs a CUDA GPU and the bitsandbytes package; causal_lm task only.",
+    )
+
+
+TaskStrategyName = Literal["transfer_learning", "partial_fine_tuning", "full_fine_tuning", "lora"]
+
+
+class DomainAdaptation(_ClassifierStrategy):
+    """Continued pre-training on unlabelled domain text (masked LM for encoders, causal LM for decoders),
+    then optionally a task strategy on labelled data in the same run."""
+
+    default_learning_rate: ClassVar[float] = 5e-5
+    name: Literal["domain_adaptation"] = "domain_adaptation"
+    then: TaskStrategyName | None = Field(
+        None,
+        description="Task strategy to run on the domain-adapted model afterwards (with task_data), using its "
+        "default parameters. Empty: stop after continued pre-training.",
+    )
+    task_data: str | None = Field(None, description="Labelled task data for the `then` strategy (same forms as `data`).")
+    task_eval_data: str | None = Field(None, description="Evaluation data for the `then` strategy; empty: a held-out share of task_data.")
+    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked for masked-LM training (encoder models).")
+    domain_epochs: int = Field(1, ge=1, le=1000, description="Passes over the domain text (ignored when domain_max_steps is set).")
+    domain_max_steps: int | None = Field(None, ge=1, description="Stop continued pre-training after this many optimizer steps.")
+    domain_learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of continued pre-training.")
+
+    def passes(self, training: "TrainingConfig") -> int:
+        return self.domain_epochs
 
 
 StrategyConfig = Annotated[
-    Union[TransferLearning, PartialFineTuning, FullFineTuning, Lora], Field(discriminator="name")
+    Union[TransferLearning, PartialFineTuning, FullFineTuning, Lora, DomainAdaptation], Field(discriminator="name")
 ]
 STRATEGY_CLASSES: dict[str, type[_ClassifierStrategy]] = {
-    cls.model_fields["name"].default: cls for cls in (TransferLearning, PartialFineTuning, FullFineTuning, Lora)
+    cls.model_fields["name"].default: cls for cls in (TransferLearning, PartialFineTuning, FullFineTuning, Lora, DomainAdaptation)
 }
 STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
+TASK_STRATEGY_NAMES: tuple[str, ...] = typing_get_args(TaskStrategyName)
+"""The strategies that train a task model (every one but domain_adaptation): what benchmarks compare."""
 
 
 class TrainingConfig(_Frozen):
@@ -177,8 +223,15 @@ class TrainingConfig(_Frozen):
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
-    mixed_precision: Literal["no", "bf16", "fp16"] = Field(
-        "no", description="Autocast precision: 'bf16' works on CPU and recent GPUs, 'fp16' needs a GPU."
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(
+        "auto",
+        description="Autocast precision. 'auto': bf16 where the hardware computes it natively (Ampere or newer "
+        "GPUs, CPUs with AVX512-BF16/AMX), otherwise full fp32. 'bf16' forces it, 'fp16' needs a GPU, 'no' is fp32.",
+    )
+    gradient_checkpointing: bool = Field(
+        False,
+        description="Recompute the backbone's activations during the backward pass instead of keeping them: "
+        "less memory for longer sequences or bigger batches, about 30% more compute.",
     )
     eval_every: int | None = Field(
         None, ge=1, description="Evaluate every N optimizer steps (loss curves, early stopping); empty: once per epoch."
@@ -195,6 +248,16 @@ class TrainingConfig(_Frozen):
         "machine resumes from them. Empty: checkpoints stay in the run folder.",
     )
     log_every: int = Field(10, ge=1, description="Report the training loss every N optimizer steps.")
+    time_limit_s: float | None = Field(
+        None,
+        gt=0,
+        description="Stop training once the training loop has run this many seconds (checked after every optimizer "
+        "step; the model trained so far is evaluated and saved). Empty: no limit.",
+    )
+    generation_samples: int = Field(
+        8, ge=0, le=10000, description="Causal LM: evaluation prompts answered by generation for exact match and ROUGE-L (0: none)."
+    )
+    generation_max_new_tokens: int = Field(32, ge=1, le=4096, description="Causal LM: tokens generated per evaluation prompt.")
 
 
 class LaunchConfig(_Frozen):
@@ -282,6 +345,11 @@ class AdaptConfig(_Frozen):
     trust_remote_code: bool = Field(
         False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust."
     )
+    task: Literal["classification", "causal_lm"] = Field(
+        "classification",
+        description="'classification': a label per text (data with a label column). 'causal_lm': fine-tune a "
+        "decoder (GPT-2, Llama, Qwen...) to write responses (prompt/response or chat-format data).",
+    )
     strategy: StrategyConfig = Field(default_factory=TransferLearning, description="How the model is adapted.")
     data: DataConfig = Field(default_factory=DataConfig, description="The task data.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation hyperparameters.")
@@ -301,6 +369,24 @@ class AdaptConfig(_Frozen):
             problems.append("training.early_stopping_patience needs training.eval_every when max_steps is set")
         if t.mixed_precision == "fp16" and not _cuda_available():
             problems.append("training.mixed_precision 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
+        s = self.strategy
+        if isinstance(s, DomainAdaptation):
+            if s.then and not s.task_data:
+                problems.append("strategy.then (--then) needs strategy.task_data (--task-data): the labelled data for the task")
+            if (s.task_data or s.task_eval_data) and not s.then:
+                problems.append("strategy.task_data (--task-data) needs strategy.then (--then): the task strategy to run on it")
+            if s.then and self.task == "causal_lm":
+                problems.append(
+                    "task 'causal_lm' after domain_adaptation is not supported in one run: adapt first, then run "
+                    "--task causal_lm with --model set to the adapted model folder"
+                )
+        if isinstance(s, Lora) and s.qlora:
+            if self.task != "causal_lm":
+                problems.append("strategy.qlora (--qlora) is for --task causal_lm only")
+            if not _cuda_available():
+                problems.append(
+                    "strategy.qlora (--qlora) needs a CUDA GPU (4-bit bitsandbytes kernels); on CPU use plain lora (--no-qlora)"
+                )
         if problems:
             raise ValueError("; ".join(problems))
         return self

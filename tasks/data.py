@@ -329,6 +329,11 @@ def fingerprint(src: Source) -> dict[str, Any]:
     return {"uri": src.given, "kind": src.kind, "sha256": digest, "size": size}
 
 
+def input_fingerprint(given: str, work_dir: Path, fetch: Fetch | None = None, role: str = "data") -> dict[str, Any]:
+    """The fingerprint :func:`prepare_data` records for one input (``manifest["source"][role]``), without preparing it."""
+    return fingerprint(_resolve_source(role, given, Path(work_dir), fetch))
+
+
 def _sha256_folder(folder: Path) -> tuple[str, int]:
     """sha256 over the relative paths and contents of a folder's files (datasets' cache files left out)."""
     digest = hashlib.sha256()

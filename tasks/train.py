@@ -65,11 +65,18 @@ def accelerate_config_path(name_or_path: str) -> Path:
     raise ConfigError(Problem("launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"))
 
 
-def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None) -> list[str]:
-    """The command that starts this node's training processes (``node_rank`` overrides the config's)."""
+WORKER_MODULE = "tasks.training.worker"
+LM_WORKER_MODULE = "tasks.training.lm_worker"
+
+
+def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None, module: str = WORKER_MODULE) -> list[str]:
+    """The command that starts this node's training processes (``node_rank`` overrides the config's).
+
+    ``module`` is the worker to run: the classification worker, or the language-model one.
+    """
     launch = cfg.launch
     rank = launch.node_rank if node_rank is None else node_rank
-    worker = ["-m", "tasks.training.worker", str(spec_path)]
+    worker = ["-m", module, str(spec_path)]
     multinode = launch.launcher == "multinode"
     if launch.accelerate_config:
         command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(launch.accelerate_config))]
@@ -168,7 +175,7 @@ class PyTorchJob:
 NODE_ENV = ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED")
 
 
-def other_node_commands(cfg: AdaptConfig, spec_path: Path) -> list[str]:
+def other_node_commands(cfg: AdaptConfig, spec_path: Path, module: str = WORKER_MODULE) -> list[str]:
     """What the cluster (or a person) runs on nodes 1..N-1: the same agent with their node rank.
 
     The run directory, prepared data and model folder must be on storage every node sees
@@ -178,7 +185,7 @@ def other_node_commands(cfg: AdaptConfig, spec_path: Path) -> list[str]:
         return []
     env = worker_env(cfg)
     prefix = ["env"] + [f"{k}={env[k]}" for k in NODE_ENV if k in env]
-    return [shlex.join(prefix + launch_command(cfg, spec_path, node_rank=r)) for r in range(cfg.launch.nnodes) if r != cfg.launch.node_rank]
+    return [shlex.join(prefix + launch_command(cfg, spec_path, node_rank=r, module=module)) for r in range(cfg.launch.nnodes) if r != cfg.launch.node_rank]
 
 
 def worker_env(cfg: AdaptConfig) -> dict[str, str]:
@@ -203,6 +210,7 @@ def run_training(
     on_event: EventSink = lambda e: None,
     on_line: LineSink = lambda line: None,
     mirror: CheckpointMirror | None = None,
+    module: str = WORKER_MODULE,
 ) -> dict:
     """Run the worker to completion; return the metrics it wrote. Raises TrainingError on failure.
 
@@ -223,9 +231,9 @@ def run_training(
         job.wait_for_master()
         command = job.logs_command()
     else:
-        command = launch_command(cfg, spec_path)
+        command = launch_command(cfg, spec_path, module=module)
     on_line("launching: " + " ".join(command[1:]))
-    others = other_node_commands(cfg, spec_path)
+    others = other_node_commands(cfg, spec_path, module)
     if others:
         (run_dir / "node_commands.txt").write_text("\n".join(others) + "\n")
         on_line(f"waiting for {len(others)} other node(s); on each, run the line for its rank from {run_dir / 'node_commands.txt'}")
@@ -311,8 +319,8 @@ def retry_after_crash(task, task_run, state) -> bool:
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_after_crash)
-def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir: Path) -> dict:
-    """Train in a separate process; its lines go to the run log, its progress to an artifact."""
+def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir: Path, module: str = WORKER_MODULE) -> dict:
+    """Train in a separate process (``module``: the worker); its lines go to the run log, its progress to an artifact."""
     logger = get_run_logger()
     progress = _ProgressArtifact(f"Training {cfg.strategy.name} on {cfg.launch.num_processes} process(es)")
 
@@ -328,4 +336,4 @@ def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir:
         from tasks.s3 import S3Settings
 
         mirror = CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
-    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=mirror)
+    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=mirror, module=module)

@@ -81,7 +81,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     model = build_tiny_model(tmp_path / "model", layers=4, hidden=256)  # slow enough to be killed mid-run
     sections = {
         "strategy": {"name": "full_fine_tuning"},
-        "training": {"max_steps": 40, "checkpoint_every": 5, "batch_size": 8, "log_every": 5, "learning_rate": 3e-4},
+        "training": {"max_steps": 40, "checkpoint_every": 5, "batch_size": 8, "log_every": 5, "learning_rate": 3e-4, "mixed_precision": "no"},
         "launch": {"num_processes": 2, "retries": 1},
     }
     work = tmp_path / "work"

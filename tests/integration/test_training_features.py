@@ -53,6 +53,19 @@ def test_accumulation_schedule_checkpoints_bf16_and_periodic_eval(tiny_bert_dir,
     assert kinds[0] == "start" and kinds[-1] == "done" and "progress" in kinds and "eval" in kinds
 
 
+def test_gradient_checkpointing_trains_the_same_model(tiny_bert_dir, prepared, tmp_path):
+    training = {"max_steps": 3, "batch_size": 8, "learning_rate": 1e-3, "mixed_precision": "no", "log_every": 1}
+    plain, _ = _train(tiny_bert_dir, prepared, tmp_path / "plain", strategy={"name": "lora"}, training=training)
+    recomputed, events = _train(
+        tiny_bert_dir, prepared, tmp_path / "ckpt", strategy={"name": "lora"}, training={**training, "gradient_checkpointing": True}
+    )
+    assert recomputed["gradient_checkpointing"] is True
+    assert any("gradient checkpointing on" in e.get("message", "") for e in events)
+    # recomputing activations changes memory and time, never the arithmetic
+    assert [h["train_loss"] for h in recomputed["history"]] == pytest.approx([h["train_loss"] for h in plain["history"]], rel=1e-5)
+    assert recomputed["eval_loss"] == pytest.approx(plain["eval_loss"], rel=1e-5)
+
+
 def test_early_stopping_stops_and_restores_the_best_weights(tiny_bert_dir, prepared, tmp_path):
     metrics, _ = _train(
         tiny_bert_dir,

@@ -1,0 +1,164 @@
+"""The ``retrain`` flow: retrain a model when its data changed, promote the result only if it is better.
+
+1. Take the model's lock (a Prefect global concurrency limit ``retrain-<model>`` of one
+   slot, created on first use): a second retrain of the same model waits for the first.
+2. Fingerprint the data (sha256 of the file, local or ``s3://``). Equal to the data of the
+   version holding the alias (``champion``): finish as **up to date**, nothing trained.
+3. Compute the retrain key (data + config + code version, ``tasks/retrain.py``). A version
+   registered with the same key is reused: the same retrain never trains twice.
+4. Otherwise run the adaptation pipeline with the champion's recorded configuration (or
+   the one given; without a champion the latest version's, for a new model the defaults)
+   on the new data, which registers a candidate version.
+5. Score candidate and champion on the same rows (the candidate's prepared evaluation
+   split) and move the alias only if the candidate is better (``tasks/promote.py``).
+   A markdown artifact explains the decision with both sets of metrics.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+from prefect import flow, get_run_logger
+from prefect.artifacts import create_markdown_artifact
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
+from prefect.concurrency.sync import concurrency
+from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from pydantic import Field
+
+from flows.adapt import InputError, check_inputs, run_pipeline
+from tasks.card import code_version
+from tasks.config import AdaptConfig
+from tasks.data import PreparedData, input_fingerprint, open_prepared, prepare_data_task, s3_fetcher
+from tasks.errors import ConfigError, Problem, raise_together
+from tasks.promote import METRICS, promote_task
+from tasks.registry import get_alias, get_manifest, latest_version, validate_name
+from tasks.retrain import config_without_locations, content, export_eval_split, find_trained, retrain_config, retrain_key, retrain_markdown, trained_on
+from tasks.s3 import S3Settings
+
+DEFAULT_RETRAIN_MODEL = "sample-reviews-transfer-learning"
+Metric = Literal["macro_f1", "accuracy", "macro_precision", "macro_recall"]
+assert set(Metric.__args__) == set(METRICS)
+
+
+def lock_name(model_name: str) -> str:
+    return f"retrain-{model_name}"
+
+
+@contextmanager
+def model_lock(model_name: str, timeout_s: float | None = None) -> Iterator[None]:
+    """Hold the one slot of the global concurrency limit ``retrain-<model>``; wait while another run holds it."""
+    name = lock_name(model_name)
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_global_concurrency_limit_by_name(name)
+        except ObjectNotFound:
+            try:
+                client.create_global_concurrency_limit(GlobalConcurrencyLimitCreate(name=name, limit=1))
+            except ObjectAlreadyExists:  # another run created it meanwhile
+                pass
+    with concurrency(name, occupy=1, timeout_seconds=timeout_s, strict=True):
+        yield
+
+
+@flow(
+    name="retrain",
+    description="Retrain a registered model when its data changed; promote the new version only if it scores better.",
+)
+def retrain(
+    model_name: str = DEFAULT_RETRAIN_MODEL,
+    data: str = "sample://reviews",
+    config: AdaptConfig | None = None,
+    metric: Metric = "macro_f1",
+    min_delta: Annotated[float, Field(ge=0)] = 0.0,
+    alias: str = "champion",
+) -> dict[str, Any]:
+    """Retrain a registered model when its data changed; promote the new version only if it scores better.
+
+    Args:
+        model_name: Registry name of the model to retrain (lowercase letters, digits, '.', '_', '-').
+            Its champion's recorded configuration (else its latest version's) is reused unless one is given.
+        data: The current training data: a CSV, TSV, JSONL or Parquet file, or an s3:// URI of one.
+            When its contents equal the champion's training data the run finishes as 'up to date'.
+        config: Optional. Train with this configuration instead of the champion's recorded one (its
+            training data and model name are replaced by the fields above). Empty: the champion's
+            configuration, or the defaults for a model without a champion.
+        metric: The metric on which the candidate must beat the champion (both scored on the same rows).
+        min_delta: The candidate is promoted only if its metric is at least the champion's plus this.
+        alias: The alias marking the version in production; it moves to the candidate only if better.
+    """
+    validate_name(model_name)
+    logger = get_run_logger()
+    logger.info(f"waiting for the lock {lock_name(model_name)} (one retrain per model at a time)")
+    with model_lock(model_name):
+        result = _retrain_locked(model_name, data, config, metric, min_delta, alias)
+    create_markdown_artifact(retrain_markdown(result), key="retrain-decision", description=f"Retrain of {model_name}")
+    logger.info(f"retrain of {model_name}: {result['status']} - {result['explanation']}")
+    return result
+
+
+def _retrain_locked(name: str, data: str, given: AdaptConfig | dict | None, metric: str, min_delta: float, alias: str) -> dict[str, Any]:
+    started = time.perf_counter()
+    settings = S3Settings.resolve()
+    current = get_alias(settings, name, alias)
+    champion = get_manifest(settings, name, current.version) if current else None
+    latest = latest_version(settings, name) if champion is None else None
+    recorded = champion or (get_manifest(settings, name, latest.version) if latest else None)
+    cfg = retrain_config(name, data, given, recorded)  # the champion's config, else the latest version's, else defaults
+    if getattr(cfg, "task", "classification") != "classification":
+        raise ConfigError(Problem("task", f"retrain gates classification models only (got {cfg.task!r})", "retrain language models with `adaptflow run`"))
+    work_dir = cfg.resolved_work_dir()
+    fetch = s3_fetcher() if any(ref and ref.startswith("s3://") for ref in (data, cfg.data.eval_data)) else None
+    data_fp = input_fingerprint(data, work_dir, fetch)
+    eval_fp = input_fingerprint(cfg.data.eval_data, work_dir, fetch, role="eval_data") if cfg.data.eval_data else None
+    key = retrain_key(data_fp, eval_fp, cfg.model_dump(mode="json"), code_version())
+    result: dict[str, Any] = {
+        "model_name": name, "data": data, "data_sha256": data_fp.get("sha256"), "retrain_key": key, "alias": alias,
+        "champion_before": current.version if current else None, "champion_after": current.version if current else None,
+        "candidate_version": None, "trained": False, "candidate_metrics": None, "champion_metrics": None, "eval_file": None,
+    }
+    same_config = given is None or (champion is not None and _same_config(cfg, champion))
+    if champion is not None and same_config and content(trained_on(champion)) == content(data_fp):
+        return _finish(result, started, "up_to_date", f"The data equals the training data of {name}:{current.version} (the {alias}); nothing to train.")
+
+    candidate = find_trained(settings, name, key)
+    if candidate is not None:
+        get_run_logger().info(f"version {candidate} was trained from the same data, config and code: not training again")
+        prepared = _prepared_again(cfg)
+        eval_file = export_eval_split(prepared.dataset_path, prepared.label_names, work_dir / "retrain" / name / f"eval-{prepared.manifest['key']}.csv")
+    else:
+        summary = run_pipeline(cfg)
+        candidate = summary["version"]
+        result["trained"] = True
+        prepared = open_prepared(Path(summary["prepared_data"]), reused=True)
+        eval_file = export_eval_split(prepared.dataset_path, prepared.label_names, Path(summary["run_dir"]) / "gate_eval.csv")
+
+    if current is not None and candidate == current.version:
+        result["candidate_version"] = candidate
+        return _finish(result, started, "up_to_date", f"Version {candidate}, trained from the same data, config and code, already holds '{alias}'.")
+    decision = promote_task(f"{name}:{candidate}", eval_data=str(eval_file), alias=alias, metric=metric, min_delta=min_delta)
+    result.update(
+        candidate_version=candidate, eval_file=str(eval_file), champion_after=candidate if decision.promoted else decision.previous_version,
+        candidate_metrics=decision.candidate_metrics, champion_metrics=decision.champion_metrics,
+    )
+    return _finish(result, started, "promoted" if decision.promoted else "not_promoted", decision.reason[:1].upper() + decision.reason[1:] + ".")
+
+
+def _same_config(cfg: AdaptConfig, champion: dict[str, Any]) -> bool:
+    return config_without_locations(cfg.model_dump(mode="json")) == config_without_locations(champion["config"])
+
+
+def _prepared_again(cfg: AdaptConfig) -> PreparedData:
+    """The prepared data of ``cfg`` (reused from the work folder when it is still there) for scoring."""
+    model_path, found = check_inputs(cfg)
+    raise_together(found, mixed=InputError)
+    return prepare_data_task(cfg.data, model_path, cfg.resolved_work_dir())
+
+
+def _finish(result: dict[str, Any], started: float, status: str, explanation: str) -> dict[str, Any]:
+    result.update(status=status, explanation=explanation, wall_s=round(time.perf_counter() - started, 2))
+    return result

@@ -1,0 +1,148 @@
+"""``adaptflow retrain`` (the retrain flow for CI systems without a Prefect server) and ``adaptflow deploy``.
+
+Registered on the app in ``flows/cli.py``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from enum import Enum
+from pathlib import Path
+from typing import Optional
+
+import typer
+from rich.table import Table
+
+from tasks.errors import AdaptFlowError, ConfigError, Problem
+
+NOT_BETTER_EXIT = 10
+"""Exit code of ``adaptflow retrain --fail-if-not-better`` when the candidate did not beat the champion."""
+
+MetricChoice = Enum("MetricChoice", {m: m for m in ("macro_f1", "accuracy", "macro_precision", "macro_recall")})
+
+
+def retrain_command(
+    data: str = typer.Option(..., "--data", "-d", help="The current training data: CSV, TSV, JSONL or Parquet file, or an s3:// URI of one."),
+    model_name: str = typer.Option(..., "--model-name", "-m", help="Registry name of the model to retrain; its champion's recorded configuration is reused."),
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Train with this YAML/JSON config (as `adaptflow run --print-config` writes) instead of the champion's."),
+    metric: MetricChoice = typer.Option("macro_f1", "--metric", help="Metric on which the candidate must beat the champion."),
+    min_delta: float = typer.Option(0.0, "--min-delta", min=0, help="Promote only if the candidate's metric >= champion's + this."),
+    alias: str = typer.Option("champion", "--alias", help="The alias marking the version in production."),
+    fail_if_not_better: bool = typer.Option(
+        False, "--fail-if-not-better", help=f"Exit with {NOT_BETTER_EXIT} when a candidate was trained but not promoted (default: exit 0)."
+    ),
+) -> None:
+    """Retrain a model if its data changed, and promote the result only if it is better.
+
+    Unchanged data (same contents as the champion's training data) finishes in seconds as "up to date" and trains nothing; the same data, config and code never train twice. Otherwise: train with the champion's configuration, score candidate and champion on the same evaluation rows, move the alias only if the candidate is better.
+
+    Exit codes: 0 promoted or up to date (or not better, without --fail-if-not-better); 10 not better, with --fail-if-not-better; 2 invalid configuration, data or base model; 3 S3 storage problem; 4 training failed.
+
+    Example (CI):  adaptflow retrain --data data/reviews.csv --model-name reviews --fail-if-not-better
+    """
+    from flows.cli import _fail, out, quiet_prefect_tracebacks
+    from flows.retrain import retrain
+    from tasks.config import load_config, load_config_file
+
+    try:
+        given = load_config(load_config_file(config)) if config else None
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    quiet_prefect_tracebacks()
+    try:
+        result = retrain(model_name=model_name, data=data, config=given, metric=metric.value, min_delta=min_delta, alias=alias)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    out.print(result_table(result))
+    trained = "trained a candidate" if result["trained"] else "trained nothing"
+    out.print(f"[bold]{result['status'].replace('_', ' ')}[/]: {result['explanation']}", highlight=False)
+    out.print(f"{trained}; {result['alias']} -> version {_text(result['champion_after'])}; {result['wall_s']:.1f} s", highlight=False)
+    if fail_if_not_better and result["status"] == "not_promoted":
+        raise typer.Exit(NOT_BETTER_EXIT)
+
+
+def result_table(result: dict) -> Table:
+    """Candidate and champion side by side: versions and the metrics both were scored with."""
+    table = Table(title=f"Retrain of {result['model_name']}", title_style="bold")
+    table.add_column("")
+    table.add_column("candidate", justify="right")
+    table.add_column(f"{result['alias']} before", justify="right")
+    table.add_row("version", _text(result["candidate_version"]), _text(result["champion_before"]))
+    candidate, champion = result.get("candidate_metrics") or {}, result.get("champion_metrics") or {}
+    for key in ("n", "accuracy", "macro_f1", "macro_precision", "macro_recall"):
+        if key in candidate or key in champion:
+            table.add_row(key, _text(candidate.get(key)), _text(champion.get(key)))
+    return table
+
+
+def _text(value: object) -> str:
+    if value is None:
+        return "-"
+    return f"{value:.4f}" if isinstance(value, float) else str(value)
+
+
+# ---- adaptflow deploy ------------------------------------------------------------------
+
+
+def deploy_command(
+    name: Optional[list[str]] = typer.Option(None, "--name", "-n", help="Register only these deployments (repeatable), e.g. -n retrain; default: every one whose flow is in this checkout."),
+    kubernetes: bool = typer.Option(False, "--kubernetes/--no-kubernetes", help="Also register the '-k8s-gpu' deployments and create their Kubernetes GPU work pool (base job template infra/k8s/gpu-work-pool.json)."),
+) -> None:
+    """Register AdaptFlow's deployments (deployments/prefect.yaml) on the Prefect server.
+
+    The server is PREFECT_API_URL, else the one `adaptflow stack up` started. Creates the work pool 'adaptflow-local' (process; with --kubernetes also 'adaptflow-k8s-gpu') when missing, then creates or updates each deployment: parameter schema (enforced), schedules, pull steps. Process-pool runs start in this checkout on the worker that `adaptflow stack up` runs.
+    """
+    from flows.cli import _fail, out
+    from infra.deploy import ensure_pools, load_specs, register
+
+    try:
+        os.environ.update(prefect_env())
+        specs = select_specs(load_specs(), name, kubernetes)
+        created = ensure_pools(specs)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
+    if created:
+        out.print(f"created work pools: {', '.join(created)}")
+    table = Table(title=f"Deployments on {os.environ['PREFECT_API_URL']}", title_style="bold")
+    for column in ("deployment", "entrypoint", "work pool", "schedules"):
+        table.add_column(column)
+    for spec in specs:
+        register(spec)
+        schedules = ", ".join(f"{s['cron']} ({s.get('slug', '')})" for s in spec.config.get("schedules") or []) or "-"
+        table.add_row(spec.name, spec.entrypoint, spec.config["work_pool"]["name"], schedules)
+    out.print(table)
+    out.print("Trigger one from the UI (Deployments -> retrain -> Run -> Custom run) or: prefect deployment run retrain/retrain --param model_name=NAME --param data=PATH")
+
+
+def select_specs(specs: list, names: list[str] | None, kubernetes: bool) -> list:
+    """The deployments to register: those named (all by default), whose flow file exists; GPU ones only with --kubernetes."""
+    from infra.deploy import GPU_SUFFIX, PREFECT_FILE
+
+    known = {spec.name for spec in specs}
+    unknown = sorted(set(names or []) - known)
+    if unknown:
+        raise ConfigError(Problem("--name", f"no deployment named {', '.join(unknown)} in {PREFECT_FILE}", f"choose from {', '.join(sorted(known))}"))
+    chosen = []
+    for spec in specs:
+        if names and spec.name not in names:
+            continue
+        if not names and spec.name.endswith(GPU_SUFFIX) and not kubernetes:
+            continue
+        if not spec.available:
+            print(f"skipping {spec.name}: {spec.entrypoint} is not in this checkout", file=sys.stderr)
+            continue
+        chosen.append(spec)
+    return chosen
+
+
+def prefect_env() -> dict[str, str]:
+    """PREFECT_API_URL: as set, else the server `adaptflow stack up` started."""
+    from infra.prefect_stack import PrefectStack
+
+    if os.environ.get("PREFECT_API_URL"):
+        return {"PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
+    info = PrefectStack().status()
+    if info is None:
+        raise ConfigError(Problem("PREFECT_API_URL", "is not set and no Prefect server of `adaptflow stack up` is running", "run `adaptflow stack up` or set PREFECT_API_URL"))
+    return {"PREFECT_API_URL": info.api_url}

@@ -1,0 +1,85 @@
+"""The compare flow end to end on a tiny model: real Prefect API, real training processes, real files."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+from datasets import load_from_disk
+from prefect import flow
+
+from flows.compare import compare, search
+from tasks.compare import load_compare_config, with_budget
+from tasks.data import prepare_data
+from tests.integration.test_pipeline import artifact_keys
+
+pytestmark = pytest.mark.usefixtures("prefect_api")
+
+
+def _compare_config(model_dir, data, work_dir, **extra) -> dict:
+    return {
+        "model": str(model_dir),
+        "data": {"data": str(data), "max_length": 32, "validation_fraction": 0.2},
+        "training": {"batch_size": 8, "log_every": 2},
+        "work_dir": str(work_dir),
+        **extra,
+    }
+
+
+def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir, reviews_csv, tmp_path, prefect_api):
+    raw = _compare_config(
+        tiny_bert_dir, reviews_csv, tmp_path / "work",
+        strategies=[{"name": "transfer_learning", "pooling": "mean"}, {"name": "lora", "lora_r": 2}],
+        budget_examples=48, max_train_seconds=3600,
+    )
+    report = compare(config=load_compare_config(raw))
+
+    out = tmp_path / "work" / "compare"
+    (folder,) = list(out.iterdir())
+    saved = json.loads((folder / "compare_report.json").read_text())
+    assert saved["rows"] == json.loads(json.dumps(report["rows"]))
+    assert (folder / "quality_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Recommendation" in (folder / "report.md").read_text()
+
+    rows = {r["strategy"]: r for r in report["rows"]}
+    # budget fairness: the workers recorded the ids of what they trained on, batch by batch, through two
+    # different data paths (cached features for transfer learning, token batches for LoRA): same examples, same order
+    assert rows["transfer_learning"]["examples_seen"] == rows["lora"]["examples_seen"] == 48
+    assert len(rows["lora"]["examples_sha256"]) == 64
+    assert rows["transfer_learning"]["examples_sha256"] == rows["lora"]["examples_sha256"]
+    # transfer learning leaves the backbone alone; LoRA moves it
+    assert abs(rows["transfer_learning"]["forgetting"]) < 1e-6 < rows["lora"]["forgetting"]
+    for r in rows.values():
+        assert 0 <= r["accuracy"] <= 1 and r["train_runtime_s"] > 0 and r["peak_memory_mb"] > 0 and r["artifact_mb"] > 0
+        assert r["pareto_train_runtime_s"] in (True, False)
+    assert rows["lora"]["artifact_mb"] < rows["transfer_learning"]["artifact_mb"]  # adapter only vs whole backbone
+
+    assert report["search"] == {} and rows["lora"]["hyperparameters"] == "lr 0.0005, r 2"
+    assert report["recommendation"]["best_quality"] in rows and report["recommendation"]["within_budget"] in rows
+
+    keys = artifact_keys(prefect_api, saved["flow_run_id"])
+    assert {"compare-table", "compare-report"} <= keys
+
+
+def test_search_never_reads_the_evaluation_split(tiny_bert_dir, reviews_csv, tmp_path):
+    cc = load_compare_config(_compare_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategies=[{"name": "transfer_learning"}], search_lr_factors=[1, 4]))
+    prepared = prepare_data(cc.data, tiny_bert_dir, tmp_path / "work")
+    eval_texts = set(load_from_disk(str(prepared.dataset_path / "eval"))["text"])
+    validation_texts = load_from_disk(str(prepared.dataset_path / "validation"))["text"]
+    # Take the evaluation split away: any read of it during the search fails.
+    shutil.move(prepared.dataset_path / "eval", tmp_path / "eval-hidden")
+    plans = [with_budget(c, cc, prepared.manifest["splits"]["train"]) for c in cc.adapt_configs()]
+
+    @flow
+    def search_only():
+        return search(cc, plans, prepared.path, tiny_bert_dir, tmp_path / "out")
+
+    result = search_only()["transfer_learning"]
+    assert len(result["trials"]) == 2 and result["winner"] in result["trials"]
+    assert result["winner"]["validation_loss"] == min(t["validation_loss"] for t in result["trials"])
+    for trial in result["trials"]:
+        predictions = json.loads((tmp_path / trial["run_dir"] / "predictions.json").read_text())
+        assert len(predictions["labels"]) == len(validation_texts)  # what the trial was scored on: the validation rows
+    view = load_from_disk(str(tmp_path / "out" / "search_data" / prepared.dataset_path.name / "eval"))
+    assert sorted(view["text"]) == sorted(validation_texts) and not eval_texts & set(view["text"])
