@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # finish the suite in about 8 minutes instead of 10.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench clean-venv
+.PHONY: setup demo test bench bench-full clean-venv
 
 setup: $(VENV)/.installed
 
@@ -30,6 +30,18 @@ demo: setup
 test: setup
 	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected (exit 5), treated as success"; rc=0; fi; exit $$rc
+
+# Benchmarks (not part of the tests; they read SST-2 from ../shared/data/sst2 and take
+# about half an hour on 2 CPU cores). Each prints a table and writes bench-results/*.json.
+bench: setup
+	$(PY) -m bench.quality
+	$(PY) -m bench.speed
+	$(PY) -m bench.overhead
+
+# Quality without a budget: full fine-tuning and LoRA on the whole SST-2 training set, 2 passes
+# (hours on a CPU; minutes on one GPU).
+bench-full: setup
+	$(PY) -m bench.quality --train-samples 0 --epochs 2 --strategies full_fine_tuning lora
 
 clean-venv:
 	rm -rf $(VENV)

@@ -51,7 +51,8 @@ def test_examples_budget_gives_every_strategy_the_same_steps():
 def test_grid_and_trials():
     cc = load_compare_config({"data": {"validation_fraction": 0.1}, "search_lr_factors": [0.5, 2], "search_lora_ranks": [4, 8]})
     by_name = {c.strategy.name: c for c in cc.adapt_configs()}
-    assert grid(by_name["full_fine_tuning"], cc) == [{"learning_rate": 2.5e-5}, {"learning_rate": 1e-4}]
+    base = by_name["full_fine_tuning"].learning_rate()
+    assert grid(by_name["full_fine_tuning"], cc) == [{"learning_rate": 0.5 * base}, {"learning_rate": 2 * base}]
     assert len(grid(by_name["lora"], cc)) == 4
     trial = trial_config(with_budget(by_name["lora"], cc, 800), {"learning_rate": 1e-3, "lora_r": 4}, patience=2)
     assert trial.strategy.lora_r == 4 and trial.training.early_stopping_patience == 2 and trial.training.eval_every == 3
