@@ -12,6 +12,7 @@ from prefect import flow
 from flows.compare import compare, search
 from tasks.compare import load_compare_config, with_budget
 from tasks.data import prepare_data
+from tasks.config import Lora
 from tests.integration.test_pipeline import artifact_keys
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -55,7 +56,7 @@ def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir
         assert r["pareto_train_runtime_s"] in (True, False)
     assert rows["lora"]["artifact_mb"] < rows["transfer_learning"]["artifact_mb"]  # adapter only vs whole backbone
 
-    assert report["search"] == {} and rows["lora"]["hyperparameters"] == "lr 0.0005, r 2"
+    assert report["search"] == {} and rows["lora"]["hyperparameters"] == f"lr {Lora.default_learning_rate:g}, r 2"  # no search: defaults
     assert report["recommendation"]["best_quality"] in rows and report["recommendation"]["within_budget"] in rows
 
     keys = artifact_keys(prefect_api, saved["flow_run_id"])
