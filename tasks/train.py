@@ -235,7 +235,9 @@ def run_training(
     on_line("launching: " + " ".join(command[1:]))
     others = other_node_commands(cfg, spec_path, module)
     if others:
-        (run_dir / "node_commands.txt").write_text("\n".join(others) + "\n")
+        pending = run_dir / "node_commands.txt.tmp"  # written whole, then renamed: a reader never sees half a file
+        pending.write_text("\n".join(others) + "\n")
+        pending.replace(run_dir / "node_commands.txt")
         on_line(f"waiting for {len(others)} other node(s); on each, run the line for its rank from {run_dir / 'node_commands.txt'}")
     tail: deque[str] = deque(maxlen=30)
     worker_error: Event | None = None

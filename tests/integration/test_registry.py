@@ -390,14 +390,16 @@ def test_gc_removes_abandoned_registrations_after_the_grace_period(s3_settings: 
     registry.register_version(s3_settings, "claims", model_dir, {})
     client = make_client(s3_settings)
     abandoned = registry.claim_next_version(s3_settings, "claims", client)  # a registration that died
-    time.sleep(3)
+    time.sleep(8)
     fresh = registry.claim_next_version(s3_settings, "claims", client)  # one still uploading
 
-    dry = registry.gc(s3_settings, "claims", grace_seconds=2, dry_run=True)
+    # grace 5 s: the abandoned claim is 8+ s old, the fresh one stays younger through both gc passes
+    # even on a loaded machine (with 2 s, a slow dry run aged it past the grace period)
+    dry = registry.gc(s3_settings, "claims", grace_seconds=5, dry_run=True)
     assert dry.removed_versions == [f"claims:{abandoned}"]
     assert registry.version_key(s3_settings, "claims", abandoned) + registry.CLAIM in _all_keys(s3_settings)
 
-    report = registry.gc(s3_settings, "claims", grace_seconds=2)
+    report = registry.gc(s3_settings, "claims", grace_seconds=5)
     assert report.removed_versions == [f"claims:{abandoned}"]
     assert report.skipped == [f"claims: registration of version {fresh} in progress; blobs not swept"]
     keys = _all_keys(s3_settings)
