@@ -31,12 +31,13 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from tasks.config import AdaptConfig, DomainAdaptation, Lora, PartialFineTuning
-from tasks.errors import AdaptFlowError, ConfigError, Problem
+from tasks.errors import ConfigError, Problem
 from tasks.lm_data import IGNORE, load_lm_tokenizer
 from tasks.lm_eval import exact_match, generate, mask_tokens, masked_lm_loss, perplexity, reference_texts, rouge_l, token_loss
 from tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model
 from tasks.training.strategies import transformer_layers
-from tasks.training.worker import EVENT_PREFIX, Events, RunSpec, _generator, _peak_memory_mb, make_optimizer, resolve_precision
+from tasks.training.worker import Events, RunSpec, _generator, _peak_memory_mb, make_optimizer, resolve_precision
+from tasks.training.worker import main as worker_main
 
 ADAPTER_DIR = "adapter"
 SENTENCE_TRANSFORMERS_FILES = ("1_Pooling", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -362,17 +363,7 @@ def run(spec: RunSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = sys.argv[1:] if argv is None else argv
-    if len(args) != 1:
-        print("usage: python -m tasks.training.lm_worker RUN_DIR/run_spec.json", file=sys.stderr)
-        return 2
-    try:
-        run(RunSpec.read(Path(args[0])))
-    except AdaptFlowError as exc:
-        problems = [vars(p) for p in exc.problems]
-        print(EVENT_PREFIX + json.dumps({"type": "error", "kind": type(exc).__name__, "problems": problems}), flush=True)
-        return exc.exit_code
-    return 0
+    return worker_main(argv, run_spec=run, module="tasks.training.lm_worker")
 
 
 if __name__ == "__main__":

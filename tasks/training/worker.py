@@ -583,13 +583,17 @@ def _peak_memory_mb(accelerator) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, run_spec=None, module: str = "tasks.training.worker") -> int:
+    """Entry point of a worker module: read the spec, run, report an AdaptFlowError as one error event.
+
+    The language-model worker passes its own ``run_spec`` and ``module`` name.
+    """
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
-        print("usage: python -m tasks.training.worker RUN_DIR/run_spec.json", file=sys.stderr)
+        print(f"usage: python -m {module} RUN_DIR/run_spec.json", file=sys.stderr)
         return 2
     try:
-        run(RunSpec.read(Path(args[0])))
+        (run_spec or run)(RunSpec.read(Path(args[0])))
     except AdaptFlowError as exc:
         problems = [vars(p) for p in exc.problems]
         print(EVENT_PREFIX + json.dumps({"type": "error", "kind": type(exc).__name__, "problems": problems}), flush=True)
