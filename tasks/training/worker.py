@@ -20,6 +20,7 @@ import hashlib
 import json
 import math
 import os
+import re
 import resource
 import shutil
 import sys
@@ -84,6 +85,11 @@ class LengthGroupedSampler(Sampler[int]):
     Indices are shuffled, cut into mega-batches of ``group * batch_size``, each sorted
     by length, and the resulting batches are shuffled again. Padding per batch drops
     while every epoch still sees a different order. ``set_epoch`` reseeds.
+
+    The DataLoader cuts this order into consecutive runs of ``batch_size``, so the
+    order must keep every built batch on those boundaries: the one short batch (the
+    tail of the last mega-batch) goes last, and the batch holding the longest example
+    goes first, so a batch that does not fit in memory fails on the first step.
     """
 
     def __init__(self, lengths: list[int], batch_size: int, seed: int, group: int = 50):
@@ -107,20 +113,31 @@ class LengthGroupedSampler(Sampler[int]):
         for start in range(0, len(order), mega):
             chunk = sorted(order[start : start + mega], key=lambda i: -self.lengths[i])
             batches += [chunk[i : i + self.batch_size] for i in range(0, len(chunk), self.batch_size)]
-        for b in torch.randperm(len(batches), generator=g).tolist():
-            yield from batches[b]
+        short = [batches.pop()] if batches and len(batches[-1]) < self.batch_size else []
+        batches = [batches[b] for b in torch.randperm(len(batches), generator=g).tolist()]
+        if batches:
+            longest = max(range(len(batches)), key=lambda b: self.lengths[batches[b][0]])
+            batches[0], batches[longest] = batches[longest], batches[0]
+        for batch in batches + short:
+            yield from batch
 
 
 class PadCollator:
-    """Pads token lists to the longest in the batch (rounded up to a multiple of 8)."""
+    """Pads token lists to the longest in the batch, rounded up to a multiple of ``multiple``.
 
-    def __init__(self, pad_token_id: int, columns: tuple[str, ...]):
+    On GPUs a multiple of 8 feeds the tensor cores; on CPUs it only adds padding (about 20%
+    more tokens on short texts such as SST-2's, and about 15% more time per pass), so the
+    worker rounds to 8 on CUDA only (see ``pad_multiple``).
+    """
+
+    def __init__(self, pad_token_id: int, columns: tuple[str, ...], multiple: int = 8):
         self.pad_token_id = pad_token_id
         self.columns = columns
+        self.multiple = multiple
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         longest = max(len(r["input_ids"]) for r in rows)
-        width = int(math.ceil(longest / 8) * 8)
+        width = int(math.ceil(longest / self.multiple) * self.multiple)
         batch = {}
         for col in self.columns:
             pad = self.pad_token_id if col == "input_ids" else 0
@@ -129,6 +146,11 @@ class PadCollator:
         if EXAMPLE_ID in rows[0]:
             batch[EXAMPLE_ID] = torch.tensor([r[EXAMPLE_ID] for r in rows], dtype=torch.long)
         return batch
+
+
+def pad_multiple(device: torch.device) -> int:
+    """Sequence lengths are rounded up to this: 8 for GPU tensor cores, 1 (no rounding) elsewhere."""
+    return 8 if device.type == "cuda" else 1
 
 
 class FeatureDataset(Dataset):
@@ -240,16 +262,46 @@ def loss_step(module, batch):
     return loss
 
 
-def make_optimizer(module, lr: float, weight_decay: float):
-    decay, no_decay = [], []
-    for name, p in module.named_parameters():
-        if p.requires_grad:
-            (no_decay if p.ndim < 2 or "norm" in name.lower() else decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+_LAYER_INDEX = re.compile(r"\.(?:layer|layers|h|block|blocks)\.(\d+)\.")
+
+
+def lr_scales(names: list[str], layer_decay: float = 1.0, head_multiplier: float = 1.0) -> list[float]:
+    """Learning-rate factor of each named parameter of an AdaptClassifier (or of any module).
+
+    Layer-wise decay: with L transformer blocks, block i trains at ``layer_decay ** (L - i)``
+    times the peak rate, the embeddings at ``layer_decay ** (L + 1)``, and what sits above
+    the blocks (final norm, pooler, head) at the full rate: the lower layers, which hold
+    the most general features, move least. The task head (``head.*``) is further
+    multiplied by ``head_multiplier``: it starts from random weights.
+    """
+    depth = {n: int(m.group(1)) + 1 if (m := _LAYER_INDEX.search(n)) else None for n in names}
+    blocks = max((d for d in depth.values() if d is not None), default=0)
+    scales = []
+    for name in names:
+        if name.startswith("head."):
+            scales.append(head_multiplier)
+        elif depth[name] is not None:
+            scales.append(layer_decay ** (blocks + 1 - depth[name]))
+        elif "embed" in name or name.startswith(("wte", "wpe")) or ".wte." in name or ".wpe." in name:
+            scales.append(layer_decay ** (blocks + 1))
+        else:
+            scales.append(1.0)
+    return scales
+
+
+def make_optimizer(module, lr: float, weight_decay: float, layer_decay: float = 1.0, head_multiplier: float = 1.0):
+    """AdamW over the trainable parameters: no weight decay on biases and norms, per-layer rates (see lr_scales)."""
+    named = [(n, p) for n, p in module.named_parameters() if p.requires_grad]
+    scales = lr_scales([n for n, _ in named], layer_decay, head_multiplier)
+    groups: dict[tuple[float, bool], list] = {}
+    for (name, p), scale in zip(named, scales):
+        decays = not (p.ndim < 2 or "norm" in name.lower())
+        groups.setdefault((scale, decays), []).append(p)
+    params = [{"params": ps, "lr": lr * scale, "weight_decay": weight_decay if decays else 0.0} for (scale, decays), ps in groups.items()]
     try:  # one kernel for every tensor: on CPU about 6x faster per step than the foreach path
-        return torch.optim.AdamW(groups, lr=lr, fused=True)
+        return torch.optim.AdamW(params, lr=lr, fused=True)
     except (RuntimeError, ValueError):  # a device or dtype without a fused kernel
-        return torch.optim.AdamW(groups, lr=lr, foreach=True)
+        return torch.optim.AdamW(params, lr=lr, foreach=True)
 
 
 def resolve_precision(requested: str) -> str:
@@ -472,7 +524,7 @@ def run(spec: RunSpec) -> dict:
     )
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
     columns = tuple(c for c in MODEL_INPUTS if c in ds["train"].column_names)
-    collate = PadCollator(pad_id, columns)
+    collate = PadCollator(pad_id, columns, pad_multiple(accelerator.device))
     monitor_split = "validation" if "validation" in ds else "eval"
 
     if t.gradient_checkpointing and not strategy.uses_cached_features:
@@ -500,7 +552,7 @@ def run(spec: RunSpec) -> dict:
         train_loader = DataLoader(train, batch_size=t.batch_size, sampler=sampler, collate_fn=collate, generator=_generator(t.seed))
         eval_loaders = {s: DataLoader(ds[s], batch_size=t.batch_size * 2, collate_fn=collate, generator=_generator(t.seed)) for s in ds if s != "train"}
 
-    optimizer = make_optimizer(module, cfg.learning_rate(), t.weight_decay)
+    optimizer = make_optimizer(module, cfg.learning_rate(), t.weight_decay, t.layer_lr_decay, t.head_lr_multiplier)
     split_names = list(eval_loaders)
     prepared = accelerator.prepare(module, optimizer, train_loader, *eval_loaders.values())
     module, optimizer, train_loader = prepared[:3]

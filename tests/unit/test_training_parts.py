@@ -10,7 +10,7 @@ import torch
 from tasks.config import load_config
 from tasks.errors import ConfigError
 from tasks.train import ACCELERATE_CONFIGS, accelerate_config_path, describe_event, launch_command, other_node_commands, worker_env
-from tasks.training.worker import LengthGroupedSampler, PadCollator
+from tasks.training.worker import LengthGroupedSampler, PadCollator, lr_scales, make_optimizer, pad_multiple
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_neighbours():
@@ -29,12 +29,28 @@ def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_neighbours(
     assert waste(order) < 0.2 * waste(random_order)
 
 
-def test_pad_collator_pads_to_a_multiple_of_eight():
+def test_length_grouped_batches_stay_on_the_loader_boundaries():
+    # 1,013 rows do not fill the last mega-batch: its short tail batch must not shift the
+    # batches after it, or every later batch straddles two length groups (and pads more).
+    lengths = [(i * 53) % 97 + 1 for i in range(1013)]
+    order = list(LengthGroupedSampler(lengths, batch_size=16, seed=5, group=4))
+    assert sorted(order) == list(range(1013))
+    batches = [order[i : i + 16] for i in range(0, len(order), 16)]
+    for batch in batches:  # each is one length-sorted slice of a mega-batch
+        assert [lengths[i] for i in batch] == sorted((lengths[i] for i in batch), reverse=True)
+    assert len(batches[-1]) == 1013 % 16
+    assert max(lengths) == lengths[batches[0][0]]  # the longest batch comes first
+
+
+def test_pad_collator_pads_to_a_multiple_of_eight_on_gpus_and_exactly_on_cpus():
     collate = PadCollator(pad_token_id=0, columns=("input_ids", "attention_mask"))
     batch = collate([{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 1}, {"input_ids": [5], "attention_mask": [1], "labels": 0}])
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"][1].tolist() == [1] + [0] * 7
     assert batch["labels"].tolist() == [1, 0]
+    exact = PadCollator(0, ("input_ids", "attention_mask"), multiple=pad_multiple(torch.device("cpu")))
+    assert exact([{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 1}])["input_ids"].shape == (1, 3)
+    assert pad_multiple(torch.device("cuda", 0)) == 8
 
 
 def test_launcher_choice():
@@ -96,3 +112,32 @@ def test_events_read_well():
     line = describe_event({"type": "progress", "step": 5, "total_steps": 10, "epoch": 0.5, "train_loss": 0.69, "learning_rate": 1e-4})
     assert line == "step 5/10 epoch 0.50 loss 0.6900 lr 1.00e-04"
     assert describe_event({"type": "log", "message": "x"}) is None
+
+
+def test_layer_wise_learning_rates_fall_towards_the_embeddings():
+    names = [
+        "backbone.embeddings.word_embeddings.weight",
+        "backbone.encoder.layer.0.attention.self.query.weight",
+        "backbone.encoder.layer.1.output.dense.weight",
+        "backbone.base_model.model.encoder.layer.1.attention.self.query.lora_A.default.weight",  # a LoRA name
+        "backbone.norm.weight",
+        "head.linear.weight",
+    ]
+    assert lr_scales(names) == [1.0] * len(names)
+    assert lr_scales(names, layer_decay=0.5, head_multiplier=10.0) == [0.125, 0.25, 0.5, 0.5, 1.0, 10.0]
+    gpt2 = ["backbone.wte.weight", "backbone.h.0.attn.c_attn.weight", "backbone.h.2.mlp.c_fc.weight", "backbone.ln_f.weight"]
+    assert lr_scales(gpt2, layer_decay=0.5) == [0.0625, 0.125, 0.5, 1.0]  # blocks 0..2: wte sits below block 0
+
+
+def test_optimizer_groups_carry_each_parameters_rate_and_decay():
+    from torch import nn
+
+    module = nn.ModuleDict({"backbone": nn.ModuleDict({"embeddings": nn.Linear(2, 2), "layer": nn.ModuleList([nn.Linear(2, 2)])}), "head": nn.Linear(2, 2)})
+    module["backbone"]["embeddings"].weight.requires_grad_(False)
+    optimizer = make_optimizer(module, lr=1e-3, weight_decay=0.1, layer_decay=0.5, head_multiplier=4.0)
+    by_param = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}
+    named = dict(module.named_parameters())
+    assert id(named["backbone.embeddings.weight"]) not in by_param  # frozen parameters are left out
+    assert by_param[id(named["backbone.embeddings.bias"])] == (1e-3 * 0.25, 0.0)
+    assert by_param[id(named["backbone.layer.0.weight"])] == (1e-3 * 0.5, 0.1)
+    assert by_param[id(named["head.weight"])] == (4e-3, 0.1) and by_param[id(named["head.bias"])] == (4e-3, 0.0)
