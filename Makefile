@@ -41,7 +41,7 @@ bench: setup
 # Quality without a budget: full fine-tuning and LoRA on the whole SST-2 training set, 2 passes
 # (hours on a CPU; minutes on one GPU).
 bench-full: setup
-	$(PY) -m bench.quality --train-samples 0 --epochs 2 --strategies full_fine_tuning lora
+	$(PY) -m bench.quality --train-samples 0 --epochs 2 --batch-size 32 --strategies full_fine_tuning lora
 
 clean-venv:
 	rm -rf $(VENV)

@@ -11,6 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from flows.cli import BAR_REFRESH_PER_S
 from tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
 from tasks.data import PreparedData, prepare_data
 from tasks.modeling import resolve_model
@@ -85,7 +86,7 @@ def train_with_progress(cfg: AdaptConfig, prepared: PreparedData, model: Path, r
 
     from tasks.train import run_training
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console) as bar:
+    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console, refresh_per_second=BAR_REFRESH_PER_S) as bar:
         task = bar.add_task(label, total=None, status="loading")
 
         def on_event(event: dict) -> None:

@@ -24,7 +24,10 @@ PLAIN_LOOP = {"transfer_learning": 0.788, "partial_fine_tuning": 0.826, "lora": 
 
 
 def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args) -> dict:
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision}
+    training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision, "seed": args.seed}
+    for option in ("layer_lr_decay", "head_lr_multiplier"):
+        if getattr(args, option) is not None:
+            training[option] = getattr(args, option)
     cfg = strategy_config(model, data_cfg, strategy, work, **training)
     metrics = train_with_progress(cfg, prepared, model, work / "runs" / strategy, strategy)
     report = evaluate_run(work / "runs" / strategy)
@@ -39,6 +42,8 @@ def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args) -> 
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "learning_rate": cfg.learning_rate(),
+        "layer_lr_decay": cfg.training.layer_lr_decay,
+        "head_lr_multiplier": cfg.training.head_lr_multiplier,
         "mixed_precision": metrics["mixed_precision"],
     }
 
@@ -50,6 +55,9 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=1, help="passes of the fine-tuning strategies over the data")
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16: 500 steps for 8,000 examples)")
     parser.add_argument("--learning-rate", type=float, help="override every strategy's default learning rate")
+    parser.add_argument("--layer-lr-decay", type=float, help="override the layer-wise learning-rate decay (training.layer_lr_decay)")
+    parser.add_argument("--head-lr-multiplier", type=float, help="override the task head's learning-rate factor (training.head_lr_multiplier)")
+    parser.add_argument("--seed", type=int, default=42, help="seed of initialisation, dropout and order")
     parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"], help="autocast precision (auto: bf16 where native)")
     parser.add_argument("--strategies", nargs="+", default=list(TASK_STRATEGY_NAMES), choices=TASK_STRATEGY_NAMES)
     parser.add_argument("--output", help="JSON file (default bench-results/quality-N.json)")

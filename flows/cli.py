@@ -29,6 +29,9 @@ from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflo
 from tasks.errors import AdaptFlowError, ConfigError, Problem
 
 console = Console(stderr=True)
+# Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
+# machine the worker's threads own the cores, and every redraw takes one of them for a moment.
+BAR_REFRESH_PER_S = 2
 out = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the results table
 
 app = typer.Typer(
@@ -238,6 +241,7 @@ def run_with_progress(cfg: AdaptConfig) -> dict:
         console=console,
         transient=False,
         redirect_stderr=True,
+        refresh_per_second=BAR_REFRESH_PER_S,
         redirect_stdout=True,
     )
     bar = progress.add_task(f"training {cfg.strategy.name}", total=None, status="", visible=False)

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from flows.cli import _fail, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
+from flows.cli import BAR_REFRESH_PER_S, _fail, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
 from tasks.compare import CLASSIFICATION_STRATEGIES, load_compare_config
 from tasks.config import load_config_file
 from tasks.errors import AdaptFlowError, ConfigError, Problem
@@ -102,7 +102,8 @@ def run_compare_with_progress(cc) -> dict:
     from tasks.train import add_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
-                        TimeElapsedColumn(), console=console, redirect_stderr=True, redirect_stdout=True)
+                        TimeElapsedColumn(), console=console, redirect_stderr=True, redirect_stdout=True,
+                        refresh_per_second=BAR_REFRESH_PER_S)
     bars: list[int] = []
 
     def on_event(event: dict) -> None:

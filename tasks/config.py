@@ -223,6 +223,21 @@ class TrainingConfig(_Frozen):
         "linear", description="Learning-rate schedule after warm-up."
     )
     weight_decay: float = Field(0.01, ge=0, description="AdamW weight decay (not applied to biases and norms).")
+    layer_lr_decay: float = Field(
+        1.0,
+        gt=0,
+        le=1,
+        description="Layer-wise learning-rate decay: the top transformer block trains at this factor times the peak "
+        "rate, each block below at this factor once more, the embeddings lowest. 1: every layer at the peak rate. "
+        "Worth a try (0.8-0.95) for deep models on small data; on MiniLM-L6 with 8,000 SST-2 examples it cost accuracy.",
+    )
+    head_lr_multiplier: float = Field(
+        1.0,
+        gt=0,
+        le=1000,
+        description="The new task head trains at the peak rate times this factor (it starts from random weights while "
+        "the backbone is already trained).",
+    )
     max_grad_norm: float = Field(1.0, gt=0, description="Gradients are clipped to this global norm.")
     seed: int = Field(42, description="Seed for initialisation, dropout and shuffling.")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field(

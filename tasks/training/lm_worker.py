@@ -313,7 +313,7 @@ def run(spec: RunSpec) -> dict:
     max_steps, epochs = (s.domain_max_steps, s.domain_epochs) if domain else (t.max_steps, t.epochs)
     collate = LmCollator(tokenizer, s.mlm_probability if objective == "mlm" else None, t.seed)
     loader = DataLoader(ds["train"], batch_size=t.batch_size, shuffle=True, collate_fn=collate, generator=_generator(t.seed))
-    optimizer = make_optimizer(model, lr, t.weight_decay)
+    optimizer = make_optimizer(model, lr, t.weight_decay, t.layer_lr_decay)
     model, optimizer, loader = accelerator.prepare(model, optimizer, loader)
     if accelerator.device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
