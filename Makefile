@@ -32,7 +32,7 @@ test: setup
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected (exit 5), treated as success"; rc=0; fi; exit $$rc
 
 # Benchmarks (not part of the tests; they read SST-2 from ../shared/data/sst2 and take
-# about half an hour on 2 CPU cores). Each prints a table and writes bench-results/*.json.
+# about 40 minutes on 2 CPU cores). Each prints a table and writes bench-results/*.json.
 bench: setup
 	$(PY) -m bench.quality
 	$(PY) -m bench.speed
@@ -41,7 +41,7 @@ bench: setup
 # Quality without a budget: full fine-tuning and LoRA on the whole SST-2 training set, 2 passes
 # (hours on a CPU; minutes on one GPU).
 bench-full: setup
-	$(PY) -m bench.quality --train-samples 0 --epochs 2 --batch-size 32 --strategies full_fine_tuning lora
+	$(PY) -m bench.quality --train-samples 0 --epochs 2 --batch-size 32 --seeds 42 --strategies full_fine_tuning lora
 
 clean-venv:
 	rm -rf $(VENV)

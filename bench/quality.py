@@ -4,7 +4,9 @@
     python bench/quality.py --train-samples 0 --epochs 2 --strategies full_fine_tuning lora   # whole set
 
 Every strategy trains on the same prepared data (MiniLM, SST-2 train) and is scored on the
-whole SST-2 dev set. "1 pass" means every training example is seen once by the fine-tuning
+whole SST-2 dev set, once per seed (``--seeds``, default three): with 872 dev rows and one
+short pass, one seed moves accuracy by a point or more, so the targets are judged on the
+mean over the seeds, and the lowest and highest are printed beside it. "1 pass" means every training example is seen once by the fine-tuning
 strategies; transfer learning runs the backbone once over the data and then trains its head
 for ``head_epochs`` passes over the cached features (that is what makes it cheap).
 Prints the table with the targets, the memory ratios, and writes bench-results/quality.json.
@@ -23,16 +25,18 @@ TARGETS = {"transfer_learning": 0.800, "partial_fine_tuning": 0.840, "lora": 0.8
 PLAIN_LOOP = {"transfer_learning": 0.788, "partial_fine_tuning": 0.826, "lora": 0.837, "full_fine_tuning": 0.856}
 
 
-def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args) -> dict:
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision, "seed": args.seed}
-    for option in ("layer_lr_decay", "head_lr_multiplier"):
+def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args, seed: int) -> dict:
+    training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision, "seed": seed}
+    for option in ("layer_lr_decay", "head_lr_multiplier", "length_group_batches"):
         if getattr(args, option) is not None:
             training[option] = getattr(args, option)
     cfg = strategy_config(model, data_cfg, strategy, work, **training)
-    metrics = train_with_progress(cfg, prepared, model, work / "runs" / strategy, strategy)
-    report = evaluate_run(work / "runs" / strategy)
+    run_dir = work / "runs" / f"{strategy}-seed{seed}"
+    metrics = train_with_progress(cfg, prepared, model, run_dir, f"{strategy} (seed {seed})")
+    report = evaluate_run(run_dir)
     return {
         "strategy": strategy,
+        "seed": seed,
         "accuracy": report.metrics["accuracy"],
         "macro_f1": report.metrics["macro_f1"],
         "train_runtime_s": metrics["train_runtime_s"],
@@ -44,7 +48,24 @@ def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args) -> 
         "learning_rate": cfg.learning_rate(),
         "layer_lr_decay": cfg.training.layer_lr_decay,
         "head_lr_multiplier": cfg.training.head_lr_multiplier,
+        "length_group_batches": cfg.training.length_group_batches,
         "mixed_precision": metrics["mixed_precision"],
+    }
+
+
+def summarise(runs: list[dict]) -> dict:
+    """One strategy's runs over the seeds: mean quality and cost, lowest and highest accuracy."""
+
+    def mean(key: str) -> float:
+        return sum(r[key] for r in runs) / len(runs)
+
+    return {
+        **{k: runs[0][k] for k in ("strategy", "trainable_params", "total_params", "learning_rate", "layer_lr_decay", "head_lr_multiplier", "length_group_batches", "mixed_precision", "examples_seen")},
+        **{k: mean(k) for k in ("accuracy", "macro_f1", "train_runtime_s", "samples_per_s")},
+        "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
+        "accuracy_min": min(r["accuracy"] for r in runs),
+        "accuracy_max": max(r["accuracy"] for r in runs),
+        "accuracy_per_seed": {r["seed"]: r["accuracy"] for r in runs},
     }
 
 
@@ -57,7 +78,8 @@ def main() -> None:
     parser.add_argument("--learning-rate", type=float, help="override every strategy's default learning rate")
     parser.add_argument("--layer-lr-decay", type=float, help="override the layer-wise learning-rate decay (training.layer_lr_decay)")
     parser.add_argument("--head-lr-multiplier", type=float, help="override the task head's learning-rate factor (training.head_lr_multiplier)")
-    parser.add_argument("--seed", type=int, default=42, help="seed of initialisation, dropout and order")
+    parser.add_argument("--length-group-batches", type=int, help="override training.length_group_batches (1: random batches)")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds of initialisation, dropout and order; one run per seed")
     parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"], help="autocast precision (auto: bf16 where native)")
     parser.add_argument("--strategies", nargs="+", default=list(TASK_STRATEGY_NAMES), choices=TASK_STRATEGY_NAMES)
     parser.add_argument("--output", help="JSON file (default bench-results/quality-N.json)")
@@ -66,7 +88,8 @@ def main() -> None:
     folder = require_sst2(args.sst2)
     work = work_dir("quality")
     model, data_cfg, prepared = prepare_sst2(folder, work, args.train_samples or None)
-    rows = [run_strategy(model, data_cfg, prepared, s, work, args) for s in args.strategies]
+    runs = [run_strategy(model, data_cfg, prepared, s, work, args, seed) for s in args.strategies for seed in args.seeds]
+    rows = [summarise([r for r in runs if r["strategy"] == s]) for s in args.strategies]
     budget = f"{prepared.manifest['splits']['train']:,} examples x {args.epochs} pass(es)"
     checked = args.train_samples == 8000 and args.epochs == 1
     table = []
@@ -77,6 +100,7 @@ def main() -> None:
             [
                 r["strategy"],
                 f"{100 * r['accuracy']:.2f}%",
+                f"{100 * r['accuracy_min']:.1f} / {100 * r['accuracy_max']:.1f}%",
                 f"{100 * r['macro_f1']:.2f}%",
                 f"{100 * target:.1f}%" if checked and target else "-",
                 verdict,
@@ -87,7 +111,7 @@ def main() -> None:
                 f"{r['peak_memory_mb']:.0f} MB",
             ]
         )
-    columns = ["strategy", "dev accuracy", "macro-F1", "target", "", "plain loop", "trainable", "train time", "samples/s", "peak memory"]
+    columns = ["strategy", f"dev accuracy (mean of {len(args.seeds)})", "min / max", "macro-F1", "target", "", "plain loop", "trainable", "train time", "samples/s", "peak memory"]
     print_table(f"SST-2 dev ({prepared.manifest['splits']['eval']} rows), MiniLM-L6, {budget}", columns, table)
     memory = {r["strategy"]: r["peak_memory_mb"] for r in rows}
     ratios = {}
@@ -96,7 +120,7 @@ def main() -> None:
             if name in memory:
                 ratios[f"{name}/full_fine_tuning"] = memory[name] / memory["full_fine_tuning"]
         print("peak memory ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    write_json(f"quality-{args.train_samples or 'all'}x{args.epochs}", {"budget": budget, "rows": rows, "memory_ratios": ratios}, args.output)
+    write_json(f"quality-{args.train_samples or 'all'}x{args.epochs}", {"budget": budget, "seeds": args.seeds, "rows": rows, "runs": runs, "memory_ratios": ratios}, args.output)
 
 
 if __name__ == "__main__":

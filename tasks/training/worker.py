@@ -534,7 +534,7 @@ def run(spec: RunSpec) -> dict:
     feature_time = 0.0
     # Grouped by the global batch, so N processes of batch B see the same batches as one process of N*B.
     # Every strategy draws from this one sampler: the same examples in the same order for the same seed.
-    sampler = LengthGroupedSampler([len(x) for x in ds["train"]["input_ids"]], t.batch_size * accelerator.num_processes, t.seed)
+    sampler = LengthGroupedSampler([len(x) for x in ds["train"]["input_ids"]], t.batch_size * accelerator.num_processes, t.seed, t.length_group_batches)
     if strategy.uses_cached_features:
         t0 = time.perf_counter()
         feats = cached_features(accelerator, model, ds, spec, collate, batch_size=max(64, t.batch_size * 2))

@@ -71,6 +71,6 @@ def test_config_problems_are_reported_together():
 def test_final_run_uses_the_winning_point_without_the_trial_settings():
     cc = load_compare_config({"strategies": [{"name": "lora"}]})
     (lora,) = cc.adapt_configs()
-    final = final_config(lora, {"learning_rate": 1e-3, "lora_r": 16})
-    assert final.learning_rate() == 1e-3 and final.strategy.lora_r == 16
+    final = final_config(lora, {"learning_rate": 5e-4, "lora_r": 16})
+    assert final.learning_rate() == 5e-4 and final.strategy.lora_r == 16
     assert final.training.early_stopping_patience is None and final_config(lora, None) == lora
