@@ -23,11 +23,13 @@ from tasks.evaluate import evaluate_run
 
 TARGETS = {"transfer_learning": 0.800, "partial_fine_tuning": 0.840, "lora": 0.855, "full_fine_tuning": 0.870}
 PLAIN_LOOP = {"transfer_learning": 0.788, "partial_fine_tuning": 0.826, "lora": 0.837, "full_fine_tuning": 0.856}
+# training settings the command line may override; each run records the values it used
+OVERRIDES = ("layer_lr_decay", "head_lr_multiplier", "length_group_batches")
 
 
 def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args, seed: int) -> dict:
     training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision, "seed": seed}
-    for option in ("layer_lr_decay", "head_lr_multiplier", "length_group_batches"):
+    for option in OVERRIDES:
         if getattr(args, option) is not None:
             training[option] = getattr(args, option)
     cfg = strategy_config(model, data_cfg, strategy, work, **training)
@@ -46,9 +48,7 @@ def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args, see
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
         "learning_rate": cfg.learning_rate(),
-        "layer_lr_decay": cfg.training.layer_lr_decay,
-        "head_lr_multiplier": cfg.training.head_lr_multiplier,
-        "length_group_batches": cfg.training.length_group_batches,
+        **{option: getattr(cfg.training, option) for option in OVERRIDES},
         "mixed_precision": metrics["mixed_precision"],
     }
 
@@ -60,7 +60,7 @@ def summarise(runs: list[dict]) -> dict:
         return sum(r[key] for r in runs) / len(runs)
 
     return {
-        **{k: runs[0][k] for k in ("strategy", "trainable_params", "total_params", "learning_rate", "layer_lr_decay", "head_lr_multiplier", "length_group_batches", "mixed_precision", "examples_seen")},
+        **{k: runs[0][k] for k in ("strategy", "trainable_params", "total_params", "learning_rate", *OVERRIDES, "mixed_precision", "examples_seen")},
         **{k: mean(k) for k in ("accuracy", "macro_f1", "train_runtime_s", "samples_per_s")},
         "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
         "accuracy_min": min(r["accuracy"] for r in runs),

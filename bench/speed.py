@@ -70,8 +70,8 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
     )
     columns = [c for c in ("input_ids", "attention_mask", "token_type_ids", "labels") if c in ds["train"].column_names]
     # the padding rule AdaptFlow uses on this device, so neither engine gets extra tokens (8 on GPUs, none on CPUs)
-    multiple = None if pad_multiple(args.device) == 1 else pad_multiple(args.device)
-    trainer = Trainer(model=model, args=args, train_dataset=ds["train"].select_columns(columns), data_collator=DataCollatorWithPadding(tokenizer, pad_to_multiple_of=multiple))
+    collator = DataCollatorWithPadding(tokenizer, pad_to_multiple_of=pad_multiple(args.device))  # 1 pads to the longest row
+    trainer = Trainer(model=model, args=args, train_dataset=ds["train"].select_columns(columns), data_collator=collator)
     out = trainer.train()
     from accelerate import PartialState
 
