@@ -6,7 +6,6 @@ Registered on the app in ``flows/cli.py``.
 from __future__ import annotations
 
 import os
-import sys
 from enum import Enum
 from pathlib import Path
 from typing import Optional
@@ -86,54 +85,47 @@ def _text(value: object) -> str:
 
 
 def deploy_command(
-    name: Optional[list[str]] = typer.Option(None, "--name", "-n", help="Register only these deployments (repeatable), e.g. -n retrain; default: every one whose flow is in this checkout."),
-    kubernetes: bool = typer.Option(False, "--kubernetes/--no-kubernetes", help="Also register the '-k8s-gpu' deployments and create their Kubernetes GPU work pool (base job template infra/k8s/gpu-work-pool.json)."),
+    name: Optional[list[str]] = typer.Option(None, "--name", "-n", help="Deploy only this deployment (repeatable), e.g. -n retrain. Default: all of them."),
 ) -> None:
-    """Register AdaptFlow's deployments (deployments/prefect.yaml) on the Prefect server.
+    """Register AdaptFlow's deployments (deployments/prefect.yaml) on a Prefect server, with Prefect's own `prefect deploy`.
 
-    The server is PREFECT_API_URL, else the one `adaptflow stack up` started. Creates the work pool 'adaptflow-local' (process; with --kubernetes also 'adaptflow-k8s-gpu') when missing, then creates or updates each deployment: parameter schema (enforced), schedules, pull steps. Process-pool runs start in this checkout on the worker that `adaptflow stack up` runs.
+    The server is PREFECT_API_URL, else the one `adaptflow stack up` started.
+
+    1. Creates the work pools when missing: 'adaptflow-local' (process) and 'adaptflow-k8s-gpu' (Kubernetes, template infra/k8s/gpu-work-pool.json).
+
+    2. Runs `prefect --no-prompt deploy --all --prefect-file deployments/prefect.yaml` from this checkout, with ADAPTFLOW_PROJECT_DIR set to it: runs on 'adaptflow-local' start in this checkout, on the worker of `adaptflow stack up`.
+
+    Each deployment gets its parameter schema (enforced by the server), schedules, pull steps and, for retrain, the trigger on the event adaptflow.data.arrived. Deploying again updates them.
     """
     from flows.cli import _fail, out
-    from infra.deploy import ensure_pools, load_specs, register
+    from infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
 
     try:
-        os.environ.update(prefect_env())
-        specs = select_specs(load_specs(), name, kubernetes)
+        api_url = prefect_env()["PREFECT_API_URL"]
+        os.environ["PREFECT_API_URL"] = api_url
+        specs = load_specs()
+        check_names(specs, name or [])
         created = ensure_pools(specs)
+        if created:
+            out.print(f"created work pools: {', '.join(created)}")
+        out.print(f"running prefect deploy for {', '.join(name) if name else 'every deployment'} of {PREFECT_FILE.relative_to(PREFECT_FILE.parents[1])} ...")
+        run_prefect_deploy(name, api_url)
     except AdaptFlowError as exc:
         raise _fail(exc) from None
-    if created:
-        out.print(f"created work pools: {', '.join(created)}")
-    table = Table(title=f"Deployments on {os.environ['PREFECT_API_URL']}", title_style="bold")
-    for column in ("deployment", "entrypoint", "work pool", "schedules"):
-        table.add_column(column)
-    for spec in specs:
-        register(spec)
-        schedules = ", ".join(f"{s['cron']} ({s.get('slug', '')})" for s in spec.config.get("schedules") or []) or "-"
-        table.add_row(spec.name, spec.entrypoint, spec.config["work_pool"]["name"], schedules)
-    out.print(table)
+    out.print(deployments_table([spec for spec in specs if not name or spec.name in name], api_url))
     out.print("Trigger one from the UI (Deployments -> retrain -> Run -> Custom run) or: prefect deployment run retrain/retrain --param model_name=NAME --param data=PATH")
 
 
-def select_specs(specs: list, names: list[str] | None, kubernetes: bool) -> list:
-    """The deployments to register: those named (all by default), whose flow file exists; GPU ones only with --kubernetes."""
-    from infra.deploy import GPU_SUFFIX, PREFECT_FILE
-
-    known = {spec.name for spec in specs}
-    unknown = sorted(set(names or []) - known)
-    if unknown:
-        raise ConfigError(Problem("--name", f"no deployment named {', '.join(unknown)} in {PREFECT_FILE}", f"choose from {', '.join(sorted(known))}"))
-    chosen = []
+def deployments_table(specs: list, api_url: str) -> Table:
+    """What was deployed, from prefect.yaml: work pool, schedules and event triggers of each deployment."""
+    table = Table(title=f"Deployments on {api_url}", title_style="bold")
+    for column in ("deployment", "entrypoint", "work pool", "schedules", "triggers"):
+        table.add_column(column)
     for spec in specs:
-        if names and spec.name not in names:
-            continue
-        if not names and spec.name.endswith(GPU_SUFFIX) and not kubernetes:
-            continue
-        if not spec.available:
-            print(f"skipping {spec.name}: {spec.entrypoint} is not in this checkout", file=sys.stderr)
-            continue
-        chosen.append(spec)
-    return chosen
+        schedules = ", ".join(f"{s.get('cron') or 'every ' + str(s.get('interval')) + ' s'} ({s.get('slug', '')})" for s in spec.config.get("schedules") or []) or "-"
+        triggers = ", ".join(", ".join(t.get("expect") or []) for t in spec.config.get("triggers") or []) or "-"
+        table.add_row(spec.name, spec.entrypoint, spec.pool, schedules, triggers)
+    return table
 
 
 def prefect_env() -> dict[str, str]:

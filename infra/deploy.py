@@ -1,30 +1,48 @@
-"""Register the deployments of ``deployments/prefect.yaml`` on a Prefect server.
+"""Register the deployments of ``deployments/prefect.yaml`` with Prefect's own ``prefect deploy``.
 
-Reads the file the way ``prefect deploy`` does (``{{ $ENV_VAR }}`` placeholders filled from
-the environment, YAML anchors for shared work pools and pull steps) and creates or updates
-each deployment through the Prefect client: the flow's parameter schema, enforced; its
-schedules with their own parameters; pull steps; work pool, queue and job variables.
+``adaptflow deploy`` adds three things to ``prefect deploy --all``, and nothing else:
 
-Why not ``prefect deploy --all``: in prefect 3.8.8 with fastapi 0.154 (the versions this
-project pins) the CLI crashes with a 422 after the first deployment, while checking the
-pool's workers (its client sends ``limit: null``). The Prefect file stays the standard
-one, so ``prefect deploy`` works as soon as that is fixed upstream.
+1. The work pools the file names exist first (``prefect deploy`` stops at the first
+   deployment whose pool is missing): ``adaptflow-local`` (process, Prefect's default job
+   template) and ``adaptflow-k8s-gpu`` (kubernetes, base job template
+   ``infra/k8s/gpu-work-pool.json``). A pool that exists is left as it is.
+2. ``ADAPTFLOW_PROJECT_DIR`` is this checkout: the pull step of the process pool's
+   deployments, so their runs start here.
+3. ``prefect --no-prompt deploy`` runs from the repository root (entrypoints are relative
+   to it); a failure becomes one error line and a non-zero exit.
+
+Everything else (parameter schemas, schedules, triggers, pull steps) is ``prefect deploy``'s
+job. ``load_specs`` reads the file as ``prefect deploy`` does, for the tests that check it
+against the flows' schemas.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import subprocess
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
-from tasks.errors import ConfigError, Problem
+from tasks.errors import AdaptFlowError, ConfigError, Problem
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
 GPU_SUFFIX = "-k8s-gpu"
+GPU_POOL_TEMPLATE = PROJECT_ROOT / "infra" / "k8s" / "gpu-work-pool.json"
+POOL_TYPES = {"adaptflow-local": "process", "adaptflow-k8s-gpu": "kubernetes"}
+"""The work pools prefect.yaml may name, and their type."""
+DEPLOY_TIMEOUT_S = 600
+
+
+class DeployError(AdaptFlowError):
+    title = "Deploy failed"
+    exit_code = 1
 
 
 @dataclass(frozen=True)
@@ -44,11 +62,16 @@ class DeploymentSpec:
         """Whether the entrypoint's file is in this checkout."""
         return self.flow_file.is_file()
 
+    @property
+    def pool(self) -> str:
+        return self.config["work_pool"]["name"]
+
 
 def load_specs(prefect_file: Path = PREFECT_FILE) -> list[DeploymentSpec]:
-    """The deployments of ``prefect_file`` with ``{{ $VAR }}`` filled from the environment.
+    """The deployments of ``prefect_file`` with ``{{ $VAR }}`` filled from the environment, as ``prefect deploy`` does.
 
     ``ADAPTFLOW_PROJECT_DIR`` (the process pool's working directory) defaults to this checkout.
+    Other placeholders (``{{ event.payload.data }}`` in a trigger) are left as they are.
     """
     from prefect.utilities.templating import apply_values
 
@@ -61,76 +84,69 @@ def load_specs(prefect_file: Path = PREFECT_FILE) -> list[DeploymentSpec]:
     return specs
 
 
-def ensure_pools(specs: list[DeploymentSpec]) -> list[str]:
-    """Create the work pools the specs name (process pool; Kubernetes GPU pool from its template); returns their names."""
-    import json
+def check_names(specs: list[DeploymentSpec], names: list[str]) -> None:
+    """Raise one error naming every deployment in ``names`` that the file does not have."""
+    known = {spec.name for spec in specs}
+    unknown = [name for name in names if name not in known]
+    if unknown:
+        raise ConfigError(Problem("--name", f"no deployment named {', '.join(unknown)} in {PREFECT_FILE}", f"choose from {', '.join(sorted(known))}"))
 
+
+def ensure_pools(specs: list[DeploymentSpec]) -> list[str]:
+    """Create the work pools that ``specs`` name and the server lacks; returns the names created."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.actions import WorkPoolCreate
     from prefect.exceptions import ObjectNotFound
     from prefect.workers.process import ProcessWorker
 
+    names = sorted({spec.pool for spec in specs})
+    unknown = [name for name in names if name not in POOL_TYPES]
+    if unknown:
+        raise ConfigError(Problem(str(PREFECT_FILE), f"work pool {', '.join(unknown)} is not one AdaptFlow knows how to create", f"use one of {', '.join(POOL_TYPES)}"))
     created = []
-    with get_client(sync_client=True) as client:
-        for name in sorted({spec.config["work_pool"]["name"] for spec in specs}):
-            try:
-                client.read_work_pool(name)
-                continue
-            except ObjectNotFound:
-                pass
-            if name.endswith(GPU_SUFFIX):
-                template = json.loads((PROJECT_ROOT / "infra" / "k8s" / "gpu-work-pool.json").read_text())
-                pool = WorkPoolCreate(name=name, type="kubernetes", base_job_template=template)
-            else:
-                pool = WorkPoolCreate(name=name, type="process", base_job_template=ProcessWorker.get_default_base_job_template())
-            client.create_work_pool(pool)
-            created.append(name)
+    try:
+        with get_client(sync_client=True) as client:
+            for name in names:
+                try:
+                    client.read_work_pool(name)
+                    continue
+                except ObjectNotFound:
+                    pass
+                if POOL_TYPES[name] == "kubernetes":
+                    template = json.loads(GPU_POOL_TEMPLATE.read_text())
+                else:
+                    template = ProcessWorker.get_default_base_job_template()
+                client.create_work_pool(WorkPoolCreate(name=name, type=POOL_TYPES[name], base_job_template=template))
+                created.append(name)
+    except httpx.HTTPError as exc:
+        url = os.environ.get("PREFECT_API_URL", "the Prefect server")
+        raise DeployError(Problem(url, f"creating the work pools failed: {type(exc).__name__}: {exc}", "start the server (`adaptflow stack up`) or fix PREFECT_API_URL")) from None
     return created
 
 
-def schedule_objects(spec: DeploymentSpec) -> list[Any]:
-    """``DeploymentScheduleCreate`` objects for the spec's cron schedules."""
-    from prefect.client.schemas.actions import DeploymentScheduleCreate
-    from prefect.client.schemas.schedules import CronSchedule
-
-    schedules = []
-    for item in spec.config.get("schedules") or []:
-        if "cron" not in item:
-            raise ConfigError(Problem(f"{PREFECT_FILE} deployment {spec.name}", "only cron schedules are supported here", "write `cron: ...`"))
-        schedules.append(
-            DeploymentScheduleCreate(
-                schedule=CronSchedule(cron=item["cron"], timezone=item.get("timezone", "UTC")),
-                active=item.get("active", True),
-                parameters=item.get("parameters") or {},
-                slug=item.get("slug"),
-            )
-        )
-    return schedules
+def prefect_deploy_args(names: list[str] | None) -> list[str]:
+    """The ``prefect deploy`` command line: every deployment, or only those named."""
+    selection = [arg for name in names for arg in ("--name", name)] if names else ["--all"]
+    return [sys.executable, "-m", "prefect", "--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), *selection]
 
 
-def register(spec: DeploymentSpec) -> str:
-    """Create or update one deployment on the server of PREFECT_API_URL; returns its id."""
-    from prefect.client.orchestration import get_client
-    from prefect.flows import load_flow_from_entrypoint
-    from prefect.utilities.callables import parameter_schema
+def run_prefect_deploy(names: list[str] | None, api_url: str) -> str:
+    """Run ``prefect deploy`` from the repository root against ``api_url``; returns its output, raises :class:`DeployError` when it fails."""
+    env = {**os.environ, "PREFECT_API_URL": api_url, "ADAPTFLOW_PROJECT_DIR": str(PROJECT_ROOT)}
+    args = prefect_deploy_args(names)
+    command = "prefect " + " ".join(args[3:]).replace(str(PROJECT_ROOT) + "/", "")
+    try:
+        done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S)
+    except subprocess.TimeoutExpired:
+        raise DeployError(Problem(command, f"did not finish within {DEPLOY_TIMEOUT_S} s", f"check that {api_url} answers")) from None
+    output = done.stdout + done.stderr
+    if done.returncode != 0:
+        sys.stderr.write(output)
+        raise DeployError(Problem(command, f"exit {done.returncode}: {_last_line(output)}", "see its output above"))
+    return output
 
-    flow = load_flow_from_entrypoint(str(spec.flow_file) + ":" + spec.entrypoint.split(":")[1])
-    pool = spec.config.get("work_pool") or {}
-    with get_client(sync_client=True) as client:
-        flow_id = client.create_flow_from_name(flow.name)
-        deployment_id = client.create_deployment(
-            flow_id=flow_id,
-            name=spec.name,
-            entrypoint=spec.entrypoint,
-            description=spec.config.get("description") or flow.description,
-            tags=spec.config.get("tags") or [],
-            parameters=spec.config.get("parameters") or {},
-            parameter_openapi_schema=parameter_schema(flow).model_dump_for_openapi(),
-            enforce_parameter_schema=spec.config.get("enforce_parameter_schema", True),
-            work_pool_name=pool.get("name"),
-            work_queue_name=pool.get("work_queue_name"),
-            job_variables=pool.get("job_variables") or {},
-            pull_steps=spec.config.get("pull") or [],
-            schedules=schedule_objects(spec),
-        )
-    return f"{flow.name}/{spec.name} {deployment_id}"
+
+def _last_line(output: str) -> str:
+    """The last line of ``output`` that says something (Prefect ends a failure with its reason)."""
+    lines = [line.strip(" │╭╮╰╯─") for line in output.splitlines()]
+    return next((line for line in reversed(lines) if line), "no output")

@@ -1,9 +1,10 @@
 """Every YAML/JSON file in deployments/ and infra/ loads, and prefect.yaml matches the flows it deploys.
 
 The deployments' parameters and each schedule's parameters validate against the flow's
-parameter schema (what the server enforces), every parameter of the deployed flows has a
-description for the UI form, the GPU work pool template declares every variable it uses,
-and the CI workflow runs a deployment that exists.
+parameter schema (what the server enforces), so do the parameters the retrain trigger
+renders from an event, every parameter of the deployed flows has a description for the UI
+form, the GPU work pool template declares every variable it uses, and the CI workflow runs
+a deployment that exists.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
 
-from flows.retrain_cli import NOT_BETTER_EXIT, select_specs
-from infra.deploy import GPU_SUFFIX, PREFECT_FILE, PROJECT_ROOT, load_specs, schedule_objects
+from flows.retrain_cli import NOT_BETTER_EXIT
+from infra.deploy import GPU_SUFFIX, POOL_TYPES, PREFECT_FILE, PROJECT_ROOT, check_names, load_specs, prefect_deploy_args
 from tasks.errors import ConfigError
 
 SPECS = load_specs()
@@ -69,11 +70,28 @@ def test_retrain_form_has_dropdowns_and_rejects_bad_values() -> None:
 
 def test_schedules_have_their_cron_and_parameters() -> None:
     by_name = {spec.name: spec for spec in SPECS}
-    (nightly,) = schedule_objects(by_name["retrain"])
-    assert (nightly.schedule.cron, nightly.schedule.timezone, nightly.slug) == ("0 2 * * *", "UTC", "nightly-retrain")
-    assert nightly.parameters["model_name"] == "sample-reviews-transfer-learning" and nightly.parameters["data"] == "sample://reviews"
-    (weekly,) = schedule_objects(by_name["compare-weekly"])
-    assert (weekly.schedule.cron, weekly.slug) == ("0 3 * * 1", "weekly-compare")
+    (nightly,) = by_name["retrain"].config["schedules"]
+    assert (nightly["cron"], nightly["timezone"], nightly["slug"]) == ("0 2 * * *", "UTC", "nightly-retrain")
+    assert nightly["parameters"]["model_name"] == "sample-reviews-transfer-learning" and nightly["parameters"]["data"] == "sample://reviews"
+    (weekly,) = by_name["compare-weekly"].config["schedules"]
+    assert (weekly["cron"], weekly["slug"]) == ("0 3 * * 1", "weekly-compare")
+
+
+def test_retrain_trigger_renders_an_event_into_valid_parameters() -> None:
+    """The server renders the trigger's parameters from the event with this template engine, then enforces the schema."""
+    from prefect.server.events.schemas.events import Event
+    from prefect.server.utilities.user_templates import render_user_template_sync
+
+    (spec,) = [s for s in SPECS if s.name == "retrain"]
+    (trigger,) = spec.config["triggers"]
+    assert (trigger["expect"], trigger["match"]) == (["adaptflow.data.arrived"], {"prefect.resource.id": "adaptflow.dataset.*"})
+    event = Event(
+        event="adaptflow.data.arrived", resource={"prefect.resource.id": "adaptflow.dataset.reviews.v2"}, payload={"data": "s3://adaptflow/data/reviews.csv"},
+        occurred="2026-12-01T00:00:00Z", id="01a23720-cbf3-788d-9634-7083037ef915",
+    )
+    rendered = {key: render_user_template_sync(value, {"event": event}) for key, value in trigger["parameters"].items()}
+    assert rendered == {"model_name": "reviews.v2", "data": "s3://adaptflow/data/reviews.csv"}
+    assert not validate(rendered, _schema(spec), ignore_required=True)
 
 
 def test_every_flow_has_a_deployment_and_pools_pull_the_right_code() -> None:
@@ -90,12 +108,13 @@ def test_every_flow_has_a_deployment_and_pools_pull_the_right_code() -> None:
         assert directory == ("/opt/adaptflow" if spec.name.endswith(GPU_SUFFIX) else str(PROJECT_ROOT))
 
 
-def test_deploy_selection_skips_gpu_deployments_unless_asked_and_names_unknown_ones() -> None:
-    local = [spec.name for spec in select_specs(SPECS, None, kubernetes=False)]
-    assert "retrain" in local and not any(name.endswith(GPU_SUFFIX) for name in local)
-    assert any(spec.name.endswith(GPU_SUFFIX) for spec in select_specs(SPECS, None, kubernetes=True))
-    with pytest.raises(ConfigError, match="no deployment named nope"):
-        select_specs(SPECS, ["nope"], kubernetes=False)
+def test_adaptflow_deploy_runs_prefect_deploy_for_all_or_the_named_and_names_unknown_ones() -> None:
+    assert prefect_deploy_args(None)[-5:] == ["--no-prompt", "deploy", "--prefect-file", str(PREFECT_FILE), "--all"]
+    assert prefect_deploy_args(["retrain", "adapt"])[-4:] == ["--name", "retrain", "--name", "adapt"]
+    check_names(SPECS, ["retrain", "adapt-k8s-gpu"])
+    with pytest.raises(ConfigError, match="no deployment named nope, nix"):
+        check_names(SPECS, ["nope", "retrain", "nix"])
+    assert {spec.pool for spec in SPECS} == set(POOL_TYPES)  # adaptflow deploy can create every pool the file names
 
 
 def test_gpu_work_pool_template_declares_every_variable_it_uses() -> None:
@@ -126,3 +145,13 @@ def test_ci_workflow_retrains_on_data_changes_through_an_existing_deployment() -
     assert "adaptflow retrain" in cli_steps and "--fail-if-not-better" in cli_steps
     assert f"{NOT_BETTER_EXIT} not better" in WORKFLOW.read_text()
     assert PREFECT_FILE.is_file()
+
+
+def test_ci_event_is_the_one_the_retrain_trigger_expects() -> None:
+    workflow = yaml.safe_load(WORKFLOW.read_text())
+    steps = " ".join(step.get("run", "") for step in workflow["jobs"]["by-event"]["steps"])
+    (trigger,) = next(spec for spec in SPECS if spec.name == "retrain").config["triggers"]
+    match = re.search(r'prefect event emit ([\w.]+)[\s\\]*--resource-id "([\w.]+)\$MODEL_NAME"[\s\\]*--payload "\{\\"data\\": ', steps)
+    assert match, steps
+    assert [match.group(1)] == trigger["expect"] and match.group(2) + "*" == trigger["match"]["prefect.resource.id"]
+    assert "event.payload.data" in trigger["parameters"]["data"]
