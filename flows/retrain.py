@@ -12,6 +12,13 @@
 5. Score candidate and champion on the same rows (the candidate's prepared evaluation
    split) and move the alias only if the candidate is better (``tasks/promote.py``).
    A markdown artifact explains the decision with both sets of metrics.
+6. With ``require_approval``, a move the gate would make first waits for a person: the run
+   pauses (both versions' metrics in the pause's form and the ``promotion-approval``
+   artifact) until someone resumes it in the Prefect UI. Approved: the alias moves.
+   Rejected: the run completes as "not promoted", with the note. No answer within
+   ``approval_timeout_s``: not promoted, and the run **fails** ("approval timed out after
+   N s"), as Prefect fails every pause nobody answered, so the missed approval is seen and
+   alerted on. The candidate stays registered in every case; the lock is held while waiting.
 """
 
 from __future__ import annotations
@@ -19,6 +26,7 @@ from __future__ import annotations
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -27,15 +35,18 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.client.orchestration import get_client
 from prefect.client.schemas.actions import GlobalConcurrencyLimitCreate
 from prefect.concurrency.sync import concurrency
+from prefect.context import FlowRunContext
 from prefect.exceptions import ObjectAlreadyExists, ObjectNotFound
+from prefect.settings import PREFECT_API_URL
+from prefect.states import Failed
 from pydantic import Field
 
 from flows.adapt import InputError, check_inputs, run_pipeline
 from tasks.card import code_version
 from tasks.config import AdaptConfig
 from tasks.data import PreparedData, input_fingerprint, open_prepared, prepare_data_task, s3_fetcher
-from tasks.errors import ConfigError, Problem, raise_together
-from tasks.promote import METRICS, promote_task
+from tasks.errors import ConfigError, Problem, raise_together, run_all
+from tasks.promote import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, METRICS, ApprovalTimedOut, promote_task
 from tasks.registry import get_alias, get_manifest, latest_version, validate_name
 from tasks.retrain import config_without_locations, content, export_eval_split, find_trained, retrain_config, retrain_key, retrain_markdown, trained_on
 from tasks.s3 import S3Settings
@@ -67,7 +78,7 @@ def model_lock(model_name: str, timeout_s: float | None = None) -> Iterator[None
 
 @flow(
     name="retrain",
-    description="Retrain a registered model when its data changed; promote the new version only if it scores better.",
+    description="Retrain a registered model when its data changed; promote the new version only if it scores better (optionally once a person approves).",
 )
 def retrain(
     model_name: str = DEFAULT_RETRAIN_MODEL,
@@ -76,6 +87,8 @@ def retrain(
     metric: Metric = "macro_f1",
     min_delta: Annotated[float, Field(ge=0)] = 0.0,
     alias: str = "champion",
+    require_approval: bool = False,
+    approval_timeout_s: Annotated[int, Field(gt=0, le=MAX_APPROVAL_TIMEOUT_S)] = DEFAULT_APPROVAL_TIMEOUT_S,
 ) -> dict[str, Any]:
     """Retrain a registered model when its data changed; promote the new version only if it scores better.
 
@@ -90,18 +103,61 @@ def retrain(
         metric: The metric on which the candidate must beat the champion (both scored on the same rows).
         min_delta: The candidate is promoted only if its metric is at least the champion's plus this.
         alias: The alias marking the version in production; it moves to the candidate only if better.
+        require_approval: Before moving the alias, pause this run until a person approves in the Prefect UI
+            (Resume on the paused run; both versions' metrics are shown). Needs a Prefect server.
+        approval_timeout_s: Seconds to wait for that answer (at most 7 days). No answer: not promoted, the run fails.
     """
-    validate_name(model_name)
+    run_all(lambda: validate_name(model_name), lambda: check_approval(require_approval))
     logger = get_run_logger()
     logger.info(f"waiting for the lock {lock_name(model_name)} (one retrain per model at a time)")
     with model_lock(model_name):
-        result = _retrain_locked(model_name, data, config, metric, min_delta, alias)
+        result = _retrain_locked(model_name, data, config, metric, min_delta, alias, approval_timeout_s if require_approval else None)
     create_markdown_artifact(retrain_markdown(result), key="retrain-decision", description=f"Retrain of {model_name}")
     logger.info(f"retrain of {model_name}: {result['status']} - {result['explanation']}")
+    if result["approval"] and result["approval"]["outcome"] == "timed_out":
+        error = approval_timed_out(result)
+        _fail_this_run(str(error))
+        raise error
     return result
 
 
-def _retrain_locked(name: str, data: str, given: AdaptConfig | dict | None, metric: str, min_delta: float, alias: str) -> dict[str, Any]:
+def check_approval(require_approval: bool) -> None:
+    """Pausing for approval needs a Prefect server that outlives the wait, not Prefect's temporary in-process one."""
+    if require_approval and not PREFECT_API_URL.value():
+        raise ConfigError(
+            Problem(
+                "require_approval", "needs a Prefect server to pause on: PREFECT_API_URL is not set (Prefect would use a temporary in-process one)",
+                "run `adaptflow stack up` or set PREFECT_API_URL, then retrain again; or run the retrain/retrain deployment",
+            )
+        )
+
+
+def approval_timed_out(result: dict[str, Any]) -> ApprovalTimedOut:
+    """The error ending a run whose promotion nobody approved in time."""
+    name, candidate, alias = result["model_name"], result["candidate_version"], result["alias"]
+    held = f"version {result['champion_after']}" if result["champion_after"] is not None else "no version"
+    return ApprovalTimedOut(
+        Problem(
+            f"{name}:{candidate}",
+            f"approval timed out after {result['approval']['timeout_s']} s; the version stays registered and '{alias}' stays on {held}",
+            f"promote it later with `adaptflow models promote {name}:{candidate} --alias {alias} --reason ...`, or retrain again",
+        )
+    )
+
+
+def _fail_this_run(message: str) -> None:
+    """Set this flow run's state to Failed with ``message``.
+
+    Once a pause has timed out, the server refuses every transition out of Paused and puts in
+    its own "The flow was failed and never resumed"; forcing the state keeps ours in the UI.
+    """
+    with get_client(sync_client=True) as client:
+        client.set_flow_run_state(FlowRunContext.get().flow_run.id, Failed(message=message), force=True)
+
+
+def _retrain_locked(
+    name: str, data: str, given: AdaptConfig | dict | None, metric: str, min_delta: float, alias: str, approval_timeout_s: int | None
+) -> dict[str, Any]:
     started = time.perf_counter()
     settings = S3Settings.resolve()
     current = get_alias(settings, name, alias)
@@ -120,6 +176,7 @@ def _retrain_locked(name: str, data: str, given: AdaptConfig | dict | None, metr
         "model_name": name, "data": data, "data_sha256": data_fp.get("sha256"), "retrain_key": key, "alias": alias,
         "champion_before": current.version if current else None, "champion_after": current.version if current else None,
         "candidate_version": None, "trained": False, "candidate_metrics": None, "champion_metrics": None, "eval_file": None,
+        "approval": None,
     }
     same_config = given is None or (champion is not None and _same_config(cfg, champion))
     if champion is not None and same_config and content(trained_on(champion)) == content(data_fp):
@@ -140,10 +197,13 @@ def _retrain_locked(name: str, data: str, given: AdaptConfig | dict | None, metr
     if current is not None and candidate == current.version:
         result["candidate_version"] = candidate
         return _finish(result, started, "up_to_date", f"Version {candidate}, trained from the same data, config and code, already holds '{alias}'.")
-    decision = promote_task(f"{name}:{candidate}", eval_data=str(eval_file), alias=alias, metric=metric, min_delta=min_delta)
+    decision = promote_task(
+        f"{name}:{candidate}", eval_data=str(eval_file), alias=alias, metric=metric, min_delta=min_delta, approval_timeout_s=approval_timeout_s
+    )
+    approval = {**asdict(decision.approval), "summary": decision.approval.describe()} if decision.approval else None
     result.update(
         candidate_version=candidate, eval_file=str(eval_file), champion_after=candidate if decision.promoted else decision.previous_version,
-        candidate_metrics=decision.candidate_metrics, champion_metrics=decision.champion_metrics,
+        candidate_metrics=decision.candidate_metrics, champion_metrics=decision.champion_metrics, approval=approval,
     )
     return _finish(result, started, "promoted" if decision.promoted else "not_promoted", decision.reason[:1].upper() + decision.reason[1:] + ".")
 

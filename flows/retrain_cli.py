@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tasks.errors import AdaptFlowError, ConfigError, Problem
+from tasks.errors import AdaptFlowError, ConfigError, Problem, run_all
 
 NOT_BETTER_EXIT = 10
 """Exit code of ``adaptflow retrain --fail-if-not-better`` when the candidate did not beat the champion."""
@@ -31,26 +31,45 @@ def retrain_command(
     fail_if_not_better: bool = typer.Option(
         False, "--fail-if-not-better", help=f"Exit with {NOT_BETTER_EXIT} when a candidate was trained but not promoted (default: exit 0)."
     ),
+    require_approval: bool = typer.Option(
+        False, "--require-approval", help="Before moving the alias, pause the run until a person approves it in the Prefect UI (Resume on the run). Needs a Prefect server."
+    ),
+    approval_timeout: Optional[int] = typer.Option(
+        None, "--approval-timeout", metavar="SECONDS", help="With --require-approval: how long to wait for the answer (default 12 h, at most 7 days)."
+    ),
 ) -> None:
     """Retrain a model if its data changed, and promote the result only if it is better.
 
     Unchanged data (same contents as the champion's training data) finishes in seconds as "up to date" and trains nothing; the same data, config and code never train twice. Otherwise: train with the champion's configuration, score candidate and champion on the same evaluation rows, move the alias only if the candidate is better.
 
-    Exit codes: 0 promoted or up to date (or not better, without --fail-if-not-better); 10 not better, with --fail-if-not-better; 2 invalid configuration, data or base model; 3 S3 storage problem; 4 training failed.
+    With --require-approval (needs a Prefect server: PREFECT_API_URL or `adaptflow stack up`) a promotion waits for a person: the run pauses, showing both versions' metrics, until someone resumes it in the Prefect UI.
+
+    "approve" ticked: promoted. Unticked: rejected, not promoted (exit 10 with --fail-if-not-better). No answer within --approval-timeout: not promoted, exit 11.
+
+    Exit codes: 0 promoted or up to date (or not better, without --fail-if-not-better); 10 not better or rejected, with --fail-if-not-better; 11 approval timed out; 2 invalid configuration, data or base model; 3 S3 storage problem; 4 training failed.
 
     Example (CI):  adaptflow retrain --data data/reviews.csv --model-name reviews --fail-if-not-better
     """
-    from flows.cli import _fail, out, quiet_prefect_tracebacks
-    from flows.retrain import retrain
+    from flows.cli import _fail, connect_prefect, out, quiet_prefect_tracebacks
+    from flows.retrain import check_approval, retrain
     from tasks.config import load_config, load_config_file
+    from tasks.promote import DEFAULT_APPROVAL_TIMEOUT_S
 
     try:
-        given = load_config(load_config_file(config)) if config else None
+        given, _, _ = run_all(
+            lambda: load_config(load_config_file(config)) if config else None,
+            lambda: check_approval(require_approval),
+            lambda: check_approval_timeout(approval_timeout, require_approval),
+        )
     except AdaptFlowError as exc:
         raise _fail(exc) from None
     quiet_prefect_tracebacks()
+    connect_prefect()
     try:
-        result = retrain(model_name=model_name, data=data, config=given, metric=metric.value, min_delta=min_delta, alias=alias)
+        result = retrain(
+            model_name=model_name, data=data, config=given, metric=metric.value, min_delta=min_delta, alias=alias,
+            require_approval=require_approval, approval_timeout_s=approval_timeout or DEFAULT_APPROVAL_TIMEOUT_S,
+        )
     except AdaptFlowError as exc:
         raise _fail(exc) from None
     out.print(result_table(result))
@@ -59,6 +78,21 @@ def retrain_command(
     out.print(f"{trained}; {result['alias']} -> version {_text(result['champion_after'])}; {result['wall_s']:.1f} s", highlight=False)
     if fail_if_not_better and result["status"] == "not_promoted":
         raise typer.Exit(NOT_BETTER_EXIT)
+
+
+def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
+    """--approval-timeout within the flow's bounds, and only with --require-approval (alone it would approve nothing)."""
+    from tasks.promote import MAX_APPROVAL_TIMEOUT_S
+
+    if seconds is None:
+        return
+    problems = []
+    if not 0 < seconds <= MAX_APPROVAL_TIMEOUT_S:
+        problems.append(Problem("--approval-timeout", f"must be 1 to {MAX_APPROVAL_TIMEOUT_S} seconds (7 days), got {seconds}"))
+    if not require_approval:
+        problems.append(Problem("--approval-timeout", "only applies with --require-approval", "add --require-approval, or drop --approval-timeout"))
+    if problems:
+        raise ConfigError(problems)
 
 
 def result_table(result: dict) -> Table:

@@ -9,6 +9,13 @@ new champion. A "not better" verdict is likewise only recorded if the alias stil
 points where it did. Every decision, promoted or not, is appended to the model's
 decision log in the registry; the Prefect task also publishes it as a markdown artifact.
 
+**Approval.** Given an ``approve`` callback, the gate asks it before every alias move it
+would make (never for "not better"), with the decision and both sets of metrics. Only an
+:class:`Approval` whose outcome is ``approved`` moves the alias; ``rejected`` and
+``timed_out`` are recorded as not promoted, with the reviewer's note. The candidate version
+stays registered either way: only the alias move waits. If the alias moved while the
+person was deciding, the compare-and-swap fails and the gate decides, and asks, again.
+
 Prefect-free down to the thin task at the end.
 """
 
@@ -16,17 +23,21 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, replace
-from datetime import datetime, timezone
-from typing import Any
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
 
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.exceptions import FlowPauseTimeout
+from prefect.flow_runs import pause_flow_run
+from prefect.input import RunInput
+from pydantic import Field
 
 from tasks.data import read_data_file, sha256_file
-from tasks.errors import ConfigError, Problem, StorageError
+from tasks.errors import AdaptFlowError, ConfigError, Problem, StorageError
 from tasks.predict import default_cache_dir, evaluate_version, local_input
-from tasks.registry import AliasConflict, AliasInfo, append_decision, get_alias, resolve_ref, set_alias
+from tasks.registry import AliasConflict, AliasInfo, append_decision, get_alias, resolve_ref, set_alias, version_key
 from tasks.s3 import S3Settings
 
 METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
@@ -34,6 +45,29 @@ METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 SUMMARY_KEYS = ("n", *METRICS)
 
 Scorer = Callable[[int], dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Approval:
+    """A person's answer to an alias move the gate would make."""
+
+    outcome: Literal["approved", "rejected", "timed_out"]
+    note: str = ""
+    """What the reviewer wrote; recorded with the decision."""
+    reviewer: str = ""
+    timeout_s: int | None = None
+    """How long the answer was waited for."""
+    answered_at: str = field(default_factory=lambda: _now())
+
+    @property
+    def approved(self) -> bool:
+        return self.outcome == "approved"
+
+    def describe(self) -> str:
+        if self.outcome == "timed_out":
+            return f"approval timed out after {self.timeout_s} s"
+        said = f"{self.outcome} by {self.reviewer or 'the reviewer'}"
+        return f"{said}: {self.note}" if self.note else said
 
 
 @dataclass(frozen=True)
@@ -59,9 +93,29 @@ class PromotionDecision:
     champion_metrics: dict[str, Any] | None = None
     attempts: int = 1
     """Times the alias was read; more than one when other promotions moved it meanwhile."""
+    approval: Approval | None = None
+    """The person's answer, when the move needed approval."""
 
     def to_record(self) -> dict[str, Any]:
         return {"kind": "promotion_gate", **asdict(self)}
+
+
+Approver = Callable[[PromotionDecision], Approval]
+"""Asked before an alias move with the decision the gate took; answers whether to make it."""
+
+DEFAULT_APPROVAL_TIMEOUT_S = 12 * 3600
+"""How long a promotion waits for approval by default: a working day after a nightly run."""
+MAX_APPROVAL_TIMEOUT_S = 7 * 24 * 3600
+"""The longest wait accepted: the paused run holds the model's retrain lock meanwhile."""
+APPROVAL_POLL_S = 5
+"""How often a paused run asks the Prefect server whether someone answered."""
+
+
+class ApprovalTimedOut(AdaptFlowError):
+    """Nobody answered an alias move that needed approval in time: not promoted."""
+
+    title = "Not promoted"
+    exit_code = 11
 
 
 def promote_if_better(
@@ -75,11 +129,13 @@ def promote_if_better(
     text_column: str | None = None,
     label_column: str = "label",
     max_attempts: int = 5,
+    approve: Approver | None = None,
 ) -> PromotionDecision:
     """Move ``alias`` to the candidate if it beats the alias's version by ``min_delta``; record why.
 
     With no alias yet, the candidate is promoted. A candidate that already holds the
-    alias is not promoted again. Each version is scored once per call. Raises
+    alias is not promoted again. Each version is scored once per call. With ``approve``,
+    a move happens only if it answers "approved" (see the module docstring). Raises
     :class:`StorageError` when the alias moved during every one of ``max_attempts``.
     """
     _check_arguments(metric, min_delta, max_attempts)
@@ -97,12 +153,14 @@ def promote_if_better(
     for attempt in range(1, max_attempts + 1):
         current = get_alias(settings, name, alias)
         decision = replace(decide(name, candidate, current, alias, metric, min_delta, score), eval_data=evaluation, attempts=attempt)
+        if decision.promoted and approve is not None:
+            decision = apply_approval(decision, approve(decision))
         if decision.promoted:
             try:
                 set_alias(settings, name, alias, candidate, expected_etag=current.etag if current else None, reason=decision.reason)
             except AliasConflict:
-                continue  # another promotion moved it: compare against the new champion
-        elif _etag(get_alias(settings, name, alias)) != _etag(current):
+                continue  # another promotion moved it: compare against the new champion (and ask again)
+        elif decision.approval is None and _etag(get_alias(settings, name, alias)) != _etag(current):
             continue  # the verdict was against a version that no longer holds the alias
         append_decision(settings, name, decision.to_record())
         return decision
@@ -136,6 +194,13 @@ def decide(
         **base, previous_version=current.version, candidate_score=cand, champion_score=held, promoted=promoted,
         reason=reason, decided_at=_now(), candidate_metrics=_summary(mine), champion_metrics=_summary(theirs),
     )
+
+
+def apply_approval(decision: PromotionDecision, answer: Approval) -> PromotionDecision:
+    """The gate's "promote" once a person answered: it stands only if approved; the reason says who decided and why."""
+    if answer.approved:
+        return replace(decision, approval=answer, reason=f"{decision.reason}; {answer.describe()}")
+    return replace(decision, promoted=False, approval=answer, reason=f"{decision.reason}, but {answer.describe()}")
 
 
 def _check_arguments(metric: str, min_delta: float, max_attempts: int) -> None:
@@ -193,6 +258,79 @@ def _cell(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, float) else str(value)
 
 
+def approval_markdown(decision: PromotionDecision, candidate_uri: str, champion_uri: str | None, timeout_s: int) -> str:
+    """What a reviewer is shown before an alias move: both versions and where they are, the metric, the delta."""
+    name, alias, metric, candidate = decision.name, decision.alias, decision.metric, decision.candidate_version
+    held = f"`{name}:{decision.previous_version}`" if decision.previous_version is not None else "none"
+    theirs = decision.champion_metrics or {}
+    if decision.champion_score is None:
+        delta = "no version to compare with"
+    else:
+        delta = f"{decision.candidate_score - decision.champion_score:+.4f} (min_delta {decision.min_delta:g})"
+    deadline = (datetime.now(timezone.utc) + timedelta(seconds=timeout_s)).isoformat(timespec="seconds")
+    lines = [
+        f"# Promote `{name}:{candidate}` to `{alias}`?",
+        "",
+        f"The gate would move `{alias}` from {held} to version {candidate}: {decision.reason}.",
+        "",
+        f"| | candidate | `{alias}` now |",
+        "|---|---|---|",
+        f"| version | `{name}:{candidate}` | {held} |",
+        f"| location | `{candidate_uri}` | {f'`{champion_uri}`' if champion_uri else '-'} |",
+        f"| **{metric}** (gate) | **{_cell(decision.candidate_metrics.get(metric))}** | **{_cell(theirs.get(metric))}** |",
+        f"| delta | {delta} | |",
+    ]
+    for key in SUMMARY_KEYS:
+        if key != metric:
+            lines.append(f"| {key} | {_cell(decision.candidate_metrics.get(key))} | {_cell(theirs.get(key))} |")
+    lines += [
+        "",
+        f"Both scored on the same rows: `{decision.eval_data.get('uri')}` (sha256 `{str(decision.eval_data.get('sha256'))[:16]}`).",
+        "",
+        f"**Approve** (tick *approve*, then submit) moves `{alias}` to version {candidate}. Left unticked, the promotion is "
+        f"rejected and `{alias}` stays on {held}. No answer by {deadline} ({timeout_s} s): not promoted, and the run fails. "
+        f"Version {candidate} stays registered either way; your note goes into the model's decision log.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class PromotionApproval(RunInput):
+    """The form of a run paused for approval (the Resume button of the flow run in the Prefect UI)."""
+
+    approve: bool = Field(
+        default=False, title="Approve promotion",
+        description="Tick to move the alias to the candidate. Unticked: rejected, the alias stays where it is (the candidate stays registered).",
+    )
+    note: str = Field(default="", max_length=2000, description="Why: recorded in the model's decision log and the run's retrain-decision artifact.")
+    reviewer: str = Field(default="", max_length=200, description="Your name, recorded with the decision.")
+
+
+def ask_in_prefect_ui(settings: S3Settings, timeout_s: int) -> Approver:
+    """An :data:`Approver` that pauses the flow run until someone answers in the Prefect UI, or ``timeout_s`` passes.
+
+    The question (:func:`approval_markdown`) is the pause's description, shown above the
+    form, and the run's ``promotion-approval`` artifact. Needs a Prefect server that stays up
+    while the run waits.
+    """
+
+    def approve(decision: PromotionDecision) -> Approval:
+        name, candidate, held = decision.name, decision.candidate_version, decision.previous_version
+        champion_uri = settings.uri(version_key(settings, name, held)) if held is not None else None
+        request = approval_markdown(decision, settings.uri(version_key(settings, name, candidate)), champion_uri, timeout_s)
+        create_markdown_artifact(request, key="promotion-approval", description=f"Approve {name}:{candidate} as {decision.alias}?")
+        get_run_logger().info(f"waiting up to {timeout_s} s for a person to approve moving {decision.alias} to {name}:{candidate} (Resume on this run)")
+        try:
+            answer = pause_flow_run(
+                wait_for_input=PromotionApproval.with_initial_data(description=request), timeout=timeout_s, poll_interval=APPROVAL_POLL_S
+            )
+        except FlowPauseTimeout:
+            return Approval("timed_out", timeout_s=timeout_s)
+        outcome = "approved" if answer.approve else "rejected"
+        return Approval(outcome, note=answer.note.strip(), reviewer=answer.reviewer.strip(), timeout_s=timeout_s)
+
+    return approve
+
+
 @task(name="promote-if-better", cache_policy=NO_CACHE)
 def promote_task(
     candidate_ref: str,
@@ -203,11 +341,18 @@ def promote_task(
     min_delta: float = 0.0,
     text_column: str | None = None,
     label_column: str = "label",
+    approval_timeout_s: int | None = None,
 ) -> PromotionDecision:
-    """Run the gate for ``candidate_ref``; publish the decision as a markdown artifact."""
+    """Run the gate for ``candidate_ref``; publish the decision as a markdown artifact.
+
+    With ``approval_timeout_s``, an alias move waits for a person's approval in the Prefect
+    UI (:func:`ask_in_prefect_ui`) for at most that many seconds.
+    """
+    settings = S3Settings.resolve()
+    approve = ask_in_prefect_ui(settings, approval_timeout_s) if approval_timeout_s is not None else None
     decision = promote_if_better(
-        S3Settings.resolve(), candidate_ref, alias=alias, metric=metric, min_delta=min_delta,
-        eval_data=eval_data, text_column=text_column, label_column=label_column,
+        settings, candidate_ref, alias=alias, metric=metric, min_delta=min_delta,
+        eval_data=eval_data, text_column=text_column, label_column=label_column, approve=approve,
     )
     create_markdown_artifact(decision_markdown(decision), key="promotion-decision", description=f"Promotion of {decision.name}:{decision.candidate_version}")
     get_run_logger().info(f"{decision.name}:{decision.candidate_version} {'promoted' if decision.promoted else 'not promoted'} to {decision.alias}: {decision.reason}")

@@ -131,12 +131,19 @@ def retrain_markdown(result: dict[str, Any]) -> str:
         f"| champion after | {_version(result['champion_after'])} |",
         f"| retrain key | `{str(result['retrain_key'])[:16]}` |",
     ]
+    if result.get("approval"):
+        lines.append(f"| approval | {_table_safe(result['approval']['summary'])} |")
     candidate, champion = result.get("candidate_metrics") or {}, result.get("champion_metrics") or {}
     if candidate or champion:
         lines += ["", f"Both scored on `{result.get('eval_file')}`:", "", "| metric | candidate | champion |", "|---|---|---|"]
         for key in sorted(set(candidate) | set(champion)):
             lines.append(f"| {key} | {_cell(candidate.get(key))} | {_cell(champion.get(key))} |")
     return "\n".join(lines) + "\n"
+
+
+def _table_safe(text: str) -> str:
+    """Free text (a reviewer's note) as one markdown table cell."""
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def _version(version: int | None) -> str:

@@ -1,5 +1,5 @@
 """The promotion gate against the real registry: first promotion, worse candidates,
-min_delta, an alias moved during scoring, and two promotions racing.
+min_delta, an alias moved during scoring, two promotions racing, and a person's approval.
 
 Versions of known quality are registered without training (tests/integration/versions.py):
 ``good`` classifies the evaluation file perfectly, ``constant`` always says "negative"
@@ -16,7 +16,7 @@ from prefect import flow
 
 import tasks.promote
 from tasks.errors import AdaptFlowError, ConfigError
-from tasks.promote import PromotionDecision, promote_if_better, promote_task
+from tasks.promote import Approval, PromotionDecision, promote_if_better, promote_task
 from tasks.registry import get_alias, list_decisions, set_alias
 from tests.integration.test_predict import flow_run_artifacts
 from tests.integration.versions import fit_head, register_head, stack_env, write_labelled
@@ -118,6 +118,45 @@ def test_alias_moved_during_scoring_is_checked_against_the_new_champion(env, mak
     decision = promote_if_better(env, f"gate:{candidate}", eval_data=eval_csv, min_delta=0.1)
     assert not decision.promoted and decision.previous_version == rival and decision.attempts == 2
     assert get_alias(env, "gate", "champion").version == rival
+
+
+def test_only_an_approved_move_happens_and_an_alias_moved_meanwhile_is_asked_about_again(env, make, eval_csv):
+    champion, candidate = make("constant"), make("good")
+    promote_if_better(env, f"gate:{champion}", eval_data=eval_csv)
+    asked: list[PromotionDecision] = []
+
+    def reject(decision: PromotionDecision) -> Approval:
+        asked.append(decision)
+        return Approval("rejected", note="wait for the audit", reviewer="bob")
+
+    held = promote_if_better(env, f"gate:{candidate}", eval_data=eval_csv, approve=reject)
+    assert not held.promoted and held.reason.endswith("but rejected by bob: wait for the audit")
+    assert [(d.promoted, d.previous_version) for d in asked] == [(True, champion)] and asked[0].champion_metrics["accuracy"] == 0.5
+    assert get_alias(env, "gate", "champion").version == champion
+    assert list_decisions(env, "gate")[-1]["approval"] | {"answered_at": ""} == {
+        "outcome": "rejected", "note": "wait for the audit", "reviewer": "bob", "timeout_s": None, "answered_at": "",
+    }
+
+    # Another promotion lands while the person decides: the approved move loses the compare-and-swap,
+    # and the gate decides against the new champion and asks again.
+    rival = make("constant")
+    asked.clear()
+
+    def approve_while_a_rival_lands(decision: PromotionDecision) -> Approval:
+        asked.append(decision)
+        if len(asked) == 1:
+            set_alias(env, "gate", "champion", rival, expected_etag=get_alias(env, "gate", "champion").etag, reason="rival")
+        return Approval("approved", reviewer="carol")
+
+    taken = promote_if_better(env, f"gate:{candidate}", eval_data=eval_csv, approve=approve_while_a_rival_lands)
+    assert taken.promoted and taken.previous_version == rival and taken.attempts == 2 and taken.reason.endswith("; approved by carol")
+    assert [d.previous_version for d in asked] == [champion, rival]
+    assert get_alias(env, "gate", "champion").version == candidate
+
+    # A candidate that is not better is never put to a person.
+    worse = promote_if_better(env, f"gate:{make('wrong')}", eval_data=eval_csv, approve=lambda d: pytest.fail("asked about a worse candidate"))
+    assert not worse.promoted and worse.approval is None
+    assert [r["promoted"] for r in list_decisions(env, "gate")] == [True, False, True, False]
 
 
 @pytest.mark.parametrize("start, better, worse", [("constant", "good", "wrong"), (None, "good", "constant")], ids=["with-champion", "no-champion"])

@@ -1,4 +1,4 @@
-"""The pure parts of batch inference and of the promotion gate (no S3, no Prefect server)."""
+"""The pure parts of batch inference and of the promotion gate and its approval (no S3, no Prefect server)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from tasks.data import Table, label_ids_of, text_column_of
 from tasks.errors import DataError
 from tasks.predict import output_format, prediction_frame
-from tasks.promote import decide
+from tasks.promote import Approval, PromotionApproval, PromotionDecision, apply_approval, approval_markdown, decide
 from tasks.registry import AliasInfo
 
 
@@ -44,6 +44,83 @@ def test_decide(current, candidate_f1, champion_f1, min_delta, promoted, words):
     decision = decide("m", 2, alias_at(current) if current else None, "champion", "macro_f1", min_delta, score)
     assert decision.promoted is promoted and words in decision.reason
     assert decision.previous_version == current and decision.champion_score == (None if current is None else (champion_f1 if current == 1 else candidate_f1))
+
+
+def promoting(**changes) -> PromotionDecision:
+    """A decision of the gate to move 'champion' from m:1 to m:2."""
+    mine = {"n": 10, "accuracy": 0.8, "macro_f1": 0.8, "macro_precision": 0.8, "macro_recall": 0.8}
+    theirs = {"n": 10, "accuracy": 0.7, "macro_f1": 0.7, "macro_precision": 0.7, "macro_recall": 0.7}
+    fields = {
+        "name": "m", "candidate_version": 2, "previous_version": 1, "alias": "champion", "metric": "macro_f1",
+        "candidate_score": 0.8, "champion_score": 0.7, "promoted": True, "reason": "macro_f1 0.8000 >= 0.7000 (version 1) + min_delta 0",
+        "decided_at": "", "eval_data": {"uri": "eval.csv", "sha256": "ab" * 32}, "candidate_metrics": mine, "champion_metrics": theirs,
+    }
+    return PromotionDecision(**{**fields, **changes})
+
+
+@pytest.mark.parametrize(
+    "answer, promoted, ending",
+    [
+        (Approval("approved", note="beats v1 on the new data", reviewer="alice"), True, "; approved by alice: beats v1 on the new data"),
+        (Approval("rejected", note="wait for the audit"), False, ", but rejected by the reviewer: wait for the audit"),
+        (Approval("rejected"), False, ", but rejected by the reviewer"),
+        (Approval("timed_out", timeout_s=60), False, ", but approval timed out after 60 s"),
+    ],
+)
+def test_only_an_approval_lets_the_gate_move_the_alias(answer, promoted, ending):
+    decision = apply_approval(promoting(), answer)
+    assert decision.promoted is promoted and decision.reason.endswith(ending) and decision.approval == answer
+    record = decision.to_record()
+    assert record["approval"]["outcome"] == answer.outcome and record["approval"]["note"] == answer.note
+
+
+def test_the_approval_request_shows_both_versions_the_metric_and_the_delta():
+    text = approval_markdown(promoting(), "s3://b/p/models/m/versions/000002/", "s3://b/p/models/m/versions/000001/", 3600)
+    assert text.startswith("# Promote `m:2` to `champion`?")
+    for row in (
+        "| version | `m:2` | `m:1` |",
+        "| location | `s3://b/p/models/m/versions/000002/` | `s3://b/p/models/m/versions/000001/` |",
+        "| **macro_f1** (gate) | **0.8000** | **0.7000** |",
+        "| delta | +0.1000 (min_delta 0) | |",
+        "| accuracy | 0.8000 | 0.7000 |",
+    ):
+        assert row in text
+    assert "`eval.csv`" in text and "(3600 s)" in text and "stays registered either way" in text
+    first = approval_markdown(promoting(previous_version=None, champion_score=None, champion_metrics=None), "s3://x/", None, 60)
+    assert "from none to version 2" in first and "| delta | no version to compare with | |" in first and "| location | `s3://x/` | - |" in first
+
+
+def test_the_approval_form_describes_every_field_and_rejects_by_default():
+    properties = PromotionApproval.model_json_schema()["properties"]
+    assert set(properties) == {"approve", "note", "reviewer"}
+    assert all(field.get("description") for field in properties.values())
+    assert PromotionApproval().approve is False
+
+
+def test_the_approval_timeout_is_bounded():
+    from prefect.exceptions import ParameterTypeError
+
+    from flows.retrain import retrain
+
+    for bad in (0, -1, 7 * 24 * 3600 + 1):
+        with pytest.raises(ParameterTypeError, match="approval_timeout_s"):
+            retrain.validate_parameters({"require_approval": True, "approval_timeout_s": bad})
+    assert retrain.validate_parameters({"approval_timeout_s": 60})["require_approval"] is False
+
+
+def test_the_cli_refuses_approval_options_it_cannot_honour():
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    runner = CliRunner()
+    command = ["retrain", "--data", "x.csv", "--model-name", "m"]
+    alone = runner.invoke(app, [*command, "--approval-timeout", "0"], env={"COLUMNS": "300"})
+    assert alone.exit_code == 2 and "must be 1 to 604800 seconds" in alone.output and "only applies with --require-approval" in alone.output
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        serverless = runner.invoke(app, [*command, "--require-approval"], env={"COLUMNS": "300"})
+    assert serverless.exit_code == 2 and "needs a Prefect server" in serverless.output
 
 
 def test_prediction_frame_keeps_clashing_input_columns():
