@@ -42,7 +42,7 @@ from tasks.compare import (
 from tasks.config import AdaptConfig
 from tasks.data import prepare_data_task
 from tasks.errors import DataError, raise_together
-from tasks.evaluate import evaluate_task, metrics_markdown
+from tasks.evaluate import evaluate_task, metrics_markdown, png_data_uri
 from tasks.forgetting import forgetting_task
 from tasks.register import register_task
 from tasks.train import train_task
@@ -169,6 +169,7 @@ def compare(config: CompareConfig = CompareConfig()) -> dict[str, Any]:
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown)
     create_table_artifact(table_rows(rows), key="compare-table", description="Strategies on the same data and budget")
-    create_markdown_artifact(markdown, key="compare-report", description="Strategy comparison: table, search, recommendation, chart")
+    shown = report_markdown(report, chart_src=png_data_uri(chart))  # the chart inline: the UI renders data: images
+    create_markdown_artifact(shown, key="compare-report", description="Strategy comparison: table, search, recommendation, chart")
     logger.info(" ".join(report["recommendation"]["text"]).replace("**", ""))
     return report

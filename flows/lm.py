@@ -28,7 +28,7 @@ from tasks.training.lm_worker import check_lm_config
 @task(name="prepare-lm-data", cache_policy=NO_CACHE)
 def prepare_lm_data_task(kind: Kind, cfg: AdaptConfig, model_path: Path, is_decoder: bool) -> PreparedData:
     uses_s3 = any(ref and ref.startswith("s3://") for ref in (cfg.data.data, cfg.data.eval_data))
-    prepared = prepare_lm_data(kind, cfg.data, model_path, cfg.resolved_work_dir(), is_decoder=is_decoder, fetch=s3_fetcher() if uses_s3 else None)
+    prepared = prepare_lm_data(kind, cfg.data, cfg.lm, model_path, cfg.resolved_work_dir(), is_decoder=is_decoder, fetch=s3_fetcher() if uses_s3 else None)
     m = prepared.manifest
     get_run_logger().info(
         f"{'reused' if prepared.reused else 'prepared'} {kind} data {m['key']}: rows {m['splits']}, tokens {m['tokens']}, "

@@ -17,6 +17,7 @@ from tasks.config import (
     STRATEGY_CLASSES,
     AdaptConfig,
     DataConfig,
+    LanguageModelConfig,
     LaunchConfig,
     RegistryConfig,
     TrainingConfig,
@@ -34,12 +35,14 @@ def _strategy_flow(name: str) -> Flow:
         training: TrainingConfig = TrainingConfig(),
         launch: LaunchConfig = LaunchConfig(),
         registry: RegistryConfig = RegistryConfig(),
+        lm: LanguageModelConfig = LanguageModelConfig(),  # read by causal_lm and domain adaptation runs only
         work_dir: str | None = None,
         task: Literal["classification", "causal_lm"] = "classification",
     ) -> dict:
-        cfg = load_config(
-            {"model": model, "task": task, "strategy": strategy, "data": data, "training": training, "launch": launch, "registry": registry, "work_dir": work_dir}
-        )
+        cfg = load_config({
+            "model": model, "task": task, "strategy": strategy, "data": data, "training": training, "launch": launch,
+            "registry": registry, "lm": lm, "work_dir": work_dir,
+        })
         return run_pipeline(cfg)
 
     # The annotation drives the parameter schema, so the UI shows this strategy's fields.

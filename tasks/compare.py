@@ -19,6 +19,8 @@ from pydantic import Field, ValidationError, model_validator
 
 from tasks.config import (
     DEFAULT_MODEL,
+    STRICT,
+    TASK_STRATEGY_NAMES,
     AdaptConfig,
     DataConfig,
     FullFineTuning,
@@ -26,7 +28,6 @@ from tasks.config import (
     Lora,
     PartialFineTuning,
     RegistryConfig,
-    TASK_STRATEGY_NAMES,
     StrategyConfig,
     TrainingConfig,
     TransferLearning,
@@ -34,6 +35,7 @@ from tasks.config import (
     adaptflow_home,
     config_error_from,
 )
+from tasks.evaluate import save_figure
 
 CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first stage, not a strategy to compare
 REPORT_FILE = "compare_report.json"
@@ -53,7 +55,9 @@ class CompareConfig(_Frozen):
     trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust.")
     strategies: list[StrategyConfig] = Field(
         default_factory=lambda: [TransferLearning(), PartialFineTuning(), FullFineTuning(), Lora()],
-        description="The strategies to compare, each with its own parameters. Default: all four classification strategies.",
+        description="The strategies to compare, each with its own parameters. Default: all four classification strategies. "
+        "Fields of another strategy are ignored in the Prefect form and an error in config files; a field of no strategy "
+        "is always an error.",
     )
     data: DataConfig = Field(default_factory=DataConfig, description="The task data, prepared once for every strategy.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation hyperparameters shared by every strategy.")
@@ -139,11 +143,14 @@ class CompareConfig(_Frozen):
 
 
 def load_compare_config(raw: dict[str, Any] | CompareConfig) -> CompareConfig:
-    """Validate a (partial) dict into a :class:`CompareConfig`; one ConfigError naming every problem."""
+    """Validate a (partial) dict into a :class:`CompareConfig`; one ConfigError naming every problem.
+
+    Strict like :func:`tasks.config.load_config`: a field of another strategy is an error.
+    """
     if isinstance(raw, CompareConfig):
         return raw
     try:
-        return CompareConfig.model_validate(raw)
+        return CompareConfig.model_validate(raw, context={STRICT: True})
     except ValidationError as exc:
         raise config_error_from(exc) from None
 
@@ -287,8 +294,6 @@ def recommend(rows: Sequence[dict[str, Any]], max_train_seconds: float | None = 
 
 def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     """Accuracy against train time and against peak memory; Pareto-optimal strategies starred and joined."""
-    from tasks.evaluate import _save
-
     fig = Figure(figsize=(11, 4.6))
     axes = fig.subplots(1, 2, sharey=True)
     for ax, (cost, label) in zip(axes, (("train_runtime_s", "train time (s)"), ("peak_memory_mb", "peak memory (MB)"))):
@@ -304,7 +309,7 @@ def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
         ax.legend(loc="lower right", fontsize=9, frameon=False)
     axes[0].set_ylabel("evaluation accuracy")
     fig.suptitle("Quality against cost (star: no other strategy is both cheaper and better)")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -330,8 +335,12 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def report_markdown(report: dict[str, Any]) -> str:
-    """The whole report for a person: budget, table, search, recommendation, chart."""
+def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
+    """The whole report for a person: budget, table, search, recommendation, chart.
+
+    ``chart_src`` is the image's source: the chart's file name for ``report.md`` next to it,
+    a ``data:`` URI for the Prefect artifact (:func:`tasks.evaluate.png_data_uri`).
+    """
     rows = table_rows(report["rows"])
     header = list(rows[0])
     lines = [
@@ -353,9 +362,7 @@ def report_markdown(report: dict[str, Any]) -> str:
         for name, s in report["search"].items():
             lines.append(f"| {name} | {len(s['trials'])} | {s['winner']['label']} | {s['winner']['validation_loss']:.4f} | {s['winner']['validation_accuracy']:.4f} |")
         lines.append("")
-    lines += ["## Recommendation", "", *report["recommendation"]["text"], "", f"Chart: `{report['chart']}`", ""]
-    if report.get("chart_uri"):
-        lines.append(f"![quality against cost]({report['chart_uri']})")
+    lines += ["## Recommendation", "", *report["recommendation"]["text"], "", f"![quality against cost]({chart_src})", "", f"Chart: `{report['chart']}`", ""]
     return "\n".join(lines)
 
 

@@ -5,6 +5,18 @@ a form), the source of the CLI's options (``flows/cli.py`` derives them from the
 descriptions below) and the training worker's input (serialized to JSON in the run
 directory). Field names are unique across sections so that each maps to one CLI flag.
 
+Rules:
+
+- ``strategy`` is one of the strategy models, chosen by ``name``. A field of another
+  strategy is dropped when the flows' parameters are validated (the Prefect form keeps the
+  previous tab's fields when the strategy tab changes, and the server's JSON schema lets
+  them through: ``propertyNames`` lists every strategy field, instead of
+  ``additionalProperties: false``); :func:`load_config` (config files, the CLI) reports it
+  as an error naming the strategy it belongs to. A field of no strategy is always an error.
+- ``lm`` holds what only language-model runs read (task ``causal_lm``, domain adaptation),
+  so the classification form stays short. Configs recorded before it existed kept those
+  fields under ``data`` / ``training``; they are moved into ``lm`` when read.
+
 S3 endpoint and credentials are deliberately absent: they come from the environment
 or a Prefect block (see ``tasks/s3.py``), never from parameters.
 """
@@ -18,7 +30,7 @@ from pathlib import Path
 from typing import Annotated, Any, ClassVar, Literal, Union
 from typing import get_args as typing_get_args
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from tasks.errors import ConfigError, Problem
 
@@ -32,6 +44,15 @@ POOLING_HELP = (
     "'cls' (first token), 'pooler' (the model's own pooler layer), 'last' (last real "
     "token, for decoders), or 'auto' (the checkpoint's sentence-transformers pooling if "
     "it has one, 'last' for decoder models, else 'mean')."
+)
+
+
+STRICT = "strict"
+"""Validation context key: fields of another strategy are an error instead of being dropped."""
+STRATEGY_HELP = (
+    "How the model is adapted. Fields of another strategy are ignored (the Prefect form keeps them when the "
+    "strategy tab changes); in config files and on the command line they are an error. A field of no strategy "
+    "is always an error."
 )
 
 
@@ -89,26 +110,33 @@ class DataConfig(_Frozen):
     )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     data_seed: int = Field(42, description="Seed for the held-out splits and row sampling.")
-    # ---- causal LM fine-tuning (task 'causal_lm'); see tasks/lm_data.py ----
-    prompt_column: str = Field("prompt", description="Causal LM data: column holding the prompt (its tokens get no loss).")
-    response_column: str = Field("response", description="Causal LM data: column holding the response the model learns to write.")
-    messages_column: str | None = Field(
-        None,
-        description="Causal LM data in chat format: column holding a list of {role, content} messages; the last "
-        "assistant message is the response. Formatted with the tokenizer's chat template when it has one.",
-    )
-    packing: bool = Field(
-        False,
-        description="Causal LM / domain text: pack several examples into each max_length block (fewer padding "
-        "tokens; no example is split across blocks).",
-    )
+
+
+def _strategy_json_schema(schema: dict[str, Any]) -> None:
+    """A strategy's JSON schema (the Prefect server validates runs with it): fields of any strategy, nothing else.
+
+    Replaces ``additionalProperties: false``: the Prefect form keeps the previous tab's
+    values when the strategy tab changes and submits them too.
+    """
+    schema.pop("additionalProperties", None)
+    schema["propertyNames"] = {"enum": sorted(STRATEGY_FIELDS)}
 
 
 class _ClassifierStrategy(_Frozen):
     """Parameters shared by every classification strategy."""
 
+    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_strategy_json_schema)
+
     default_learning_rate: ClassVar[float]
     pooling: Pooling = Field("auto", description=POOLING_HELP)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _drop_other_strategies_fields(cls, data: Any, info: ValidationInfo) -> Any:
+        """Fields of another strategy are dropped, except in strict validation (:func:`load_config`)."""
+        if not isinstance(data, dict) or (info.context or {}).get(STRICT):
+            return data
+        return {key: value for key, value in data.items() if key in cls.model_fields or key not in STRATEGY_FIELDS}
 
     def passes(self, training: "TrainingConfig") -> int:
         """Passes over the training data the loop makes."""
@@ -201,6 +229,7 @@ STRATEGY_CLASSES: dict[str, type[_ClassifierStrategy]] = {
     cls.model_fields["name"].default: cls for cls in (TransferLearning, PartialFineTuning, FullFineTuning, Lora, DomainAdaptation)
 }
 STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
+STRATEGY_FIELDS = frozenset(field for cls in STRATEGY_CLASSES.values() for field in cls.model_fields)
 TASK_STRATEGY_NAMES: tuple[str, ...] = typing_get_args(TaskStrategyName)
 """The strategies that train a task model (every one but domain_adaptation): what benchmarks compare."""
 
@@ -279,10 +308,32 @@ class TrainingConfig(_Frozen):
         description="Stop training once the training loop has run this many seconds (checked after every optimizer "
         "step; the model trained so far is evaluated and saved). Empty: no limit.",
     )
+
+
+class LanguageModelConfig(_Frozen):
+    """Settings of language-model runs only: task 'causal_lm' and domain adaptation (domain text).
+    A classification run ignores this section."""
+
+    prompt_column: str = Field("prompt", description="Causal LM data: column holding the prompt (its tokens get no loss).")
+    response_column: str = Field("response", description="Causal LM data: column holding the response the model learns to write.")
+    messages_column: str | None = Field(
+        None,
+        description="Causal LM data in chat format: column holding a list of {role, content} messages; the last "
+        "assistant message is the response. Formatted with the tokenizer's chat template when it has one.",
+    )
+    packing: bool = Field(
+        False,
+        description="Causal LM / domain text: pack several examples into each max_length block (fewer padding "
+        "tokens; no example is split across blocks).",
+    )
     generation_samples: int = Field(
         8, ge=0, le=10000, description="Causal LM: evaluation prompts answered by generation for exact match and ROUGE-L (0: none)."
     )
     generation_max_new_tokens: int = Field(32, ge=1, le=4096, description="Causal LM: tokens generated per evaluation prompt.")
+
+
+LM_FIELDS_MOVED_FROM = {"data": ("prompt_column", "response_column", "messages_column", "packing"), "training": ("generation_samples", "generation_max_new_tokens")}
+"""Where the ``lm`` fields lived before they got their own section (configs recorded in registered versions)."""
 
 
 class LaunchConfig(_Frozen):
@@ -375,16 +426,39 @@ class AdaptConfig(_Frozen):
         description="'classification': a label per text (data with a label column). 'causal_lm': fine-tune a "
         "decoder (GPT-2, Llama, Qwen...) to write responses (prompt/response or chat-format data).",
     )
-    strategy: StrategyConfig = Field(default_factory=TransferLearning, description="How the model is adapted.")
+    strategy: StrategyConfig = Field(default_factory=TransferLearning, description=STRATEGY_HELP)
     data: DataConfig = Field(default_factory=DataConfig, description="The task data.")
     training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation hyperparameters.")
     launch: LaunchConfig = Field(default_factory=LaunchConfig, description="Training processes.")
     registry: RegistryConfig = Field(default_factory=RegistryConfig, description="Model registration.")
+    lm: LanguageModelConfig = Field(
+        default_factory=LanguageModelConfig,
+        title="Language model (causal_lm task, domain adaptation only)",
+        description="Prompt/response columns, packing and generation checks of language-model runs; "
+        "a classification run ignores them.",
+    )
     work_dir: str | None = Field(
         None,
         description="Folder for prepared data and run directories. Empty: $ADAPTFLOW_HOME/work "
         "(ADAPTFLOW_HOME defaults to ~/.adaptflow).",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _lm_fields_moved(cls, data: Any) -> Any:
+        """Read configs recorded before the ``lm`` section existed (registered versions, old config files)."""
+        if not isinstance(data, dict) or not isinstance(data.get("lm", {}), dict):
+            return data
+        data, lm = dict(data), dict(data.get("lm", {}))
+        for section, names in LM_FIELDS_MOVED_FROM.items():
+            if isinstance(data.get(section), dict) and any(name in data[section] for name in names):
+                data[section] = dict(data[section])
+                for name in names:
+                    if name in data[section]:
+                        lm.setdefault(name, data[section].pop(name))
+        if lm:
+            data["lm"] = lm
+        return data
 
     @model_validator(mode="after")
     def _cross_field_checks(self) -> "AdaptConfig":
@@ -450,12 +524,14 @@ def _cuda_available() -> bool:
 def load_config(raw: dict[str, Any] | AdaptConfig) -> AdaptConfig:
     """Validate a (possibly nested, partial) dict into an :class:`AdaptConfig`.
 
-    Raises one :class:`ConfigError` listing every problem, each naming its field.
+    Raises one :class:`ConfigError` listing every problem, each naming its field. Strict:
+    a field of another strategy is an error here (config files, the CLI), while the
+    flows' parameters (the Prefect form) drop them.
     """
     if isinstance(raw, AdaptConfig):
         return raw
     try:
-        return AdaptConfig.model_validate(raw)
+        return AdaptConfig.model_validate(raw, context={STRICT: True})
     except ValidationError as exc:
         raise config_error_from(exc) from None
 
@@ -482,6 +558,10 @@ def config_error_from(exc: ValidationError) -> ConfigError:
         loc = [str(part) for part in err["loc"] if not _is_union_tag(part)]
         where = ".".join(loc) or "config"
         msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden" and len(err["loc"]) >= 2 and _is_union_tag(err["loc"][-2]) and loc[-1] in STRATEGY_FIELDS:
+            owners = ", ".join(name for name, cls in STRATEGY_CLASSES.items() if loc[-1] in cls.model_fields)
+            problems.append(Problem(where, f"belongs to strategy {owners}, not {err['loc'][-2]}", "remove it, or choose that strategy"))
+            continue
         got = err.get("input")
         if loc and not isinstance(got, (dict, list)) and err["type"] != "missing":
             msg += f" (got {got!r})"

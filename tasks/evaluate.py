@@ -13,11 +13,15 @@ the model registry) wants to look at:
 Everything but the thin :func:`evaluate_task` wrapper at the end is plain Python
 (numpy + matplotlib's object API, no pyplot state); the wrapper runs
 :func:`evaluate_run` as a Prefect task and publishes :func:`metrics_markdown` /
-:func:`per_class_table` as artifacts.
+:func:`per_class_table` as artifacts, and the plots as images inside a markdown artifact
+(:func:`plots_markdown`: ``data:image/png`` URIs, which both Prefect 3.9 UIs render; an
+image artifact would need a URL the browser can fetch).
 """
 
 from __future__ import annotations
 
+import base64
+import io
 import json
 import math
 import os
@@ -27,6 +31,7 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
+from PIL import Image  # matplotlib's own dependency
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
@@ -303,7 +308,7 @@ def _smooth(values: np.ndarray, window: int) -> np.ndarray:
     return np.convolve(values, kernel, mode="same") / np.convolve(np.ones_like(values), kernel, mode="same")
 
 
-def _save(fig: Figure, path: Path) -> Path:
+def save_figure(fig: Figure, path: Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, format="png", dpi=_DPI, bbox_inches="tight")
@@ -366,7 +371,7 @@ def plot_loss_curves(history: Sequence[dict], evals: Sequence[dict], path: Path,
     ax.set_xlabel("optimizer step")
     ax.set_ylabel("cross-entropy loss")
     ax.grid(True, alpha=0.3)
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 def _short(name: str, width: int = 18) -> str:
@@ -417,7 +422,7 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], label_names: Sequence[str
     total = int(counts.sum())
     accuracy = np.trace(counts) / total if total else 0.0
     ax.set_title(f"Confusion matrix (n = {total}, accuracy {accuracy:.1%})")
-    return _save(fig, path)
+    return save_figure(fig, path)
 
 
 # ---- a run directory -----------------------------------------------------------------
@@ -690,6 +695,27 @@ def metrics_markdown(report: EvaluationReport) -> str:
     return "\n".join(lines) + "\n"
 
 
+def png_data_uri(path: Path, max_width: int = 800, colors: int = 256) -> str:
+    """A PNG as a ``data:`` URI, at most ``max_width`` pixels wide (the width of the Prefect UI's artifact
+    column) and reduced to a ``colors`` palette: a plot takes a few tens of KB."""
+    with Image.open(path) as image:
+        rgb = image.convert("RGB")
+    if rgb.width > max_width:
+        rgb = rgb.resize((max_width, round(rgb.height * max_width / rgb.width)), Image.Resampling.LANCZOS)
+    palette = rgb.quantize(colors=colors)
+    buffer = io.BytesIO()
+    palette.save(buffer, format="PNG", optimize=True)
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode("ascii")
+
+
+def plots_markdown(plots: Sequence[tuple[str, Path]]) -> str:
+    """Markdown showing each ``(title, png)``: a heading, the image inline, and the file it came from."""
+    lines: list[str] = []
+    for title, path in plots:
+        lines += [f"### {title}", "", f"![{title}]({png_data_uri(path)})", "", f"`{path}`", ""]
+    return "\n".join(lines)
+
+
 # ---- Prefect wrapper -----------------------------------------------------------------
 
 
@@ -699,6 +725,8 @@ def evaluate_task(run_dir: Path) -> EvaluationReport:
     report = evaluate_run(run_dir)
     create_table_artifact(per_class_table(report), key="per-class-metrics", description="Per-class precision, recall and F1")
     create_markdown_artifact(metrics_markdown(report), key="evaluation", description=f"Evaluation of {run_dir.name}")
+    plots = [("Loss curves", report.loss_curves_path), ("Confusion matrix", report.confusion_matrix_path)]
+    create_markdown_artifact(plots_markdown(plots), key="evaluation-plots", description=f"Loss curves and confusion matrix of {run_dir.name}")
     m = report.metrics
     get_run_logger().info(
         f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}; overfitting: {report.overfitting['reason']}; "

@@ -33,7 +33,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.config import DataConfig
+from tasks.config import DataConfig, LanguageModelConfig
 from tasks.data import (
     MANIFEST,
     Fetch,
@@ -106,8 +106,8 @@ class Conversation:
     response: str
 
 
-def read_sft_rows(table: Table, cfg: DataConfig) -> list[Conversation]:
-    """Prompt/response or chat rows; every unusable row is reported (file and row named)."""
+def read_sft_rows(table: Table, cfg: LanguageModelConfig) -> list[Conversation]:
+    """Prompt/response or chat rows (the columns ``cfg`` names); every unusable row is reported (file and row named)."""
     frame = table.frame
     problems: list[Problem] = []
     wanted = [cfg.messages_column] if cfg.messages_column else [cfg.prompt_column, cfg.response_column]
@@ -256,6 +256,7 @@ def _limit(items: list, size: int | None, seed: int) -> list:
 def prepare_lm_data(
     kind: Kind,
     cfg: DataConfig,
+    lm: LanguageModelConfig,
     tokenizer_dir: Path,
     work_dir: Path,
     *,
@@ -270,7 +271,11 @@ def prepare_lm_data(
     )
     inputs = {role: {"given": given, "sha256": sha256_file(p)[0]} for role, given, p in zip(("data", "eval_data"), (cfg.data, cfg.eval_data), paths) if p}
     tokenizer_id = tokenizer_identity(Path(tokenizer_dir))
-    payload = {"format": LM_PREP_FORMAT, "kind": kind, "decoder": is_decoder, "inputs": inputs, "data_config": cfg.model_dump(mode="json"), "tokenizer": tokenizer_id["sha256"]}
+    lm_config = lm.model_dump(mode="json", exclude={"generation_samples", "generation_max_new_tokens"})  # what shapes the data
+    payload = {
+        "format": LM_PREP_FORMAT, "kind": kind, "decoder": is_decoder, "inputs": inputs, "data_config": cfg.model_dump(mode="json"),
+        "lm_config": lm_config, "tokenizer": tokenizer_id["sha256"],
+    }
     key = f"lm-{kind}-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(work_dir) / "prepared" / key
     if (folder / MANIFEST).exists():
@@ -281,7 +286,7 @@ def prepare_lm_data(
     def read(given: str, path: Path) -> list:
         if kind == "domain":
             return read_domain_texts(given, path, cfg.text_column)
-        return read_sft_rows(read_data_file(given, path), cfg)
+        return read_sft_rows(read_data_file(given, path), lm)
 
     train_rows, eval_rows = run_all(lambda: read(cfg.data, paths[0]), lambda: read(cfg.eval_data, paths[1]) if paths[1] else None, catch=DataError)
     if eval_rows is None:
@@ -299,7 +304,7 @@ def prepare_lm_data(
 
     train = [encode(r) for r in train_rows]
     held = [encode(r) for r in eval_rows]
-    dataset, stats = _to_dataset(train, held, cfg)
+    dataset, stats = _to_dataset(train, held, cfg.max_length if lm.packing else None)
     manifest = {
         "format_version": LM_PREP_FORMAT,
         "key": key,
@@ -311,21 +316,23 @@ def prepare_lm_data(
         "rows_per_split_after_packing": {"train": stats["train_rows"], "eval": len(held)},
         "tokens": stats["tokens"],
         "supervised_tokens": stats["supervised"],
-        "packing": cfg.packing,
+        "packing": lm.packing,
         "format": ("chat_template" if getattr(tokenizer, "chat_template", None) else "plain") if kind == "sft" else "text",
         "tokenizer": tokenizer_id,
         "max_length": cfg.max_length,
         "data_config": cfg.model_dump(mode="json"),
+        "lm_config": lm_config,
     }
     _publish(folder, dataset, manifest)
     return open_prepared(folder, reused=False)
 
 
-def _to_dataset(train: list[Example], held: list[Example], cfg: DataConfig) -> tuple[Any, dict]:
+def _to_dataset(train: list[Example], held: list[Example], pack_into: int | None) -> tuple[Any, dict]:
+    """The datasets of both splits; training rows packed into blocks of ``pack_into`` tokens when given."""
     from datasets import Dataset, DatasetDict
 
-    if cfg.packing:
-        blocks = pack(train, cfg.max_length)
+    if pack_into:
+        blocks = pack(train, pack_into)
         train_cols = {"input_ids": [b["input_ids"] for b in blocks], "labels": [b["labels"] for b in blocks]}
     else:
         train_cols = {"input_ids": [e.input_ids for e in train], "labels": [e.labels for e in train]}

@@ -181,11 +181,11 @@ def scores(model, tokenizer, objective: str, eval_rows: list[dict], cfg: AdaptCo
 
 def generation_samples(model, tokenizer, eval_rows: list[dict], cfg: AdaptConfig) -> tuple[dict[str, float], list[dict]]:
     """Greedy answers to the first ``generation_samples`` evaluation prompts; mean exact match and ROUGE-L."""
-    rows = eval_rows[: cfg.training.generation_samples]
+    rows = eval_rows[: cfg.lm.generation_samples]
     if not rows:
         return {}, []
     prompts = [r["input_ids"][: r["prompt_length"]] for r in rows]
-    answers = generate(model, tokenizer, prompts, max_new_tokens=cfg.training.generation_max_new_tokens)
+    answers = generate(model, tokenizer, prompts, max_new_tokens=cfg.lm.generation_max_new_tokens)
     samples = [
         {"prompt": tokenizer.decode(p, skip_special_tokens=True), "reference": r["response"], "generated": a,
          "exact_match": exact_match(a, r["response"]), "rouge_l": rouge_l(a, r["response"])}

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import shutil
 
+import httpx
 import pytest
 from datasets import load_from_disk
 from prefect import flow
@@ -61,6 +62,8 @@ def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir
 
     keys = artifact_keys(prefect_api, saved["flow_run_id"])
     assert {"compare-table", "compare-report"} <= keys
+    shown = httpx.get(f"{prefect_api}/artifacts/compare-report/latest", timeout=30).json()["data"]
+    assert "![quality against cost](data:image/png;base64," in shown  # the UI renders the chart inline
 
 
 def test_search_never_reads_the_evaluation_split(tiny_bert_dir, reviews_csv, tmp_path):

@@ -69,8 +69,9 @@ def test_causal_lora_sft_registers_and_generates(prefect_api, s3_env, tiny_gpt2_
             "model": str(tiny_gpt2_dir),
             "task": "causal_lm",
             "strategy": {"name": "lora", "lora_r": 4},
-            "data": {"data": str(write_sft(tmp_path / "sft.jsonl")), "max_length": 48, "packing": True},
-            "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "log_every": 1, "generation_samples": 2, "generation_max_new_tokens": 4},
+            "data": {"data": str(write_sft(tmp_path / "sft.jsonl")), "max_length": 48},
+            "training": {"max_steps": 3, "batch_size": 4, "learning_rate": 5e-3, "log_every": 1},
+            "lm": {"packing": True, "generation_samples": 2, "generation_max_new_tokens": 4},
             "registry": {"model_name": "sft-tiny"},
             "work_dir": str(tmp_path / "work"),
         }

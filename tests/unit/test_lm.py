@@ -58,7 +58,7 @@ def test_chat_template_formats_the_prompt(minilm_dir):
 def test_chat_rows_are_read_and_bad_rows_named():
     good = [{"role": "user", "content": "hi"}, {"role": "assistant", "content": "hello"}]
     table = Table("chat.jsonl", pd.DataFrame({"messages": [good, [{"role": "user", "content": "no answer"}]]}), lines=[1, 2])
-    cfg = load_config({"data": {"messages_column": "messages"}}).data
+    cfg = load_config({"lm": {"messages_column": "messages"}}).lm
     with pytest.raises(DataError) as err:
         read_sft_rows(table, cfg)
     assert "chat.jsonl, row 2, line 2" in str(err.value) and "assistant" in str(err.value)
@@ -67,7 +67,7 @@ def test_chat_rows_are_read_and_bad_rows_named():
 
 
 def test_missing_columns_and_empty_responses_are_reported():
-    cfg = load_config({}).data
+    cfg = load_config({}).lm
     with pytest.raises(DataError, match="no column 'response'.*--response-column"):
         read_sft_rows(Table("sft.jsonl", pd.DataFrame({"prompt": ["a"]})), cfg)
     with pytest.raises(DataError, match="row 2.*empty 'response'"):
