@@ -16,7 +16,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
 from tasks.config import AdaptConfig, load_config
-from tasks.data import prepare_data_task
+from tasks.data import check_data, prepare_data_task
 from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError, raise_together
 from tasks.evaluate import evaluate_task, metrics_markdown
 from tasks.modeling import inspect_model, resolve_model
@@ -65,6 +65,24 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
         found.append(exc)
         model_path = None
     return model_path, found
+
+
+def preflight(cfg: AdaptConfig) -> None:
+    """The checks of :func:`check_inputs`, plus reading the local data, as plain function calls.
+
+    Needs no Prefect server: the CLI calls it before a flow run starts, so a bad input is
+    reported in seconds and once, instead of after the server's start-up and again by every
+    layer of the failed run. The flow repeats the checks (UI and scheduled runs have no CLI).
+    """
+    from flows.lm import is_language_model_run  # flows.lm imports this module
+
+    _, found = check_inputs.fn(cfg)
+    if not is_language_model_run(cfg):  # language-model data is checked by its own preparation
+        try:
+            check_data(cfg.data, cfg.resolved_work_dir())
+        except DataError as exc:
+            found.append(exc)
+    raise_together(found, mixed=InputError)
 
 
 def _run_dir(cfg: AdaptConfig) -> Path:

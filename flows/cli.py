@@ -46,7 +46,7 @@ app.add_typer(models_app, name="models")
 app.command("retrain", context_settings={"max_content_width": 120})(retrain_command)
 app.command("deploy")(deploy_command)
 
-SECTIONS = {"data": "Data", "training": "Training", "launch": "Launch", "registry": "Registry"}
+SECTIONS = {"data": "Data", "training": "Training", "launch": "Launch", "registry": "Registry", "lm": "Language model (--task causal_lm, domain_adaptation)"}
 
 
 # ---- options derived from the config model -------------------------------------------
@@ -213,6 +213,7 @@ def run(
     if print_config:
         out.print_json(cfg.to_json())
         return
+    check_before_prefect(cfg)
     summary = run_with_progress(cfg)
     from flows.lm import print_lm_summary
 
@@ -222,6 +223,16 @@ def run(
         print_lm_summary(summary, out)
     else:
         print_summary([summary])
+
+
+def check_before_prefect(cfg: AdaptConfig) -> None:
+    """Report bad config, files, columns, labels, model or S3 access now, before a Prefect server is involved."""
+    from flows.adapt import preflight
+
+    try:
+        preflight(cfg)
+    except AdaptFlowError as exc:
+        raise _fail(exc) from None
 
 
 def run_with_progress(cfg: AdaptConfig) -> dict:
@@ -254,6 +265,7 @@ def run_with_progress(cfg: AdaptConfig) -> dict:
 
     remove = add_listener(on_event)
     quiet_prefect_tracebacks()
+    connect_prefect()
     try:
         with progress:
             return adapt(config=cfg)
@@ -261,6 +273,46 @@ def run_with_progress(cfg: AdaptConfig) -> dict:
         raise _fail(exc) from None
     finally:
         remove()
+
+
+def connect_prefect() -> None:
+    """Say which Prefect server the coming flow run reports to; start the temporary one if there is none.
+
+    Temporary servers of several ``adaptflow`` processes share one SQLite database under
+    PREFECT_HOME. Started at the same moment before that database existed, four of them all
+    hung in their start-up, each creating the schema. So the first one creates it alone,
+    under a lock file, and the others wait for it; with the database in place they start
+    side by side. Each still serves its own process only.
+    """
+    import fcntl
+
+    from prefect.settings import get_current_settings
+
+    settings = get_current_settings()
+    if settings.api.url:
+        console.print(f"Prefect server: {settings.api.url.removesuffix('/').removesuffix('/api')} (the run shows in its UI)", highlight=False)
+        return
+    console.print("Prefect server: a temporary one in this process (`adaptflow stack up` keeps runs in a UI)", highlight=False)
+    from prefect.server.api.server import SubprocessASGIServer
+
+    server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
+    home = Path(settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "adaptflow-temporary-server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _sqlite_database_exists(settings.server.database.connection_url.get_secret_value()):
+                server.start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    server.start()  # no-op when it started above
+
+
+def _sqlite_database_exists(url: str) -> bool:
+    """Whether a SQLite database URL names a file that exists (other databases: True, nothing to create here)."""
+    if not url.startswith("sqlite"):
+        return True
+    return Path(url.split(":///", 1)[-1]).exists()
 
 
 def quiet_prefect_tracebacks() -> None:
@@ -349,6 +401,7 @@ def predict_command(
     remove = add_progress_listener(on_batch)
     hf_logging.disable_progress_bar()  # one bar: ours
     quiet_prefect_tracebacks()
+    connect_prefect()
     try:
         with progress:
             result = predict(
@@ -382,6 +435,11 @@ def stack_up(
         help="Also start a Prefect server (SQLite in $ADAPTFLOW_HOME/stack/prefect; PostgreSQL when "
         "PREFECT_API_DATABASE_CONNECTION_URL is set) and a process worker on the pool 'adaptflow-local'.",
     ),
+    new_prefect_database: bool = typer.Option(
+        False, "--new-prefect-database",
+        help="Start Prefect with an empty SQLite database; the old one is kept beside it as prefect.db.bak-<time>. "
+        "For a database written by another Prefect release, which this one cannot open.",
+    ),
 ) -> None:
     """Start the local S3 server (free ports, generated credentials, data under $ADAPTFLOW_HOME/stack) and a Prefect server + worker."""
     try:
@@ -391,9 +449,12 @@ def stack_up(
         if prefect:
             from infra.prefect_stack import PrefectStack
 
-            served = PrefectStack(adaptflow_home()).up()  # runs resolve S3 as the CLI does: environment, else this stack
+            # runs resolve S3 as the CLI does: environment, else this stack
+            served = PrefectStack(adaptflow_home()).up(new_database=new_prefect_database)
             out.print(f"Prefect server at [bold]{served.ui_url}[/] (pid {served.server_pid}, {served.database}); "
                       f"process worker on '{served.work_pool}' (pid {served.worker_pid}).")
+            out.print(f"`adaptflow run`, `compare`, `retrain` and `predict` now report to this server: their runs show at "
+                      f"{served.ui_url}/runs")
             out.print("Next: `adaptflow deploy`, then trigger runs from the UI (Deployments -> Run).")
     except AdaptFlowError as exc:
         raise _fail(exc) from None
@@ -457,11 +518,39 @@ if __name__ != "__main__":  # under `python -m flows.cli` the importable module 
     _register_compare(app)
 
 
+def prefect_settings() -> dict:
+    """Prefect settings for this CLI process: the stack's server when it runs, and a patient temporary server.
+
+    An explicit ``PREFECT_API_URL`` (environment or Prefect profile) wins. Otherwise, when
+    ``adaptflow stack up`` started a server for this ADAPTFLOW_HOME, every run, compare,
+    retrain and predict goes there, so it shows in that UI. With neither, Prefect starts a
+    temporary server inside this process, as ``prefect`` itself does. Prefect reads its
+    environment once, at import, so these are applied as settings, not environment variables.
+    """
+    from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+
+    from infra.prefect_stack import PrefectStack
+
+    updates: dict = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        # Four `adaptflow run` started at once on 2 cores took longer than Prefect's 20 s default
+        # to bring up their temporary servers, and all failed.
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 180
+    if not get_current_settings().api.url:
+        info = PrefectStack(adaptflow_home()).status()
+        if info is not None:
+            updates[PREFECT_API_URL] = info.api_url
+    return updates
+
+
 def main() -> None:
-    # No usage telemetry from the embedded Prefect server: there may be no network, and its
-    # failures print tracebacks that are not the user's problem.
+    # No usage telemetry from the temporary Prefect server (its own process reads this): there may
+    # be no network, and its failures print tracebacks that are not the user's problem.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
-    app()
+    from prefect.settings import temporary_settings
+
+    with temporary_settings(updates=prefect_settings()):
+        app()
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from flows.cli import BAR_REFRESH_PER_S, _fail, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
+from flows.cli import BAR_REFRESH_PER_S, _fail, check_before_prefect, connect_prefect, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
 from tasks.compare import CLASSIFICATION_STRATEGIES, load_compare_config
 from tasks.config import load_config_file
 from tasks.errors import AdaptFlowError, ConfigError, Problem
@@ -90,6 +90,7 @@ def compare_command(
     if print_config:
         out.print_json(cc.model_dump_json(indent=2))
         return
+    check_before_prefect(cc.adapt_configs()[0])  # the strategies share the model and data
     report = run_compare_with_progress(cc)
     print_compare(report)
 
@@ -114,6 +115,7 @@ def run_compare_with_progress(cc) -> dict:
 
     remove = add_listener(on_event)
     quiet_prefect_tracebacks()
+    connect_prefect()
     try:
         with progress:
             return compare(config=cc)

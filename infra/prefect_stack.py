@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -70,24 +71,47 @@ class PrefectStack:
         self.server_log = self.dir / "server.log"
         self.worker_log = self.dir / "worker.log"
 
-    def up(self, worker_env: dict[str, str] | None = None, timeout: float = 120, worker: bool = True) -> PrefectStackInfo:
-        """Start server and worker (or return the running ones); returns when the API answers."""
+    @property
+    def sqlite_database(self) -> Path:
+        return self.prefect_home / "prefect.db"
+
+    def up(
+        self, worker_env: dict[str, str] | None = None, timeout: float = 120, worker: bool = True, new_database: bool = False
+    ) -> PrefectStackInfo:
+        """Start server and worker (or return the running ones); returns when the API answers.
+
+        ``new_database`` moves an existing SQLite database aside (``prefect.db.bak-<time>``) first.
+        """
         running = self.status()
         if running is not None:
             return running
         self.down()  # a half-dead earlier stack: stop what is left of it
         self.prefect_home.mkdir(parents=True, exist_ok=True)
+        if new_database:
+            self._move_database_aside()
         port = _free_port()
         stack_id = uuid.uuid4().hex
         api_url = f"http://{HOST}:{port}/api"
-        base = {**os.environ, STACK_ID_VAR: stack_id, "PREFECT_HOME": str(self.prefect_home), "PREFECT_SERVER_ANALYTICS_ENABLED": "false"}
+        base = {
+            **os.environ,
+            STACK_ID_VAR: stack_id,
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The UI asks the server where its API is (GET /ui-settings); without these it answers
+            # 127.0.0.1:4200 whatever --port says, and the page cannot reach its own server.
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_UI_API_URL": api_url,
+        }
         base.pop("PREFECT_API_URL", None)
+        log_offset = self.server_log.stat().st_size if self.server_log.exists() else 0
         server = _spawn([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)], base, self.server_log, self.dir)
         database = (os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or "sqlite").split(":", 1)[0]
         info = PrefectStackInfo(stack_id, api_url, port, server, None, WORK_POOL, str(self.prefect_home), database, _now())
         self._write_state(info)
         try:
-            wait_healthy(api_url, timeout, lambda: _alive(server), self.server_log)
+            where = str(self.sqlite_database) if database == "sqlite" else f"the {database} database of PREFECT_API_DATABASE_CONNECTION_URL"
+            wait_healthy(api_url, timeout, lambda: _alive(server), self.server_log, where, log_offset)
             if worker:
                 env = {**base, **(worker_env or {}), "PREFECT_API_URL": api_url}
                 pid = _spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"], env, self.worker_log, self.dir)
@@ -97,6 +121,11 @@ class PrefectStack:
             self.down()
             raise
         return info
+
+    def _move_database_aside(self) -> None:
+        stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+        for path in sorted(self.prefect_home.glob("prefect.db*")):  # the file and SQLite's -wal / -shm beside it
+            path.rename(path.with_name(f"{path.name}.bak-{stamp}"))
 
     def down(self) -> bool:
         """Stop the worker, then the server, that ``up`` started; ``False`` when none was running. Idempotent."""
@@ -145,12 +174,14 @@ class PrefectStack:
         os.replace(partial, self.state_path)
 
 
-def wait_healthy(api_url: str, timeout: float, alive, log: Path) -> None:
+def wait_healthy(api_url: str, timeout: float, alive, log: Path, database: str = "the Prefect database", log_offset: int = 0) -> None:
     """Poll ``API/health`` until it answers 200; a clear error with the log's tail otherwise."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if not alive():
-            raise ConfigError(Problem("prefect server", f"exited during start-up; last lines of {log}:\n{_tail(log)}", "fix the cause shown in the log"))
+            raise database_problem(log, database, log_offset) or ConfigError(
+                Problem("prefect server", f"exited during start-up; last lines of {log}:\n{_tail(log)}", "fix the cause shown in the log")
+            )
         try:
             with urllib.request.urlopen(f"{api_url}/health", timeout=2) as response:
                 if response.status == 200:
@@ -159,6 +190,30 @@ def wait_healthy(api_url: str, timeout: float, alive, log: Path) -> None:
             pass
         time.sleep(0.5)
     raise ConfigError(Problem(api_url, f"the Prefect server did not answer within {timeout:.0f} s; last lines of {log}:\n{_tail(log)}", "retry, or read the log"))
+
+
+def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigError | None:
+    """The one-line error for a server that stopped because its database has a schema this Prefect does not know.
+
+    That happens to a database last opened by another Prefect release: a newer one (its
+    migrations are unknown here), or one whose migration failed half-way.
+    """
+    with open(log, "rb") as handle:  # only what this start wrote: the log is kept across starts
+        handle.seek(log_offset)
+        text = handle.read().decode(errors="replace")
+    found = re.findall(r"Can't locate revision identified by '([^']+)'", text)
+    if not found:
+        return None
+    import prefect
+
+    return ConfigError(
+        Problem(
+            database,
+            f"was written by another Prefect release: its schema revision {found[-1]!r} is unknown to prefect {prefect.__version__}",
+            "run the Prefect release that wrote it, or start with an empty one: `adaptflow stack up --new-prefect-database` "
+            "(the old file is kept beside it as a .bak)",
+        )
+    )
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> int:

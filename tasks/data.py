@@ -1007,17 +1007,58 @@ def _length_stats(lengths: np.ndarray, max_length: int) -> dict[str, float]:
 # ---- the whole build -------------------------------------------------------------------
 
 
-def _build(
-    cfg: DataConfig, data: Source, eval_data: Source | None, tokenizer_dir: Path
-) -> tuple[DatasetDict, dict[str, Any]]:
-    """Everything but the key and the folder: tables -> columns -> clean -> splits -> tokens."""
+def check_data(cfg: DataConfig, work_dir: Path) -> None:
+    """Read, validate and split local inputs exactly as :func:`prepare_data` does, without a tokenizer.
+
+    For the checks before a run starts (no model, no Prefect server needed): raises one
+    :class:`DataError` naming every bad file, column, row or label. Inputs on S3 or the
+    hub are left to :func:`prepare_data`, which fetches them.
+    """
+    if any(ref and not _is_local(ref) for ref in (cfg.data, cfg.eval_data)):
+        return
+    sources = _collect(
+        lambda: _resolve_source("data", cfg.data, work_dir, None),
+        lambda: _resolve_source("eval_data", cfg.eval_data, work_dir, None) if cfg.eval_data else None,
+    )
+    _validated(cfg, sources[0], sources[1])
+
+
+def _is_local(given: str) -> bool:
+    return given.startswith(SAMPLE_SCHEME) or (not given.startswith("s3://") and (Path(given).expanduser().exists() or _looks_like_path(given)))
+
+
+@dataclass
+class _Validated:
+    """The inputs read, cleaned and split: what tokenizing starts from."""
+
+    train_table: Table
+    held_table: Table | None
+    columns: Columns
+    train: Split
+    held: Split | None
+    names: list[str]
+    splits: dict[str, pd.DataFrame]
+
+
+def _validated(cfg: DataConfig, data: Source, eval_data: Source | None) -> _Validated:
+    """Tables -> columns -> clean -> splits; one DataError for every problem found."""
     train_table, held_table = _collect(
         lambda: _read_source(data, DATA_SPLITS),
         lambda: _read_source(eval_data, EVAL_SPLITS) if eval_data is not None else _held_out_split(data),
     )
     columns = _resolve_columns(cfg, train_table, held_table)
     train, held, names = _clean(columns, train_table, held_table)
-    splits = _make_splits(cfg, train, held, names)
+    return _Validated(train_table, held_table, columns, train, held, names, _make_splits(cfg, train, held, names))
+
+
+def _build(
+    cfg: DataConfig, data: Source, eval_data: Source | None, tokenizer_dir: Path
+) -> tuple[DatasetDict, dict[str, Any]]:
+    """Everything but the key and the folder: validated splits -> tokens."""
+    v = _validated(cfg, data, eval_data)
+    train_table, held_table, columns, train, held, names, splits = (
+        v.train_table, v.held_table, v.columns, v.train, v.held, v.names, v.splits
+    )
     tokenizer = _load_tokenizer(tokenizer_dir)
     _check_max_length(tokenizer, cfg.max_length)
     dataset, lengths = _tokenize(splits, names, tokenizer, cfg.max_length, pair=columns.text_pair is not None)

@@ -1,0 +1,119 @@
+"""Several `adaptflow run` at once, as people start them from terminals and CI jobs, and a
+bad input reported before any Prefect server is involved.
+
+Each run is a real CLI subprocess (tiny model, real SeaweedFS). Two cases:
+- no stack server and no PREFECT_API_URL: every process starts Prefect's temporary server
+  (four at once on 2 cores used to time out);
+- the stack's Prefect server of the same ADAPTFLOW_HOME running: the CLI finds it without
+  PREFECT_API_URL, and the runs show on that server.
+Both must register versions 1-4 of one model name, each exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+from infra.prefect_stack import PrefectStack
+from tasks.registry import get_manifest, list_versions
+from tasks.s3 import ENDPOINT_VARS
+from tests.integration.conftest import tiny_config, write_reviews
+
+RUNS = 4
+MODEL_NAME = "concurrent-cli"
+
+
+def _env(home: Path, s3_stack, s3_settings) -> dict[str, str]:
+    """A user's shell: S3 from the environment, no Prefect API URL, a Prefect home of its own (no profile)."""
+    env = {k: v for k, v in os.environ.items() if k not in (*ENDPOINT_VARS, "PREFECT_API_URL", "ADAPTFLOW_S3_PREFIX")}
+    env.update(s3_stack.env())
+    env.update(ADAPTFLOW_HOME=str(home), ADAPTFLOW_S3_PREFIX=s3_settings.prefix, PREFECT_HOME=str(home / "prefect-cli"), COLUMNS="120")
+    return env
+
+
+def _config_file(tmp_path: Path, tiny_bert_dir: Path) -> Path:
+    data = write_reviews(tmp_path / "reviews.csv", rows=48, seed=5)
+    cfg = tiny_config(tiny_bert_dir, data, tmp_path / "work", training={"max_steps": 3}, registry={"model_name": MODEL_NAME})
+    path = tmp_path / "run.json"
+    path.write_text(json.dumps(cfg))
+    return path
+
+
+def _run_at_once(config: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "flows.cli", "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for _ in range(RUNS)
+    ]
+    done = []
+    for proc in procs:
+        stdout, stderr = proc.communicate(timeout=600)
+        done.append(subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr))
+    return done
+
+
+def _check_versions(results: list[subprocess.CompletedProcess], s3_settings) -> None:
+    for result in results:
+        assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
+        assert "Traceback" not in result.stderr
+    said = sorted(m for r in results for m in re.findall(rf"registered version:\s+s3://\S+/{MODEL_NAME}/versions/(\d+)/", r.stdout))
+    assert said == ["000001", "000002", "000003", "000004"], [r.stdout[-600:] for r in results]
+    assert [v.version for v in list_versions(s3_settings, MODEL_NAME)] == [1, 2, 3, 4]
+    assert all(get_manifest(s3_settings, MODEL_NAME, v)["metrics"]["accuracy"] >= 0 for v in range(1, RUNS + 1))
+
+
+def test_four_runs_at_once_without_a_prefect_server(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
+    env = _env(tmp_path / "home", s3_stack, s3_settings)
+    started = time.monotonic()
+    results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env)
+    print(f"{RUNS} runs with temporary Prefect servers: {time.monotonic() - started:.0f} s")
+    _check_versions(results, s3_settings)
+    assert all("a temporary one in this process" in r.stderr for r in results)
+
+
+def test_four_runs_at_once_report_to_the_stack_server(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
+    home = tmp_path / "home"
+    prefect_stack = PrefectStack(home)
+    info = prefect_stack.up(worker=False, timeout=120)
+    try:
+        # the UI asks the server where its API is: the port `up` chose, not Prefect's default 4200
+        assert httpx.get(f"{info.ui_url}/ui-settings", timeout=30).json()["api_url"] == info.api_url
+        env = _env(home, s3_stack, s3_settings)
+        started = time.monotonic()
+        results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env)
+        print(f"{RUNS} runs against the stack's Prefect server: {time.monotonic() - started:.0f} s")
+        _check_versions(results, s3_settings)
+        assert all(f"Prefect server: {info.ui_url}" in r.stderr for r in results)
+        runs = httpx.post(f"{info.api_url}/flow_runs/filter", json={"limit": 20}, timeout=30).json()
+        adapt_runs = [r for r in runs if r["state_type"] == "COMPLETED"]
+        assert len(adapt_runs) == RUNS, [(r["name"], r["state_type"]) for r in runs]
+    finally:
+        prefect_stack.down()
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (["--data", "missing/reviews.csv"], "missing/reviews.csv: no such file or folder"),
+        (["--label-column", "stars"], "stars"),
+        (["--model", "/no/such/model"], "/no/such/model"),
+    ],
+)
+def test_bad_input_fails_fast_once_without_a_traceback(tmp_path, args, expected):
+    env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
+    env.update(ADAPTFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200")
+    started = time.monotonic()
+    result = subprocess.run([sys.executable, "-m", "flows.cli", "run", "--no-register-model", *args], env=env, capture_output=True, text=True, timeout=120)
+    elapsed = time.monotonic() - started
+    print(f"{args}: exit {result.returncode} after {elapsed:.1f} s")
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert result.stderr.count("Error") == 1 and expected in result.stderr, result.stderr
+    assert "Traceback" not in result.stderr and "temporary server" not in result.stderr
+    assert not (tmp_path / "prefect").exists() or not any((tmp_path / "prefect").rglob("*.db")), "a Prefect server was started"
