@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # finish the suite in about 8 minutes instead of 10.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup demo test bench bench-full clean-venv
+.PHONY: setup browser demo test bench bench-full clean-venv
 
 setup: $(VENV)/.installed
 
@@ -27,8 +27,18 @@ demo: setup
 
 # pytest exits 5 when nothing was collected (e.g. PYTEST_ARGS selected no test): say so
 # plainly and do not count it as a failure. Collection errors exit 2 and still fail.
-test: setup
-	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS); rc=$$?; \
+# The browser tests drive Debian's Chromium headless. Installed here where we are root with apt
+# (CI, containers); elsewhere those tests skip with a message saying how to get it.
+browser:
+	@if command -v chromium >/dev/null && command -v chromedriver >/dev/null; then :; \
+	elif [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  echo "installing Debian's chromium and chromium-driver for the browser tests"; \
+	  apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium chromium-driver >/dev/null \
+	  || echo "could not install chromium: the browser tests will be skipped"; \
+	else echo "no chromium/chromedriver (install Debian's chromium and chromium-driver): the browser tests will be skipped"; fi
+
+test: setup browser
+	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected (exit 5), treated as success"; rc=0; fi; exit $$rc
 
 # Benchmarks (not part of the tests; they read SST-2 from ../shared/data/sst2 and take
