@@ -232,9 +232,10 @@ def _wait_for_runs(info, stack, run_ids: list[str]) -> dict[str, dict]:
     return runs
 
 
-def _img_loaded(driver) -> bool:
+def _loaded_image(driver):
+    """An embedded PNG of the page that the browser has decoded (naturalWidth > 0), or None yet."""
     return driver.execute_script(
-        "return Array.from(document.images).some(i => i.src.startsWith('data:image/png') && i.complete && i.naturalWidth > 0)"
+        "return Array.from(document.images).find(i => i.src.startsWith('data:image/png') && i.complete && i.naturalWidth > 0) || null"
     )
 
 
@@ -295,13 +296,13 @@ def test_every_strategy_runs_from_the_ui_form_and_the_plots_show(prefect_server,
         card = wait.until(EC.element_to_be_clickable((By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]")))
         artifact_url = card.get_attribute("href")
         card.click()
-        wait.until(_img_loaded)
-        image = browser.find_element(By.CSS_SELECTOR, "img[src^='data:image/png']")
+        wait.until(EC.url_contains("/artifacts/artifact/"))  # not an image still on the run page
+        image = wait.until(_loaded_image)
         browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", image)
         shots.take("artifact-plots-v2")
 
         browser.get(artifact_url.replace("/v2/", "/"))  # the classic UI renders the same markdown
-        wait.until(_img_loaded)
+        wait.until(_loaded_image)
         shots.take("artifact-plots-v1")
         timings["run page and artifact"] = time.monotonic() - mark
     except BaseException:
