@@ -11,10 +11,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from flows.cli import BAR_REFRESH_PER_S
-from tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
-from tasks.data import PreparedData, prepare_data
-from tasks.modeling import resolve_model
+from adaptflow.flows.cli.app import BAR_REFRESH_PER_S
+from adaptflow.tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
+from adaptflow.tasks.data import PreparedData, prepare_data
+from adaptflow.tasks.modeling import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"
@@ -84,7 +84,7 @@ def train_with_progress(cfg: AdaptConfig, prepared: PreparedData, model: Path, r
     """run_training with a progress bar per run (steps, loss); returns the worker's metrics."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from tasks.train import run_training
+    from adaptflow.tasks.training.launch import run_training
 
     with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console, refresh_per_second=BAR_REFRESH_PER_S) as bar:
         task = bar.add_task(label, total=None, status="loading")

@@ -3,7 +3,7 @@
     python bench/overhead.py [--train-samples 10000] [--strategy full_fine_tuning]
 
 Both train the same configuration on the same prepared data (a run of about three minutes
-on two CPU cores). The bare side is ``python -m tasks.training.worker SPEC``, timed from
+on two CPU cores). The bare side is ``python -m adaptflow.tasks.training.worker SPEC``, timed from
 process start to exit. The flow side is the ``adapt`` flow (embedded Prefect server, already
 started): input checks, data preparation (found in its cache, as on any rerun), the same
 worker launched and streamed, evaluation with its plots and artifacts, and registration
@@ -21,8 +21,8 @@ import time
 from pathlib import Path
 
 from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, work_dir, write_json
-from tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
-from tasks.training.worker import RunSpec
+from adaptflow.tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
+from adaptflow.tasks.training.worker import RunSpec
 
 
 def main() -> None:
@@ -36,7 +36,7 @@ def main() -> None:
     folder = require_sst2(args.sst2)
     work = work_dir("overhead")
     os.environ["ADAPTFLOW_HOME"] = str(work / "home")  # the local S3 server and its credentials live here
-    from infra.stack import LocalS3Stack
+    from adaptflow.infra.stack import LocalS3Stack
 
     stack = LocalS3Stack()
     stack.up()
@@ -48,12 +48,12 @@ def main() -> None:
         spec = RunSpec(cfg, prepared.path, model, work / "bare").write()
         console.print(f"bare worker: {args.strategy} on {args.train_samples:,} examples ...")
         started = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "tasks.training.worker", str(spec)], check=True, stdout=subprocess.DEVNULL)
+        subprocess.run([sys.executable, "-m", "adaptflow.tasks.training.worker", str(spec)], check=True, stdout=subprocess.DEVNULL)
         bare = time.perf_counter() - started
 
         from prefect import flow
 
-        from flows.adapt import adapt
+        from adaptflow.flows.adapt import adapt
 
         @flow(name="warm-up")
         def warm_up() -> None:

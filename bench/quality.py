@@ -18,8 +18,8 @@ import argparse
 from pathlib import Path
 
 from bench.common import SST2, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
-from tasks.config import TASK_STRATEGY_NAMES
-from tasks.evaluate import evaluate_run
+from adaptflow.tasks.config import TASK_STRATEGY_NAMES
+from adaptflow.tasks.evaluation.classification import evaluate_run
 
 TARGETS = {"transfer_learning": 0.800, "partial_fine_tuning": 0.840, "lora": 0.855, "full_fine_tuning": 0.870}
 PLAIN_LOOP = {"transfer_learning": 0.788, "partial_fine_tuning": 0.826, "lora": 0.837, "full_fine_tuning": 0.856}

@@ -22,8 +22,8 @@ from pathlib import Path
 if __package__ in (None, ""):  # run as a script: make the repository importable
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from tasks.registry import RegisteredVersion, register_version  # noqa: E402
-from tasks.s3 import S3Settings  # noqa: E402
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version  # noqa: E402
+from adaptflow.tasks.storage.s3 import S3Settings  # noqa: E402
 
 LABELS = ["negative", "positive"]
 
@@ -42,9 +42,9 @@ def build_version_folder(base: Path, strategy: str, out_dir: Path) -> Path:
     """The model folder a run of ``strategy`` on ``base`` saves (untrained weights)."""
     from transformers import AutoTokenizer
 
-    from tasks.config import load_config
-    from tasks.modeling import build_classifier, inspect_model, save_classifier
-    from tasks.training.strategies import STRATEGIES
+    from adaptflow.tasks.config import load_config
+    from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
+    from adaptflow.tasks.strategies import STRATEGIES
 
     cfg = load_config({"model": str(base), "strategy": {"name": strategy}})
     info = inspect_model(base)
@@ -93,7 +93,7 @@ def print_table(rows: list[Row]) -> None:
 def main() -> int:
     from transformers.utils import logging as hf_logging
 
-    from infra.stack import LocalS3Stack
+    from adaptflow.infra.stack import LocalS3Stack
     from tests.model_fixtures import minilm_path
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -18,10 +18,10 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from tasks.config import DEFAULT_MODEL, load_config
-from tasks.data import prepare_data
-from tasks.modeling import resolve_model
-from tasks.train import run_training
+from adaptflow.tasks.config import DEFAULT_MODEL, load_config
+from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.modeling import resolve_model
+from adaptflow.tasks.training.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -28,7 +28,7 @@ import time
 from pathlib import Path
 
 from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
-from tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
+from adaptflow.tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
 
 
 def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: int) -> dict:
@@ -36,10 +36,10 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from tasks.data import load_prepared
-    from tasks.modeling import build_classifier, inspect_model
-    from tasks.training.strategies import STRATEGIES
-    from tasks.training.worker import _peak_memory_mb, pad_multiple, resolve_precision
+    from adaptflow.tasks.data import load_prepared
+    from adaptflow.tasks.modeling import build_classifier, inspect_model
+    from adaptflow.tasks.strategies import STRATEGIES
+    from adaptflow.tasks.training.worker import _peak_memory_mb, pad_multiple, resolve_precision
 
     ds, manifest = load_prepared(prepared_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)

@@ -15,15 +15,15 @@ from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import flow_run
 
-from tasks.config import AdaptConfig, load_config
-from tasks.data import check_data, prepare_data_task
-from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError, raise_together
-from tasks.evaluate import evaluate_task, metrics_markdown
-from tasks.modeling import inspect_model, resolve_model
-from tasks.register import register_task
-from tasks.s3 import S3Settings, check_access, download_prefix
-from tasks.train import accelerate_config_path, train_task
-from tasks.training.strategies import check_against_model
+from adaptflow.tasks.config import AdaptConfig, load_config
+from adaptflow.tasks.data import check_data, prepare_data_task
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError, raise_together
+from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown
+from adaptflow.tasks.modeling import inspect_model, resolve_model
+from adaptflow.tasks.registry.manifest import register_task
+from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
+from adaptflow.tasks.training.launch import accelerate_config_path, train_task
+from adaptflow.tasks.strategies import check_against_model
 
 
 class InputError(AdaptFlowError):
@@ -74,7 +74,7 @@ def preflight(cfg: AdaptConfig) -> None:
     reported in seconds and once, instead of after the server's start-up and again by every
     layer of the failed run. The flow repeats the checks (UI and scheduled runs have no CLI).
     """
-    from flows.lm import is_language_model_run  # flows.lm imports this module
+    from adaptflow.flows.lm import is_language_model_run  # adaptflow.flows.lm imports this module
 
     _, found = check_inputs.fn(cfg)
     if not is_language_model_run(cfg):  # language-model data is checked by its own preparation
@@ -93,7 +93,7 @@ def _run_dir(cfg: AdaptConfig) -> Path:
 
 def run_pipeline(cfg: AdaptConfig) -> dict:
     """The whole adaptation; returns a JSON-able summary (metrics, run folder, registered version)."""
-    from flows.lm import is_language_model_run, run_language_model
+    from adaptflow.flows.lm import is_language_model_run, run_language_model
 
     if is_language_model_run(cfg):  # domain adaptation, causal LM fine-tuning (flows/lm.py)
         return run_language_model(cfg)

@@ -17,8 +17,8 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from flows.adapt import InputError, check_inputs
-from tasks.compare import (
+from adaptflow.flows.adapt import InputError, check_inputs
+from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
     REPORT_FILE,
     SEARCH_DATA,
@@ -39,13 +39,13 @@ from tasks.compare import (
     trial_config,
     with_budget,
 )
-from tasks.config import AdaptConfig
-from tasks.data import prepare_data_task
-from tasks.errors import DataError, raise_together
-from tasks.evaluate import evaluate_task, metrics_markdown, png_data_uri
-from tasks.forgetting import forgetting_task
-from tasks.register import register_task
-from tasks.train import train_task
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.data import prepare_data_task
+from adaptflow.tasks.errors import DataError, raise_together
+from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
+from adaptflow.tasks.evaluation.forgetting import forgetting_task
+from adaptflow.tasks.registry.manifest import register_task
+from adaptflow.tasks.training.launch import train_task
 
 
 def _compare_dir(cc: CompareConfig) -> Path:

@@ -1,8 +1,8 @@
 """Language-model pipelines: domain adaptation (continued pre-training [-> a task strategy])
-and causal LM fine-tuning. :func:`flows.adapt.run_pipeline` hands runs here, so the
+and causal LM fine-tuning. :func:`adaptflow.flows.adapt.run_pipeline` hands runs here, so the
 ``adapt`` flow, the per-strategy flows and ``adaptflow run`` all reach them.
 
-    check inputs -> prepare LM data -> train (tasks.training.lm_worker) -> register
+    check inputs -> prepare LM data -> train (adaptflow.tasks.training.lm_worker) -> register
     domain_adaptation with `then`: ... -> the classification pipeline on the adapted model
 """
 
@@ -15,14 +15,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import AdaptConfig, DomainAdaptation, load_config
-from tasks.data import PreparedData, prepare_data_task, s3_fetcher
-from tasks.errors import ConfigError, DataError, Problem, raise_together
-from tasks.lm_data import Kind, prepare_lm_data
-from tasks.lm_register import lm_metrics, register_lm_task
-from tasks.modeling import inspect_model
-from tasks.train import LM_WORKER_MODULE, train_task
-from tasks.training.lm_worker import check_lm_config
+from adaptflow.tasks.config import AdaptConfig, DomainAdaptation, load_config
+from adaptflow.tasks.data import PreparedData, prepare_data_task, s3_fetcher
+from adaptflow.tasks.errors import ConfigError, DataError, Problem, raise_together
+from adaptflow.tasks.data.lm import Kind, prepare_lm_data
+from adaptflow.tasks.registry.lm_manifest import lm_metrics, register_lm_task
+from adaptflow.tasks.modeling import inspect_model
+from adaptflow.tasks.training.launch import LM_WORKER_MODULE, train_task
+from adaptflow.tasks.training.lm_worker import check_lm_config
 
 
 @task(name="prepare-lm-data", cache_policy=NO_CACHE)
@@ -50,7 +50,7 @@ def _task_config(cfg: AdaptConfig, adapted: Path | str) -> AdaptConfig:
 
 def _prepare(cfg: AdaptConfig, kind: Kind) -> tuple[Path, PreparedData]:
     """Check everything before training; every problem (config, model, data, S3) reported at once."""
-    from flows.adapt import InputError, check_inputs
+    from adaptflow.flows.adapt import InputError, check_inputs
 
     model_path, found = check_inputs(cfg)
     prepared = None
@@ -96,7 +96,7 @@ def _lm_summary(cfg: AdaptConfig, metrics: dict, run_dir: Path, version) -> dict
 
 def run_language_model(cfg: AdaptConfig) -> dict:
     """Domain adaptation (optionally followed by a task strategy) or causal LM fine-tuning."""
-    from flows.adapt import _run_dir, run_pipeline
+    from adaptflow.flows.adapt import _run_dir, run_pipeline
 
     logger = get_run_logger()
     started = time.perf_counter()

@@ -10,7 +10,7 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
-from tasks.predict import DEFAULT_BATCH_SIZE, PredictionResult, predict_task
+from adaptflow.tasks.inference.predict import DEFAULT_BATCH_SIZE, PredictionResult, predict_task
 
 
 def summary_markdown(result: PredictionResult) -> str:
@@ -57,8 +57,8 @@ def predict(
         top_p: Causal LM versions, with do_sample: sample from the smallest token set holding this probability.
         seed: Causal LM versions: random seed, for repeatable sampling.
     """
-    from tasks.generate import Sampling, generate_task, is_causal_version
-    from tasks.s3 import S3Settings
+    from adaptflow.tasks.inference.generate import Sampling, generate_task, is_causal_version
+    from adaptflow.tasks.storage.s3 import S3Settings
 
     if is_causal_version(S3Settings.resolve(), model):
         sampling = Sampling(max_new_tokens, do_sample, temperature, top_p, seed)

@@ -41,15 +41,15 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Failed
 from pydantic import Field
 
-from flows.adapt import InputError, check_inputs, run_pipeline
-from tasks.card import code_version
-from tasks.config import AdaptConfig
-from tasks.data import PreparedData, input_fingerprint, open_prepared, prepare_data_task, s3_fetcher
-from tasks.errors import ConfigError, Problem, raise_together, run_all
-from tasks.promote import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, METRICS, ApprovalTimedOut, promote_task
-from tasks.registry import get_alias, get_manifest, latest_version, validate_name
-from tasks.retrain import config_without_locations, content, export_eval_split, find_trained, retrain_config, retrain_key, retrain_markdown, trained_on
-from tasks.s3 import S3Settings
+from adaptflow.flows.adapt import InputError, check_inputs, run_pipeline
+from adaptflow.tasks.registry.card import code_version
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.data import PreparedData, input_fingerprint, open_prepared, prepare_data_task, s3_fetcher
+from adaptflow.tasks.errors import ConfigError, Problem, raise_together, run_all
+from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, METRICS, ApprovalTimedOut, promote_task
+from adaptflow.tasks.registry.store import get_alias, get_manifest, latest_version, validate_name
+from adaptflow.tasks.registry.retrain_key import config_without_locations, content, export_eval_split, find_trained, retrain_config, retrain_key, retrain_markdown, trained_on
+from adaptflow.tasks.storage.s3 import S3Settings
 
 DEFAULT_RETRAIN_MODEL = "sample-reviews-transfer-learning"
 Metric = Literal["macro_f1", "accuracy", "macro_precision", "macro_recall"]

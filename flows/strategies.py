@@ -11,8 +11,8 @@ from typing import Literal
 
 from prefect import Flow, flow
 
-from flows.adapt import run_pipeline
-from tasks.config import (
+from adaptflow.flows.adapt import run_pipeline
+from adaptflow.tasks.config import (
     DEFAULT_MODEL,
     STRATEGY_CLASSES,
     AdaptConfig,

@@ -29,12 +29,13 @@ from typing import Any
 import httpx
 import yaml
 
-from tasks.errors import AdaptFlowError, ConfigError, Problem
+from adaptflow.tasks.assets import asset, project_root
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-PREFECT_FILE = PROJECT_ROOT / "deployments" / "prefect.yaml"
+PROJECT_ROOT = project_root()
+PREFECT_FILE = asset("adaptflow.deployments", "prefect.yaml")
 GPU_SUFFIX = "-k8s-gpu"
-GPU_POOL_TEMPLATE = PROJECT_ROOT / "infra" / "k8s" / "gpu-work-pool.json"
+GPU_POOL_TEMPLATE = asset("adaptflow.infra", "k8s", "gpu-work-pool.json")
 POOL_TYPES = {"adaptflow-local": "process", "adaptflow-k8s-gpu": "kubernetes"}
 """The work pools prefect.yaml may name, and their type."""
 DEPLOY_TIMEOUT_S = 600

@@ -33,9 +33,9 @@ from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-from infra.stack import _CHILDREN, HOST, PORT_RANGE, _alive, _port_free
-from tasks.config import adaptflow_home
-from tasks.errors import ConfigError, Problem
+from adaptflow.infra.stack import _CHILDREN, HOST, PORT_RANGE, _alive, _port_free
+from adaptflow.tasks.config import adaptflow_home
+from adaptflow.tasks.errors import ConfigError, Problem
 
 WORK_POOL = "adaptflow-local"
 STACK_ID_VAR = "ADAPTFLOW_STACK_ID"

@@ -38,9 +38,9 @@ from typing import Any
 
 from botocore.exceptions import ClientError
 
-from tasks.config import adaptflow_home
-from tasks.errors import Problem, StorageError
-from tasks.s3 import S3Settings, check_access, make_client, storage_errors
+from adaptflow.tasks.config import adaptflow_home
+from adaptflow.tasks.errors import Problem, StorageError
+from adaptflow.tasks.storage.s3 import S3Settings, check_access, make_client, storage_errors
 
 DEFAULT_BUCKET = "adaptflow"
 REGION = "us-east-1"

@@ -32,7 +32,7 @@ from typing import get_args as typing_get_args
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
 
-from tasks.errors import ConfigError, Problem
+from adaptflow.tasks.errors import ConfigError, Problem
 
 SAMPLE_DATA = "sample://reviews"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"

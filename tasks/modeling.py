@@ -27,8 +27,8 @@ from typing import Callable
 import torch
 from torch import nn
 
-from tasks.config import DEFAULT_MODEL
-from tasks.errors import ModelError, Problem
+from adaptflow.tasks.config import DEFAULT_MODEL
+from adaptflow.tasks.errors import ModelError, Problem
 
 MODEL_FORMAT = 1
 META_FILE = "adaptflow_model.json"

@@ -21,9 +21,9 @@ from typing import Any
 
 import pytest
 
-from infra.stack import LocalS3Stack, find_weed
-from tasks.errors import StorageError
-from tasks.s3 import ENDPOINT_VARS, S3Settings, make_client
+from adaptflow.infra.stack import LocalS3Stack, find_weed
+from adaptflow.tasks.errors import StorageError
+from adaptflow.tasks.storage.s3 import ENDPOINT_VARS, S3Settings, make_client
 
 _CLEARED_VARS = (*ENDPOINT_VARS, "AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_REGION")
 

@@ -1,8 +1,8 @@
 """The language-model training worker: continued pre-training and causal LM fine-tuning.
 
-    python -m tasks.training.lm_worker RUN_DIR/run_spec.json
+    python -m adaptflow.tasks.training.lm_worker RUN_DIR/run_spec.json
 
-Same contract as :mod:`tasks.training.worker` (a :class:`RunSpec` in, ``ADAPTFLOW_EVENT``
+Same contract as :mod:`adaptflow.tasks.training.worker` (a :class:`RunSpec` in, ``ADAPTFLOW_EVENT``
 lines out, ``metrics.json`` and ``model/`` in the run folder), for three objectives:
 
 - ``mlm``: masked-LM continued pre-training of an encoder (``domain_adaptation``),
@@ -30,14 +30,14 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from tasks.config import AdaptConfig, DomainAdaptation, Lora, PartialFineTuning
-from tasks.errors import ConfigError, Problem
-from tasks.lm_data import IGNORE, load_lm_tokenizer
-from tasks.lm_eval import exact_match, generate, mask_tokens, masked_lm_loss, perplexity, reference_texts, rouge_l, token_loss
-from tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model
-from tasks.training.strategies import transformer_layers
-from tasks.training.worker import Events, RunSpec, _generator, _peak_memory_mb, make_optimizer, resolve_precision
-from tasks.training.worker import main as worker_main
+from adaptflow.tasks.config import AdaptConfig, DomainAdaptation, Lora
+from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.data.lm import IGNORE, load_lm_tokenizer
+from adaptflow.tasks.evaluation.lm import exact_match, generate, mask_tokens, masked_lm_loss, perplexity, reference_texts, rouge_l, token_loss
+from adaptflow.tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model
+from adaptflow.tasks.strategies import get_strategy
+from adaptflow.tasks.training.worker import Events, RunSpec, _generator, _peak_memory_mb, make_optimizer, resolve_precision
+from adaptflow.tasks.training.worker import main as worker_main
 
 ADAPTER_DIR = "adapter"
 SENTENCE_TRANSFORMERS_FILES = ("1_Pooling", "modules.json", "sentence_bert_config.json", "config_sentence_transformers.json")
@@ -81,61 +81,6 @@ def load_lm(path: Path, objective: str, cfg: AdaptConfig) -> nn.Module:
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
-
-
-def _set_trainable(module: nn.Module, flag: bool) -> None:
-    for p in module.parameters():
-        p.requires_grad_(flag)
-
-
-def lm_full(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
-    _set_trainable(model, True)
-    return model
-
-
-def lm_partial(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
-    assert isinstance(cfg.strategy, PartialFineTuning)
-    _set_trainable(model, False)
-    layers = transformer_layers(model.base_model)
-    for layer in layers[len(layers) - cfg.strategy.last_n_layers :]:
-        _set_trainable(layer, True)
-    for name in ("norm", "ln_f", "final_layer_norm"):
-        if isinstance(getattr(model.base_model, name, None), nn.Module):
-            _set_trainable(getattr(model.base_model, name), True)
-    return model
-
-
-def lm_head_only(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
-    """transfer_learning for a causal LM: the body is frozen; the output head (and the input
-    embeddings, which most decoders tie to it) train."""
-    _set_trainable(model, False)
-    for module in (model.get_output_embeddings(), model.get_input_embeddings()):
-        if module is not None:
-            _set_trainable(module, True)
-    return model
-
-
-def lm_lora(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
-    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
-
-    assert isinstance(cfg.strategy, Lora)
-    s = cfg.strategy
-    if s.qlora:
-        model = prepare_model_for_kbit_training(model)
-    lora_config = LoraConfig(
-        task_type="CAUSAL_LM", r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-        target_modules=s.lora_target_modules or "all-linear", bias="none",
-    )
-    return get_peft_model(model, lora_config)
-
-
-LM_STRATEGIES = {
-    "full_fine_tuning": lm_full,
-    "domain_adaptation": lm_full,  # continued pre-training updates every weight
-    "partial_fine_tuning": lm_partial,
-    "transfer_learning": lm_head_only,
-    "lora": lm_lora,
-}
 
 
 # ---- data --------------------------------------------------------------------------
@@ -274,7 +219,7 @@ def run(spec: RunSpec) -> dict:
     from accelerate.utils import set_seed
     from transformers.utils import logging as hf_logging
 
-    from tasks.data import load_prepared
+    from adaptflow.tasks.data import load_prepared
 
     hf_logging.disable_progress_bar()
     hf_logging.set_verbosity_error()
@@ -301,7 +246,7 @@ def run(spec: RunSpec) -> dict:
     events.log("before training: " + ", ".join(f"{k} {v:.4f}" for k, v in before.items()))
     if getattr(t, "gradient_checkpointing", False):
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model = LM_STRATEGIES[cfg.strategy.name](model, cfg)
+    model = get_strategy(cfg.strategy.name).configure_decoder(model, cfg)
     trainable_params, total_params = count_parameters(model)
     events.log(
         f"{objective} / {cfg.strategy.name}: {trainable_params:,} of {total_params:,} parameters train "
@@ -363,7 +308,7 @@ def run(spec: RunSpec) -> dict:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return worker_main(argv, run_spec=run, module="tasks.training.lm_worker")
+    return worker_main(argv, run_spec=run, module="adaptflow.tasks.training.lm_worker")
 
 
 if __name__ == "__main__":

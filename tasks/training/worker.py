@@ -1,6 +1,6 @@
 """The training worker: runs inside every training process (plain python, torchrun, accelerate launch).
 
-    python -m tasks.training.worker RUN_DIR/run_spec.json
+    python -m adaptflow.tasks.training.worker RUN_DIR/run_spec.json
 
 Hardware never appears here: ``Accelerator`` picks CPU/GPU, DDP/FSDP/DeepSpeed and
 mixed precision from the launch environment. The shape is build -> prepare -> one plain
@@ -31,10 +31,10 @@ from pathlib import Path
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
-from tasks.config import AdaptConfig
-from tasks.errors import AdaptFlowError
-from tasks.modeling import build_classifier, count_parameters, folder_digest, inspect_model, save_classifier
-from tasks.training.strategies import STRATEGIES
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.errors import AdaptFlowError
+from adaptflow.tasks.modeling import build_classifier, count_parameters, folder_digest, inspect_model, save_classifier
+from adaptflow.tasks.strategies import get_strategy
 
 EVENT_PREFIX = "ADAPTFLOW_EVENT "
 SPEC_FILE = "run_spec.json"
@@ -497,7 +497,7 @@ def run(spec: RunSpec) -> dict:
     from transformers import AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    from tasks.data import load_prepared
+    from adaptflow.tasks.data import load_prepared
 
     hf_logging.disable_progress_bar()  # the parent shows one progress bar of its own
     datasets.disable_progress_bars()
@@ -514,8 +514,8 @@ def run(spec: RunSpec) -> dict:
     tokenizer = AutoTokenizer.from_pretrained(spec.model_path)
     info = inspect_model(spec.model_path, cfg.trust_remote_code)
     model = build_classifier(info, cfg.strategy.pooling, len(label_names), cfg.trust_remote_code)
-    strategy = STRATEGIES[cfg.strategy.name]
-    model = strategy.configure(model, cfg)
+    strategy = get_strategy(cfg.strategy.name)
+    model = strategy.configure_classifier(model, cfg)
     trainable_params, total_params = count_parameters(model)
     events.log(
         f"{cfg.strategy.name}: {trainable_params:,} of {total_params:,} parameters train "
@@ -635,7 +635,7 @@ def _peak_memory_mb(accelerator) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def main(argv: list[str] | None = None, run_spec=None, module: str = "tasks.training.worker") -> int:
+def main(argv: list[str] | None = None, run_spec=None, module: str = "adaptflow.tasks.training.worker") -> int:
     """Entry point of a worker module: read the spec, run, report an AdaptFlowError as one error event.
 
     The language-model worker passes its own ``run_spec`` and ``module`` name.

@@ -24,9 +24,9 @@ import pytest
 from prefect import tags
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.retrain import retrain
-from tasks.registry import get_alias, list_decisions, list_versions, set_alias
+from adaptflow.flows.cli.app import app
+from adaptflow.flows.retrain import retrain
+from adaptflow.tasks.registry.store import get_alias, list_decisions, list_versions, set_alias
 from tests.integration.conftest import tiny_config, write_reviews
 from tests.integration.test_predict import flow_run_artifacts
 from tests.integration.versions import fit_head, register_head

@@ -14,10 +14,10 @@ from pathlib import Path
 
 import pytest
 
-from flows.adapt import adapt
-from tasks.config import load_config
-from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError
-from tasks.registry import list_versions
+from adaptflow.flows.adapt import adapt
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, StorageError
+from adaptflow.tasks.registry.store import list_versions
 from tests.integration.conftest import tiny_config, write_reviews
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -124,7 +124,7 @@ def test_s3_problems_stop_the_run_before_training(env_change, needles, s3_env, t
 
 
 def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", "run", *args], capture_output=True, text=True, env=env, timeout=300)
+    return subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "run", *args], capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.fixture

@@ -10,13 +10,13 @@ import sys
 
 import pytest
 
-from infra.stack import LocalS3Stack
-from tasks.registry import get_manifest, list_versions
-from tasks.s3 import ENDPOINT_VARS
+from adaptflow.infra.stack import LocalS3Stack
+from adaptflow.tasks.registry.store import get_manifest, list_versions
+from adaptflow.tasks.storage.s3 import ENDPOINT_VARS
 
 
 def _adaptflow(args: list[str], env: dict[str, str], timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "flows.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    return subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", *args], capture_output=True, text=True, env=env, timeout=timeout)
 
 
 @pytest.fixture

@@ -10,10 +10,10 @@ import pytest
 from datasets import load_from_disk
 from prefect import flow
 
-from flows.compare import compare, search
-from tasks.compare import load_compare_config, with_budget
-from tasks.data import prepare_data
-from tasks.config import Lora
+from adaptflow.flows.compare import compare, search
+from adaptflow.tasks.evaluation.compare import load_compare_config, with_budget
+from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.config import Lora
 from tests.integration.test_pipeline import artifact_keys
 
 pytestmark = pytest.mark.usefixtures("prefect_api")

@@ -26,11 +26,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from flows.adapt import adapt
-from tasks.config import load_config
-from tasks.data import prepare_data
-from tasks.registry import list_versions
-from tasks.train import run_training
+from adaptflow.flows.adapt import adapt
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.registry.store import list_versions
+from adaptflow.tasks.training.launch import run_training
 from tests.integration.conftest import tiny_config
 from tests.model_fixtures import build_tiny_model
 
@@ -71,7 +71,7 @@ def _worker_processes(spec_marker: str) -> list[psutil.Process]:
     procs = []
     for proc in psutil.process_iter(["cmdline"]):
         cmd = proc.info["cmdline"] or []
-        if "tasks.training.worker" in cmd and any(spec_marker in part for part in cmd) and "torch.distributed.run" not in cmd:
+        if "adaptflow.tasks.training.worker" in cmd and any(spec_marker in part for part in cmd) and "torch.distributed.run" not in cmd:
             procs.append(proc)
     return procs
 

@@ -13,10 +13,10 @@ from pathlib import Path
 
 import pandas as pd
 
-from flows.adapt import adapt
-from flows.predict import predict
-from tasks.config import load_config
-from tasks.registry import pull_version
+from adaptflow.flows.adapt import adapt
+from adaptflow.flows.predict import predict
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.registry.store import pull_version
 from tests.integration.conftest import write_reviews
 
 TERMS = ["patient", "dose", "tablet", "symptom", "clinic", "diagnosis", "therapy", "infection", "insulin", "ward"]

@@ -11,9 +11,9 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from flows.cli import app
-from tasks import registry
-from tasks.s3 import S3Settings
+from adaptflow.flows.cli.app import app
+from adaptflow.tasks.registry import store as registry
+from adaptflow.tasks.storage.s3 import S3Settings
 
 FILES = {"adaptflow_model.json": b'{"weights": "backbone"}', "backbone/model.safetensors": os.urandom(50_000), "vocab.txt": b"[PAD]\nhello\n"}
 
@@ -129,7 +129,7 @@ def test_errors_are_one_message_with_an_exit_code(models: S3Settings) -> None:
 
 
 def test_models_command_runs_as_a_module(models: S3Settings) -> None:
-    """`python -m flows.cli models ...` (flows.cli and flows.models_cli import each other)."""
-    result = subprocess.run([sys.executable, "-m", "flows.cli", "models", "list", "reviews"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"})
+    """`python -m adaptflow.flows.cli.app models ...` (adaptflow.flows.cli.app and adaptflow.flows.cli.models import each other)."""
+    result = subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "models", "list", "reviews"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"})
     assert result.returncode == 0, result.stderr
     assert "Versions of reviews" in result.stdout

@@ -9,11 +9,11 @@ import pytest
 import torch
 import yaml
 
-from flows import strategies
-from flows.adapt import adapt
-from tasks.config import load_config
-from tasks.modeling import load_classifier
-from tasks.registry import get_manifest, list_versions, pull_version
+from adaptflow.flows import strategies
+from adaptflow.flows.adapt import adapt
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.modeling import load_classifier
+from adaptflow.tasks.registry.store import get_manifest, list_versions, pull_version
 from tests.integration.conftest import tiny_config
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -127,7 +127,7 @@ def test_two_processes_register_exactly_one_version(s3_env, tiny_bert_dir, revie
 
 
 def test_data_and_model_can_come_from_s3(s3_env, tiny_bert_dir, reviews_csv, tmp_path):
-    from tasks.s3 import upload_file
+    from adaptflow.tasks.storage.s3 import upload_file
 
     data_uri = s3_env.uri(s3_env.key("inputs", "reviews.csv"))
     upload_file(s3_env, reviews_csv, data_uri)

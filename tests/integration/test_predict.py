@@ -18,11 +18,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from flows.adapt import adapt
-from flows.predict import predict
-from tasks.config import load_config
-from tasks.errors import AdaptFlowError, DataError, ModelError
-from tasks.predict import predict_file
+from adaptflow.flows.adapt import adapt
+from adaptflow.flows.predict import predict
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.errors import AdaptFlowError, DataError, ModelError
+from adaptflow.tasks.inference.predict import predict_file
 from tests.integration.conftest import tiny_config, write_reviews
 from tests.integration.versions import fit_head, register_head, stack_env, write_labelled
 from tests.model_fixtures import build_tiny_model
@@ -128,7 +128,7 @@ def test_input_problems_are_reported_together_before_loading(registry, tmp_path)
 
 def cli(args: list[str], api_url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "flows.cli", "predict", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "predict", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
 
 
 def test_cli_predicts_a_file(registry, prefect_api, tmp_path):

@@ -7,8 +7,8 @@ import sqlite3
 import httpx
 import pytest
 
-from infra.prefect_stack import PrefectStack
-from tasks.errors import ConfigError
+from adaptflow.infra.prefect_stack import PrefectStack
+from adaptflow.tasks.errors import ConfigError
 
 
 def test_a_database_from_another_prefect_release_gets_a_clear_message_and_a_fresh_start(tmp_path):

@@ -14,10 +14,10 @@ import pytest
 import torch
 from prefect import flow
 
-import tasks.promote
-from tasks.errors import AdaptFlowError, ConfigError
-from tasks.promote import Approval, PromotionDecision, promote_if_better, promote_task
-from tasks.registry import get_alias, list_decisions, set_alias
+import adaptflow.tasks.promotion
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError
+from adaptflow.tasks.promotion import Approval, PromotionDecision, promote_if_better, promote_task
+from adaptflow.tasks.registry.store import get_alias, list_decisions, set_alias
 from tests.integration.test_predict import flow_run_artifacts
 from tests.integration.versions import fit_head, register_head, stack_env, write_labelled
 
@@ -106,14 +106,14 @@ def test_min_delta_is_respected(env, make, eval_csv):
 def test_alias_moved_during_scoring_is_checked_against_the_new_champion(env, make, eval_csv, monkeypatch):
     champion, rival, candidate = make("constant"), make("good"), make("good")
     promote_if_better(env, f"gate:{champion}", eval_data=eval_csv)
-    real = tasks.promote.evaluate_version
+    real = adaptflow.tasks.promotion.evaluate_version
 
     def scoring_while_another_promotion_lands(settings, ref, *args, **kwargs):
         if ref == f"gate:{candidate}" and get_alias(env, "gate", "champion").version == champion:
             set_alias(env, "gate", "champion", rival, expected_etag=get_alias(env, "gate", "champion").etag, reason="rival")
         return real(settings, ref, *args, **kwargs)
 
-    monkeypatch.setattr(tasks.promote, "evaluate_version", scoring_while_another_promotion_lands)
+    monkeypatch.setattr(adaptflow.tasks.promotion, "evaluate_version", scoring_while_another_promotion_lands)
     # beats the old champion by 0.67 but ties the rival: min_delta 0.1 keeps the rival
     decision = promote_if_better(env, f"gate:{candidate}", eval_data=eval_csv, min_delta=0.1)
     assert not decision.promoted and decision.previous_version == rival and decision.attempts == 2
@@ -208,7 +208,7 @@ def test_bad_arguments_and_names_are_refused_before_scoring(env, make, eval_csv,
 def test_models_promote_cli_is_the_gate_with_if_better_on(env, make, eval_csv):
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from adaptflow.flows.cli.app import app
 
     good, wrong = make("good"), make("wrong")
     runner = CliRunner()

@@ -17,10 +17,10 @@ from typing import Any
 import pytest
 from botocore.exceptions import EndpointConnectionError
 
-from infra.stack import LocalS3Stack
-from tasks import registry
-from tasks.errors import ConfigError, StorageError
-from tasks.s3 import S3Settings, check_access, download_file, download_prefix, iter_objects, make_client
+from adaptflow.infra.stack import LocalS3Stack
+from adaptflow.tasks.registry import store as registry
+from adaptflow.tasks.errors import ConfigError, StorageError
+from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_file, download_prefix, iter_objects, make_client
 
 MODEL_FILES = {
     "config.json": b'{"hidden_size": 8}',
@@ -502,7 +502,7 @@ def test_pulled_versions_load_with_transformers_and_peft(s3_settings: S3Settings
     from transformers import AutoModel
 
     from bench.registry_sizes import build_version_folder
-    from tasks.modeling import load_backbone, load_classifier
+    from adaptflow.tasks.modeling import load_backbone, load_classifier
 
     for strategy in ("full_fine_tuning", "lora"):
         folder = build_version_folder(tiny_bert_dir, strategy, tmp_path / strategy)

@@ -14,10 +14,10 @@ import time
 import httpx
 from typer.testing import CliRunner
 
-from flows.cli import app
-from flows.retrain import model_lock, retrain
-from flows.retrain_cli import NOT_BETTER_EXIT
-from tasks.registry import get_alias, list_versions
+from adaptflow.flows.cli.app import app
+from adaptflow.flows.retrain import model_lock, retrain
+from adaptflow.flows.cli.retrain import NOT_BETTER_EXIT
+from adaptflow.tasks.registry.store import get_alias, list_versions
 from tests.integration.conftest import tiny_config, write_reviews
 
 

@@ -12,15 +12,15 @@ import httpx
 import pytest
 from prefect import flow
 
-from flows.adapt import adapt
-from flows.predict import predict
-from tasks.config import load_config
-from tasks.credentials import settings_from_block
-from tasks.errors import AdaptFlowError, StorageError
-from tasks.predict import predict_file
-from tasks.promote import promote_task
-from tasks.registry import get_alias, get_manifest, register_version, resolve_ref, set_alias
-from tasks.s3 import S3Settings, check_access, iter_objects, make_client
+from adaptflow.flows.adapt import adapt
+from adaptflow.flows.predict import predict
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.storage.credentials import settings_from_block
+from adaptflow.tasks.errors import AdaptFlowError, StorageError
+from adaptflow.tasks.inference.predict import predict_file
+from adaptflow.tasks.promotion import promote_task
+from adaptflow.tasks.registry.store import get_alias, get_manifest, register_version, resolve_ref, set_alias
+from adaptflow.tasks.storage.s3 import S3Settings, check_access, iter_objects, make_client
 from tests.integration.conftest import tiny_config
 from tests.integration.versions import CLEARED_VARS, fit_head, register_head, stack_env, write_labelled
 

@@ -34,11 +34,11 @@ import yaml
 from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 
-from infra.deploy import GPU_POOL_TEMPLATE, PREFECT_FILE, load_specs
-from infra.prefect_stack import PrefectStack, PrefectStackInfo
-from infra.stack import _alive
-from tasks.registry import get_alias, list_versions
-from tasks.s3 import S3Settings
+from adaptflow.infra.deploy import GPU_POOL_TEMPLATE, PREFECT_FILE, load_specs
+from adaptflow.infra.prefect_stack import PrefectStack, PrefectStackInfo
+from adaptflow.infra.stack import _alive
+from adaptflow.tasks.registry.store import get_alias, list_versions
+from adaptflow.tasks.storage.s3 import S3Settings
 from tests.integration.conftest import tiny_config, write_reviews
 
 ROOT = Path(__file__).resolve().parents[2]

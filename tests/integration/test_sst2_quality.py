@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from flows.adapt import adapt
-from tasks.config import load_config
+from adaptflow.flows.adapt import adapt
+from adaptflow.tasks.config import load_config
 
 SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2"
 pytestmark = [pytest.mark.sst2, pytest.mark.usefixtures("prefect_api")]

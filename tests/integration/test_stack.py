@@ -12,10 +12,10 @@ from pathlib import Path
 
 import pytest
 
-from infra import stack as stack_module
-from infra.stack import LocalS3Stack
-from tasks.errors import StorageError
-from tasks.s3 import ENDPOINT_VARS, S3Settings, check_access, make_client
+from adaptflow.infra import stack as stack_module
+from adaptflow.infra.stack import LocalS3Stack
+from adaptflow.tasks.errors import StorageError
+from adaptflow.tasks.storage.s3 import ENDPOINT_VARS, S3Settings, check_access, make_client
 
 
 def _process_exists(pid: int) -> bool:

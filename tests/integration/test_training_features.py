@@ -7,10 +7,10 @@ import math
 
 import pytest
 
-from tasks.config import load_config
-from tasks.data import prepare_data
-from tasks.errors import TrainingError
-from tasks.train import run_training
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.errors import TrainingError
+from adaptflow.tasks.training.launch import run_training
 
 
 @pytest.fixture
@@ -105,8 +105,8 @@ def test_a_crashing_worker_is_reported_with_its_log(tiny_bert_dir, prepared, tmp
 def test_checkpoints_mirrored_to_s3_restore_on_a_machine_without_them(tiny_bert_dir, prepared, tmp_path, s3_env):
     import shutil
 
-    from tasks.checkpoints import CheckpointMirror
-    from tasks.s3 import iter_objects
+    from adaptflow.tasks.training.checkpoints import CheckpointMirror
+    from adaptflow.tasks.storage.s3 import iter_objects
 
     uri = s3_env.uri(s3_env.key("checkpoints", "run-1"))
     training = {"batch_size": 8, "checkpoint_every": 2, "learning_rate": 1e-3, "checkpoint_uri": uri}
@@ -130,8 +130,8 @@ def test_checkpoints_mirrored_to_s3_restore_on_a_machine_without_them(tiny_bert_
 def test_a_checkpoint_rotated_away_during_its_upload_leaves_nothing_behind(tmp_path, s3_env, monkeypatch):
     import shutil
 
-    import tasks.checkpoints as checkpoints
-    from tasks.s3 import iter_objects
+    import adaptflow.tasks.training.checkpoints as checkpoints
+    from adaptflow.tasks.storage.s3 import iter_objects
 
     uri = s3_env.uri(s3_env.key("checkpoints", "rotated"))
     folder = tmp_path / "step-0000002"

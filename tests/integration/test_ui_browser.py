@@ -28,9 +28,9 @@ from pathlib import Path
 import httpx
 import pytest
 
-from infra.prefect_stack import PrefectStack
-from tasks.config import load_config
-from tasks.registry import list_versions
+from adaptflow.infra.prefect_stack import PrefectStack
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.registry.store import list_versions
 from tests.integration.conftest import tiny_config, write_reviews
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -133,7 +133,7 @@ def _deploy_adapt(info, parameters: dict) -> str:
     from prefect.utilities.callables import parameter_schema
     from prefect.workers.process import ProcessWorker
 
-    from flows.adapt import adapt
+    from adaptflow.flows.adapt import adapt
 
     if _api(info, "GET", f"/work_pools/{info.work_pool}").status_code == 404:  # the worker may not have created it yet
         created = _api(info, "POST", "/work_pools/", json={"name": info.work_pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()})

@@ -17,10 +17,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from infra.stack import LocalS3Stack
-from tasks.modeling import AdaptClassifier, build_classifier, folder_digest, inspect_model, save_classifier
-from tasks.registry import register_version
-from tasks.s3 import ENDPOINT_VARS, S3Settings
+from adaptflow.infra.stack import LocalS3Stack
+from adaptflow.tasks.modeling import AdaptClassifier, build_classifier, folder_digest, inspect_model, save_classifier
+from adaptflow.tasks.registry.store import register_version
+from adaptflow.tasks.storage.s3 import ENDPOINT_VARS, S3Settings
 
 LABELS = ["negative", "positive"]
 MAX_LENGTH = 32

@@ -7,8 +7,8 @@ import io
 
 from PIL import Image
 
-from tasks.compare import CHART_FILE, plot_quality_vs_cost, recommend, report_markdown
-from tasks.evaluate import (
+from adaptflow.tasks.evaluation.compare import CHART_FILE, plot_quality_vs_cost, recommend, report_markdown
+from adaptflow.tasks.evaluation.classification import (
     plot_confusion_matrix,
     plot_loss_curves,
     plots_markdown,

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.compare import final_config, grid, load_compare_config, pareto_front, pick_best, recommend, trial_config, with_budget
-from tasks.errors import ConfigError
+from adaptflow.tasks.evaluation.compare import final_config, grid, load_compare_config, pareto_front, pick_best, recommend, trial_config, with_budget
+from adaptflow.tasks.errors import ConfigError
 
 
 def _row(name, acc, time_s, mem, f1=None):

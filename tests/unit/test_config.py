@@ -6,9 +6,9 @@ import json
 
 import pytest
 
-from flows.cli import config_options, options_to_config
-from tasks.config import AdaptConfig, Lora, load_config, load_config_file
-from tasks.errors import ConfigError
+from adaptflow.flows.cli.app import config_options, options_to_config
+from adaptflow.tasks.config import AdaptConfig, Lora, load_config, load_config_file
+from adaptflow.tasks.errors import ConfigError
 
 
 def test_defaults_run_the_bundled_example():
@@ -113,7 +113,7 @@ def _stored_schema(flow) -> dict:
 
 def _carried_over(name: str) -> dict:
     """Strategy ``name`` as the form submits it after every other tab was visited."""
-    from tasks.config import STRATEGY_CLASSES
+    from adaptflow.tasks.config import STRATEGY_CLASSES
 
     payload: dict = {}
     for other in STRATEGY_CLASSES.values():
@@ -130,9 +130,9 @@ def _server_accepts(schema: dict, parameters: dict) -> list[str]:
 
 def _union_flows():
     """Every flow parameter holding the strategy union, and how to put one strategy payload into it."""
-    from flows.adapt import adapt
-    from flows.compare import compare
-    from flows.retrain import retrain
+    from adaptflow.flows.adapt import adapt
+    from adaptflow.flows.compare import compare
+    from adaptflow.flows.retrain import retrain
 
     return [
         (adapt, lambda s: {"config": {"strategy": s}}),
@@ -154,7 +154,7 @@ def test_every_strategy_tab_submits_with_the_other_tabs_fields(name):
 
 
 def test_domain_adaptation_tab_submits_too():
-    from flows.adapt import adapt
+    from adaptflow.flows.adapt import adapt
 
     payload = {"config": {"strategy": _carried_over("domain_adaptation")}}
     assert _server_accepts(_stored_schema(adapt), payload) == []
@@ -162,7 +162,7 @@ def test_domain_adaptation_tab_submits_too():
 
 
 def test_a_field_of_no_strategy_is_refused_by_server_and_worker():
-    from flows.adapt import adapt
+    from adaptflow.flows.adapt import adapt
 
     strategy = {**_carried_over("lora"), "lora_rank": 8}
     payload = {"config": {"strategy": strategy}}
@@ -172,7 +172,7 @@ def test_a_field_of_no_strategy_is_refused_by_server_and_worker():
 
 
 def test_per_strategy_flows_accept_their_form_and_refuse_unknown_fields():
-    from flows import strategies as per_strategy
+    from adaptflow.flows import strategies as per_strategy
 
     for name in ("transfer_learning", "partial_fine_tuning", "full_fine_tuning", "lora", "domain_adaptation"):
         flow = getattr(per_strategy, name)
@@ -188,7 +188,7 @@ def test_config_files_name_the_strategy_a_stray_field_belongs_to():
     text = str(info.value)
     assert "strategy.lora_r: belongs to strategy lora, not full_fine_tuning" in text
     assert "strategy.last_n_layer: Extra inputs are not permitted" in text
-    from tasks.compare import load_compare_config
+    from adaptflow.tasks.evaluation.compare import load_compare_config
 
     with pytest.raises(ConfigError, match="strategies.0.head_epochs: belongs to strategy transfer_learning, not lora"):
         load_compare_config({"strategies": [{"name": "lora", "head_epochs": 3}]})
@@ -206,7 +206,7 @@ def test_language_model_fields_have_their_own_section():
         assert not {"prompt_column", "packing", "generation_samples"} & set(fields)
     assert "causal_lm" in schema["properties"]["lm"]["title"]
     assert {o.param: o.panel for o in config_options()}["packing"].startswith("Language model")
-    from flows.strategies import domain_adaptation
+    from adaptflow.flows.strategies import domain_adaptation
 
     assert domain_adaptation.validate_parameters({"lm": {"packing": True}})["lm"].packing  # the per-strategy flows take it too
 

@@ -12,10 +12,10 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-import tasks.data as data_module
-from tasks.config import DataConfig
-from tasks.data import PreparedData, load_prepared, prepare_data, stratified_sample, stratified_split
-from tasks.errors import DataError
+import adaptflow.tasks.data as data_module
+from adaptflow.tasks.config import DataConfig
+from adaptflow.tasks.data import PreparedData, load_prepared, prepare_data, stratified_sample, stratified_split
+from adaptflow.tasks.errors import DataError
 
 SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2"
 

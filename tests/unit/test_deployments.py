@@ -19,9 +19,9 @@ from prefect.flows import load_flow_from_entrypoint
 from prefect.utilities.callables import parameter_schema
 from prefect.utilities.schema_tools import validate
 
-from flows.retrain_cli import NOT_BETTER_EXIT
-from infra.deploy import GPU_SUFFIX, POOL_TYPES, PREFECT_FILE, PROJECT_ROOT, check_names, load_specs, prefect_deploy_args
-from tasks.errors import ConfigError
+from adaptflow.flows.cli.retrain import NOT_BETTER_EXIT
+from adaptflow.infra.deploy import GPU_SUFFIX, POOL_TYPES, PREFECT_FILE, PROJECT_ROOT, check_names, load_specs, prefect_deploy_args
+from adaptflow.tasks.errors import ConfigError
 
 SPECS = load_specs()
 WORKFLOW = PROJECT_ROOT / "deployments" / "github" / "retrain.yml"

@@ -1,4 +1,4 @@
-"""tasks.evaluate: metrics checked against hand-computed values, the overfitting rules, the run-directory files."""
+"""adaptflow.tasks.evaluation.classification: metrics checked against hand-computed values, the overfitting rules, the run-directory files."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from tasks.errors import TrainingError
-from tasks.evaluate import (
+from adaptflow.tasks.errors import TrainingError
+from adaptflow.tasks.evaluation.classification import (
     EvaluationReport,
     classification_metrics,
     evaluate_run,

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import yaml
 
-from tasks.config import load_config
-from tasks.train import PYTORCHJOB_TEMPLATE, job_name, render_pytorchjob, run_training
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.training.launch import PYTORCHJOB_TEMPLATE, job_name, render_pytorchjob, run_training
 
 INFRA = Path(__file__).resolve().parents[2] / "infra"
 
@@ -37,7 +37,7 @@ def test_pytorchjob_renders_master_and_workers_sharing_the_run_spec():
         pod = spec["template"]["spec"]
         container = pod["containers"][0]
         assert container["image"] == "registry.example/adaptflow:1"
-        assert container["command"][-2:] == ["tasks.training.worker", "/work/runs/m/r1/run_spec.json"]
+        assert container["command"][-2:] == ["adaptflow.tasks.training.worker", "/work/runs/m/r1/run_spec.json"]
         assert "torch.distributed.run" in container["command"]
         assert container["resources"]["limits"]["nvidia.com/gpu"] == 4
         assert {"name": "work", "mountPath": "/work"} in container["volumeMounts"]
@@ -119,7 +119,7 @@ elif args[:2] == ["get", "pytorchjob"]:
 
 
 def test_pytorchjob_launcher_creates_follows_and_collects_the_job(tmp_path, tiny_bert_dir, monkeypatch):
-    from tasks.data import prepare_data
+    from adaptflow.tasks.data import prepare_data
     from tests.integration.conftest import write_reviews
 
     bin_dir, state = tmp_path / "bin", tmp_path / "kube"
@@ -152,8 +152,8 @@ def test_pytorchjob_launcher_creates_follows_and_collects_the_job(tmp_path, tiny
 
 
 def test_pytorchjob_launcher_without_kubectl_says_so(tmp_path, monkeypatch):
-    from tasks.errors import TrainingError
-    from tasks.train import PyTorchJob
+    from adaptflow.tasks.errors import TrainingError
+    from adaptflow.tasks.training.launch import PyTorchJob
 
     monkeypatch.setenv("PATH", str(tmp_path))
     job = PyTorchJob(render_pytorchjob(_pytorchjob_config(), Path("/work/s.json"), "adaptflow-y"))

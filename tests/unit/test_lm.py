@@ -8,11 +8,11 @@ import pandas as pd
 import pytest
 import torch
 
-from tasks.config import load_config
-from tasks.data import Table
-from tasks.errors import ConfigError, DataError
-from tasks.lm_data import IGNORE, Conversation, Example, load_lm_tokenizer, pack, prompt_text, read_sft_rows, sft_example
-from tasks.lm_eval import exact_match, mask_tokens, masked_lm_loss, perplexity, rouge_l
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.data import Table
+from adaptflow.tasks.errors import ConfigError, DataError
+from adaptflow.tasks.data.lm import IGNORE, Conversation, Example, load_lm_tokenizer, pack, prompt_text, read_sft_rows, sft_example
+from adaptflow.tasks.evaluation.lm import exact_match, mask_tokens, masked_lm_loss, perplexity, rouge_l
 
 
 @pytest.fixture(scope="module")
@@ -141,7 +141,7 @@ def test_generation_metrics():
     ],
 )
 def test_config_problems_are_named(raw, message, monkeypatch):
-    monkeypatch.setattr("tasks.config._cuda_available", lambda: False)
+    monkeypatch.setattr("adaptflow.tasks.config._cuda_available", lambda: False)
     with pytest.raises(ConfigError, match=message):
         load_config(raw)
 
@@ -149,19 +149,19 @@ def test_config_problems_are_named(raw, message, monkeypatch):
 def test_causal_lm_strategies_choose_what_trains(tiny_lm):
     import copy
 
-    from tasks.training.lm_worker import lm_head_only, lm_partial
+    from adaptflow.tasks.strategies import get_strategy
 
-    head = lm_head_only(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm"}))
+    head = get_strategy("transfer_learning").configure_decoder(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm"}))
     assert {n for n, p in head.named_parameters() if p.requires_grad} == {"transformer.wte.weight"}  # tied to lm_head
-    partial = lm_partial(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm", "strategy": {"name": "partial_fine_tuning", "last_n_layers": 1}}))
+    partial = get_strategy("partial_fine_tuning").configure_decoder(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm", "strategy": {"name": "partial_fine_tuning", "last_n_layers": 1}}))
     trains = {n.split(".")[1] for n, p in partial.named_parameters() if p.requires_grad}
     assert trains == {"h", "ln_f"}
 
 
 def test_language_model_runs_launch_the_lm_worker(tmp_path):
-    from tasks.train import LM_WORKER_MODULE, launch_command
+    from adaptflow.tasks.training.launch import LM_WORKER_MODULE, launch_command
 
     one = launch_command(load_config({"task": "causal_lm"}), tmp_path / "run_spec.json", module=LM_WORKER_MODULE)
-    assert one[1:] == ["-m", "tasks.training.lm_worker", str(tmp_path / "run_spec.json")]
+    assert one[1:] == ["-m", "adaptflow.tasks.training.lm_worker", str(tmp_path / "run_spec.json")]
     two = launch_command(load_config({"task": "causal_lm", "launch": {"num_processes": 2}}), tmp_path / "run_spec.json", module=LM_WORKER_MODULE)
     assert "torch.distributed.run" in two and two[-3:] == one[1:]

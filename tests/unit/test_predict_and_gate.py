@@ -6,11 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from tasks.data import Table, label_ids_of, text_column_of
-from tasks.errors import DataError
-from tasks.predict import output_format, prediction_frame
-from tasks.promote import Approval, PromotionApproval, PromotionDecision, apply_approval, approval_markdown, decide
-from tasks.registry import AliasInfo
+from adaptflow.tasks.data import Table, label_ids_of, text_column_of
+from adaptflow.tasks.errors import DataError
+from adaptflow.tasks.inference.predict import output_format, prediction_frame
+from adaptflow.tasks.promotion import Approval, PromotionApproval, PromotionDecision, apply_approval, approval_markdown, decide
+from adaptflow.tasks.registry.store import AliasInfo
 
 
 def scorer(table: dict[int, float]):
@@ -100,7 +100,7 @@ def test_the_approval_form_describes_every_field_and_rejects_by_default():
 def test_the_approval_timeout_is_bounded():
     from prefect.exceptions import ParameterTypeError
 
-    from flows.retrain import retrain
+    from adaptflow.flows.retrain import retrain
 
     for bad in (0, -1, 7 * 24 * 3600 + 1):
         with pytest.raises(ParameterTypeError, match="approval_timeout_s"):
@@ -112,7 +112,7 @@ def test_the_cli_refuses_approval_options_it_cannot_honour():
     from prefect.settings import PREFECT_API_URL, temporary_settings
     from typer.testing import CliRunner
 
-    from flows.cli import app
+    from adaptflow.flows.cli.app import app
 
     runner = CliRunner()
     command = ["retrain", "--data", "x.csv", "--model-name", "m"]

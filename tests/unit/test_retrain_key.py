@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from tasks.config import AdaptConfig
-from tasks.retrain import manifest_key, retrain_config, retrain_key, trained_on
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.registry.retrain_key import manifest_key, retrain_config, retrain_key, trained_on
 
 DATA = {"uri": "data/reviews.csv", "kind": "file", "sha256": "a" * 64, "size": 100}
 
@@ -49,7 +49,7 @@ def test_retrain_config_takes_given_then_champion_then_defaults() -> None:
 
 @pytest.mark.parametrize("name", ["Bad/Name", "../up"])
 def test_retrain_config_rejects_bad_model_names(name: str) -> None:
-    from tasks.errors import ConfigError
+    from adaptflow.tasks.errors import ConfigError
 
     with pytest.raises(ConfigError, match="registry.model_name"):
         retrain_config(name, "new.csv", None, None)

@@ -5,16 +5,16 @@ from __future__ import annotations
 import pytest
 import torch
 
-from tasks.config import load_config
-from tasks.modeling import build_classifier, count_parameters, inspect_model, pool
-from tasks.training.strategies import STRATEGIES, check_against_model
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.modeling import build_classifier, count_parameters, inspect_model, pool
+from adaptflow.tasks.strategies import check_against_model, get_strategy
 
 
 def _model(tiny_bert_dir, strategy: dict):
     cfg = load_config({"strategy": strategy})
     info = inspect_model(tiny_bert_dir)
     model = build_classifier(info, cfg.strategy.pooling, num_labels=3)
-    return STRATEGIES[cfg.strategy.name].configure(model, cfg), cfg
+    return get_strategy(cfg.strategy.name).configure_classifier(model, cfg), cfg
 
 
 def _trainable(model) -> set[str]:
@@ -24,7 +24,7 @@ def _trainable(model) -> set[str]:
 def test_transfer_learning_trains_only_the_head(tiny_bert_dir):
     model, _ = _model(tiny_bert_dir, {"name": "transfer_learning"})
     assert _trainable(model) == {"head.linear.weight", "head.linear.bias"}
-    assert STRATEGIES["transfer_learning"].uses_cached_features
+    assert get_strategy("transfer_learning").uses_cached_features
 
 
 def test_partial_fine_tuning_trains_last_layers_and_head(tiny_bert_dir):
@@ -81,7 +81,7 @@ def test_auto_pooling_follows_the_checkpoint(minilm_dir, tiny_bert_dir, tiny_gpt
 @pytest.mark.parametrize("strategy", ["partial_fine_tuning", "lora"])
 def test_decoder_backbones_work_too(tiny_gpt2_dir, strategy):
     cfg = load_config({"strategy": {"name": strategy, "last_n_layers": 1} if strategy == "partial_fine_tuning" else {"name": strategy}})
-    model = STRATEGIES[strategy].configure(build_classifier(inspect_model(tiny_gpt2_dir), "auto", 2), cfg)
+    model = get_strategy(strategy).configure_classifier(build_classifier(inspect_model(tiny_gpt2_dir), "auto", 2), cfg)
     ids = torch.tensor([[5, 6, 7, 0], [8, 9, 0, 0]])
     loss, logits = model(input_ids=ids, attention_mask=(ids != 0).long(), labels=torch.tensor([0, 1]))
     loss.backward()

@@ -7,10 +7,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from tasks.config import load_config
-from tasks.errors import ConfigError
-from tasks.train import ACCELERATE_CONFIGS, accelerate_config_path, describe_event, launch_command, other_node_commands, worker_env
-from tasks.training.worker import LengthGroupedSampler, PadCollator, lr_scales, make_optimizer, pad_multiple
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.errors import ConfigError
+from adaptflow.tasks.training.launch import ACCELERATE_CONFIGS, accelerate_config_path, describe_event, launch_command, other_node_commands, worker_env
+from adaptflow.tasks.training.worker import LengthGroupedSampler, PadCollator, lr_scales, make_optimizer, pad_multiple
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_neighbours():
@@ -55,7 +55,7 @@ def test_pad_collator_pads_to_a_multiple_of_eight_on_gpus_and_exactly_on_cpus():
 
 def test_launcher_choice():
     one = launch_command(load_config({}), Path("spec.json"))
-    assert one[1:] == ["-m", "tasks.training.worker", "spec.json"]
+    assert one[1:] == ["-m", "adaptflow.tasks.training.worker", "spec.json"]
     two = launch_command(load_config({"launch": {"num_processes": 2}}), Path("spec.json"))
     assert "torch.distributed.run" in two and "--standalone" in two and two[two.index("--nproc-per-node") + 1] == "2"
     acc = launch_command(load_config({"launch": {"accelerate_config": "ddp", "num_processes": 4}}), Path("s.json"))

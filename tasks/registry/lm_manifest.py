@@ -19,12 +19,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from tasks.card import code_version, package_versions
-from tasks.config import AdaptConfig
-from tasks.modeling import folder_digest
-from tasks.register import TRAINING_KEYS
-from tasks.registry import RegisteredVersion, register_version
-from tasks.s3 import S3Settings
+from adaptflow.tasks.registry.card import code_version, package_versions
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.modeling import folder_digest
+from adaptflow.tasks.registry.manifest import TRAINING_KEYS
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version
+from adaptflow.tasks.storage.s3 import S3Settings
 
 
 def lm_metrics(metrics: dict) -> dict[str, Any]:

@@ -1,7 +1,7 @@
 """Batch generation with a registered causal LM version (``adaptflow predict`` on such a version).
 
 Each prompt is formatted as in training (the tokenizer's chat template, or the plain
-``### Prompt / ### Response`` format of :mod:`tasks.lm_data`), answered with the given
+``### Prompt / ### Response`` format of :mod:`adaptflow.tasks.data.lm`), answered with the given
 sampling settings, and written with the input's columns plus ``generated``. LoRA versions
 load the base model named in their manifest and refuse it if its sha256 differs.
 """
@@ -18,13 +18,13 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, run_all
-from tasks.lm_data import Conversation, load_lm_tokenizer, prompt_text
-from tasks.lm_eval import generate
-from tasks.modeling import META_FILE
-from tasks.predict import PREVIEW_ROWS, Progress, _Reporter, default_cache_dir, output_format, read_rows, verified_base_model, write_predictions
-from tasks.registry import MANIFEST, pull_version, resolve_ref
-from tasks.s3 import S3Settings
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, run_all
+from adaptflow.tasks.data.lm import Conversation, load_lm_tokenizer, prompt_text
+from adaptflow.tasks.evaluation.lm import generate
+from adaptflow.tasks.modeling import META_FILE
+from adaptflow.tasks.inference.predict import PREVIEW_ROWS, Progress, _Reporter, default_cache_dir, output_format, read_rows, verified_base_model, write_predictions
+from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
+from adaptflow.tasks.storage.s3 import S3Settings
 
 GENERATED_COLUMN = "generated"
 

@@ -1,7 +1,7 @@
 """The promotion gate: move an alias (``champion``) to a candidate only if it is better.
 
 :func:`promote_if_better` scores the candidate and the version the alias points at on
-the same labelled evaluation file (:func:`tasks.predict.evaluate_version`) and moves the
+the same labelled evaluation file (:func:`adaptflow.tasks.inference.predict.evaluate_version`) and moves the
 alias only if the candidate's ``metric`` is at least the champion's plus ``min_delta``.
 The move is a compare-and-swap on the alias object (the etag read with it): if another
 promotion moved the alias meanwhile, the gate reads it again and compares against the
@@ -34,11 +34,11 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from tasks.data import read_data_file, sha256_file
-from tasks.errors import AdaptFlowError, ConfigError, Problem, StorageError
-from tasks.predict import default_cache_dir, evaluate_version, local_input
-from tasks.registry import AliasConflict, AliasInfo, append_decision, get_alias, resolve_ref, set_alias, version_key
-from tasks.s3 import S3Settings
+from adaptflow.tasks.data import read_data_file, sha256_file
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem, StorageError
+from adaptflow.tasks.inference.predict import default_cache_dir, evaluate_version, local_input
+from adaptflow.tasks.registry.store import AliasConflict, AliasInfo, append_decision, get_alias, resolve_ref, set_alias, version_key
+from adaptflow.tasks.storage.s3 import S3Settings
 
 METRICS = ("accuracy", "macro_f1", "macro_precision", "macro_recall")
 """Metrics the gate can compare; higher is better for each."""

@@ -11,7 +11,7 @@
 A bare ``NAME`` means ``aws-credentials/NAME``. When the variable is set the block is
 the source of the endpoint and keys; ``ADAPTFLOW_S3_BUCKET`` / ``ADAPTFLOW_S3_PREFIX``
 still choose the bucket and prefix when set. Secrets stay in ``SecretStr`` until they
-go into :class:`~tasks.s3.S3Settings`, whose repr hides them; nothing here logs.
+go into :class:`~adaptflow.tasks.storage.s3.S3Settings`, whose repr hides them; nothing here logs.
 """
 
 from __future__ import annotations
@@ -19,8 +19,8 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from tasks.errors import Problem, StorageError
-from tasks.s3 import DEFAULT_BUCKET, DEFAULT_REGION, S3Settings
+from adaptflow.tasks.errors import Problem, StorageError
+from adaptflow.tasks.storage.s3 import DEFAULT_BUCKET, DEFAULT_REGION, S3Settings
 
 BLOCK_VAR = "ADAPTFLOW_S3_BLOCK"
 CREDENTIAL_TYPES = ("aws-credentials", "minio-credentials")

@@ -20,8 +20,10 @@ from typing import Any, Sequence
 
 import torch
 
+from adaptflow.tasks.assets import asset
+
 IGNORE = -100
-REFERENCE_TEXT = Path(__file__).parent / "reference" / "general_text.txt"
+REFERENCE_TEXT = asset("adaptflow.tasks", "reference", "general_text.txt")
 
 
 def reference_texts() -> list[str]:

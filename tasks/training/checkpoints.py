@@ -12,8 +12,8 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
-from tasks.s3 import S3Settings, download_prefix, iter_objects, make_client, parse_s3_uri, storage_errors, upload_file
-from tasks.training.worker import CHECKPOINTS, LOOP_STATE, latest_checkpoint
+from adaptflow.tasks.storage.s3 import S3Settings, download_prefix, iter_objects, make_client, parse_s3_uri, storage_errors, upload_file
+from adaptflow.tasks.training.worker import CHECKPOINTS, LOOP_STATE, latest_checkpoint
 
 _STEP = re.compile(r"(step-\d{7})/")
 

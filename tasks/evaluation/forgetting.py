@@ -29,8 +29,8 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
-from tasks.lm_eval import REFERENCE_TEXT, perplexity, reference_texts
-from tasks.modeling import META_FILE, AdaptClassifier, inspect_model, load_backbone, load_classifier, pool
+from adaptflow.tasks.evaluation.lm import REFERENCE_TEXT, perplexity, reference_texts
+from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, inspect_model, load_backbone, load_classifier, pool
 
 Kind = Literal["auto", "encoder", "decoder"]
 

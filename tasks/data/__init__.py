@@ -63,8 +63,9 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import DataConfig
-from tasks.errors import DataError, ModelError, Problem, run_all
+from adaptflow.tasks.assets import asset
+from adaptflow.tasks.config import DataConfig
+from adaptflow.tasks.errors import DataError, ModelError, Problem, run_all
 
 if TYPE_CHECKING:
     from datasets import Dataset, DatasetDict
@@ -75,7 +76,7 @@ PREP_FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 DATASET_DIR = "dataset"
 SAMPLE_SCHEME = "sample://"
-SAMPLES = {"reviews": Path(__file__).parent / "sample_data" / "reviews.csv"}
+SAMPLES = {"reviews": asset("adaptflow.tasks", "sample_data", "reviews.csv")}
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
 TOKENIZER_FILES = (
     "tokenizer.json",
@@ -1186,7 +1187,7 @@ def label_ids_of(table: Table, column: str, label_names: list[str]) -> list[int]
 
 def s3_fetcher() -> Callable[[str, Path], Path]:
     """``fetch`` for :func:`prepare_data`: objects and folders (``s3://.../``) from the configured S3."""
-    from tasks.s3 import S3Settings, download_file, download_prefix
+    from adaptflow.tasks.storage.s3 import S3Settings, download_file, download_prefix
 
     settings = S3Settings.resolve()
 

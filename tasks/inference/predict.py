@@ -1,7 +1,7 @@
 """Batch inference with a registered model version, and scoring a version on labelled rows.
 
 :func:`load_version` pulls a version from the registry (files checked against the
-manifest) and loads it with :func:`tasks.modeling.load_classifier`, which reads only
+manifest) and loads it with :func:`adaptflow.tasks.modeling.load_classifier`, which reads only
 ``safetensors``. A LoRA version holds only its adapter and head: its base model is
 resolved from the manifest's ``base_model.ref`` and must hash to the
 ``base_model.sha256`` recorded when it was registered, or the adapter would silently run
@@ -17,7 +17,7 @@ CSV or JSON lines (by the output's extension)::
 already called ``label``, ``score`` or ``prob_<class>`` is kept as ``input_<name>``.
 
 :func:`evaluate_version` scores a version on a labelled file with
-:func:`tasks.evaluate.classification_metrics`; the promotion gate uses it so that a
+:func:`adaptflow.tasks.evaluation.classification.classification_metrics`; the promotion gate uses it so that a
 candidate and the champion are scored on the same rows.
 
 Plain functions down to the thin Prefect task at the end.
@@ -43,13 +43,13 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.config import adaptflow_home
-from tasks.data import Table, label_ids_of, read_data_file, text_column_of, texts_of
-from tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
-from tasks.evaluate import classification_metrics
-from tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
-from tasks.registry import MANIFEST, pull_version, resolve_ref
-from tasks.s3 import S3Settings, download_file, download_prefix
+from adaptflow.tasks.config import adaptflow_home
+from adaptflow.tasks.data import Table, label_ids_of, read_data_file, text_column_of, texts_of
+from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
+from adaptflow.tasks.evaluation.classification import classification_metrics
+from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
+from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
+from adaptflow.tasks.storage.s3 import S3Settings, download_file, download_prefix
 
 OUTPUT_FORMATS = {".csv": "csv", ".jsonl": "jsonl"}
 PROB_PREFIX = "prob_"
@@ -90,7 +90,7 @@ def default_cache_dir() -> Path:
 
 
 def load_version(settings: S3Settings, name: str, version: int, *, cache_dir: Path | None = None) -> LoadedVersion:
-    """Pull a committed version (see :func:`tasks.registry.resolve_ref` for references) and load it for inference."""
+    """Pull a committed version (see :func:`adaptflow.tasks.registry.store.resolve_ref` for references) and load it for inference."""
     folder = pull_version(settings, name, version)
     manifest = json.loads((folder / MANIFEST).read_text())
     meta_path = folder / META_FILE
@@ -301,7 +301,7 @@ def evaluate_version(
     batch_size: int = DEFAULT_BATCH_SIZE,
     cache_dir: Path | None = None,
 ) -> dict[str, Any]:
-    """Classification metrics (:func:`tasks.evaluate.classification_metrics`) of ``ref`` on a labelled file."""
+    """Classification metrics (:func:`adaptflow.tasks.evaluation.classification.classification_metrics`) of ``ref`` on a labelled file."""
     cache_dir = cache_dir or default_cache_dir()
     (table, column), _, (name, version) = run_all(
         lambda: _rows_and_text_column(settings, data_file, cache_dir, text_column, {label_column}),

@@ -4,7 +4,7 @@ Settings come from the environment (or, when nothing is set, from the local stac
 started by ``adaptflow stack up``), never from flow parameters, and the secret key
 never appears in a repr, a log line or an error message. Every S3 call goes through
 :func:`storage_errors`, which turns botocore's many exception types into one
-:class:`~tasks.errors.StorageError` naming the endpoint, the object and the fix.
+:class:`~adaptflow.tasks.errors.StorageError` naming the endpoint, the object and the fix.
 
 No Prefect here: the flows wrap these functions in thin tasks.
 """
@@ -34,7 +34,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from tasks.errors import Problem, StorageError
+from adaptflow.tasks.errors import Problem, StorageError
 
 log = logging.getLogger(__name__)
 
@@ -100,7 +100,7 @@ class S3Settings:
         credentials (keys or ``AWS_PROFILE``) are set, the endpoint and keys of the
         local stack (``adaptflow stack up``) are used if it is running.
         """
-        from tasks.credentials import settings_from_block  # imports this module: import here
+        from adaptflow.tasks.storage.credentials import settings_from_block  # imports this module: import here
 
         block = settings_from_block()  # a Prefect block named by ADAPTFLOW_S3_BLOCK wins when set
         if block is not None:
@@ -150,7 +150,7 @@ class S3Settings:
 
 
 def _from_local_stack(settings: S3Settings) -> S3Settings:
-    from infra.stack import LocalS3Stack  # infra depends on tasks; import here, not at module level
+    from adaptflow.infra.stack import LocalS3Stack  # infra depends on tasks; import here, not at module level
 
     stack = LocalS3Stack()
     if stack.status() is None:

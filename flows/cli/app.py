@@ -1,6 +1,6 @@
 """The ``adaptflow`` command.
 
-``adaptflow run`` takes one option per field of :class:`tasks.config.AdaptConfig`; the
+``adaptflow run`` takes one option per field of :class:`adaptflow.tasks.config.AdaptConfig`; the
 options, their help and their grouping are derived from the config model, so the CLI,
 the Prefect form and the training worker cannot drift apart.
 """
@@ -23,10 +23,10 @@ from pydantic import BaseModel
 from rich.console import Console
 from rich.table import Table
 
-from flows.models_cli import models_app
-from flows.retrain_cli import deploy_command, retrain_command
-from tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflow_home, load_config, load_config_file
-from tasks.errors import AdaptFlowError, ConfigError, Problem
+from adaptflow.flows.cli.models import models_app
+from adaptflow.flows.cli.retrain import deploy_command, retrain_command
+from adaptflow.tasks.config import STRATEGY_CLASSES, STRATEGY_NAMES, AdaptConfig, adaptflow_home, load_config, load_config_file
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
 
 console = Console(stderr=True)
 # Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
@@ -215,7 +215,7 @@ def run(
         return
     check_before_prefect(cfg)
     summary = run_with_progress(cfg)
-    from flows.lm import print_lm_summary
+    from adaptflow.flows.lm import print_lm_summary
 
     if "domain" in summary:  # domain adaptation, then a task strategy
         print_lm_summary(summary["domain"], out)
@@ -227,7 +227,7 @@ def run(
 
 def check_before_prefect(cfg: AdaptConfig) -> None:
     """Report bad config, files, columns, labels, model or S3 access now, before a Prefect server is involved."""
-    from flows.adapt import preflight
+    from adaptflow.flows.adapt import preflight
 
     try:
         preflight(cfg)
@@ -239,8 +239,8 @@ def run_with_progress(cfg: AdaptConfig) -> dict:
     """Run the adapt flow in this process with a progress bar; exit cleanly on user errors."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    from flows.adapt import adapt
-    from tasks.train import add_listener
+    from adaptflow.flows.adapt import adapt
+    from adaptflow.tasks.training.launch import add_listener
 
     progress = Progress(
         TextColumn("[bold]{task.description}"),
@@ -384,8 +384,8 @@ def predict_command(
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
     from transformers.utils import logging as hf_logging
 
-    from flows.predict import predict
-    from tasks.predict import add_progress_listener
+    from adaptflow.flows.predict import predict
+    from adaptflow.tasks.inference.predict import add_progress_listener
 
     progress = Progress(
         TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TimeRemainingColumn(),
@@ -423,7 +423,7 @@ def predict_command(
 
 
 def _stack():
-    from infra.stack import LocalS3Stack
+    from adaptflow.infra.stack import LocalS3Stack
 
     return LocalS3Stack(adaptflow_home())
 
@@ -447,7 +447,7 @@ def stack_up(
         info = stack.up()
         out.print(f"S3 server running at [bold]{info.endpoint_url}[/] (pid {info.pid}); bucket 'adaptflow'.")
         if prefect:
-            from infra.prefect_stack import PrefectStack
+            from adaptflow.infra.prefect_stack import PrefectStack
 
             # runs resolve S3 as the CLI does: environment, else this stack
             served = PrefectStack(adaptflow_home()).up(new_database=new_prefect_database)
@@ -464,7 +464,7 @@ def stack_up(
 @stack_app.command("down")
 def stack_down() -> None:
     """Stop the Prefect worker and server and the S3 server started by `stack up` (their data stays for the next `up`)."""
-    from infra.prefect_stack import PrefectStack
+    from adaptflow.infra.prefect_stack import PrefectStack
 
     try:
         if PrefectStack(adaptflow_home()).down():
@@ -483,7 +483,7 @@ def stack_status() -> None:
         out.print("S3 server: not running (start it with `adaptflow stack up`).")
         raise typer.Exit(1)
     out.print(f"S3 server: running at {info.endpoint_url} (pid {info.pid}), data in {info.data_dir}")
-    from infra.prefect_stack import PrefectStack
+    from adaptflow.infra.prefect_stack import PrefectStack
 
     prefect_stack = PrefectStack(adaptflow_home())
     served = prefect_stack.status()
@@ -503,7 +503,7 @@ def stack_env() -> None:
         raise typer.Exit(1)
     for key, value in stack.env().items():
         out.print(f"export {key}={value}", highlight=False)
-    from infra.prefect_stack import PrefectStack
+    from adaptflow.infra.prefect_stack import PrefectStack
 
     served = PrefectStack(adaptflow_home()).status()
     if served is not None:
@@ -512,8 +512,8 @@ def stack_env() -> None:
 
 # ---- adaptflow compare (flows/compare_cli.py reuses the option machinery above) ---------
 
-if __name__ != "__main__":  # under `python -m flows.cli` the importable module below registers it
-    from flows.compare_cli import register as _register_compare
+if __name__ != "__main__":  # under `python -m adaptflow.flows.cli.app` the importable module below registers it
+    from adaptflow.flows.cli.compare import register as _register_compare
 
     _register_compare(app)
 
@@ -529,7 +529,7 @@ def prefect_settings() -> dict:
     """
     from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
-    from infra.prefect_stack import PrefectStack
+    from adaptflow.infra.prefect_stack import PrefectStack
 
     updates: dict = {}
     if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
@@ -555,6 +555,6 @@ def main() -> None:
 
 if __name__ == "__main__":
     # compare_cli imports this module by name: run that copy, the one every command is registered on
-    from flows.cli import main as _main
+    from adaptflow.flows.cli.app import main as _main
 
     sys.exit(_main())

@@ -19,12 +19,12 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from tasks.card import code_version, model_card, package_versions
-from tasks.config import AdaptConfig
-from tasks.evaluate import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
-from tasks.modeling import folder_digest
-from tasks.registry import RegisteredVersion, register_version
-from tasks.s3 import S3Settings
+from adaptflow.tasks.registry.card import code_version, model_card, package_versions
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.evaluation.classification import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
+from adaptflow.tasks.modeling import folder_digest
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version
+from adaptflow.tasks.storage.s3 import S3Settings
 
 TRAINING_KEYS = ("train_runtime_s", "samples_per_s", "peak_memory_mb", "trainable_params", "total_params", "steps", "examples_seen", "num_processes", "device", "mixed_precision")
 

@@ -33,8 +33,8 @@ from typing import Any, Literal
 
 import numpy as np
 
-from tasks.config import DataConfig, LanguageModelConfig
-from tasks.data import (
+from adaptflow.tasks.config import DataConfig, LanguageModelConfig
+from adaptflow.tasks.data import (
     MANIFEST,
     Fetch,
     PreparedData,
@@ -48,7 +48,7 @@ from tasks.data import (
     texts_of,
     tokenizer_identity,
 )
-from tasks.errors import DataError, ModelError, Problem, run_all
+from adaptflow.tasks.errors import DataError, ModelError, Problem, run_all
 
 IGNORE = -100
 LM_PREP_FORMAT = 1

@@ -17,7 +17,7 @@ from typing import Any, Sequence
 from matplotlib.figure import Figure
 from pydantic import Field, ValidationError, model_validator
 
-from tasks.config import (
+from adaptflow.tasks.config import (
     DEFAULT_MODEL,
     STRICT,
     TASK_STRATEGY_NAMES,
@@ -35,7 +35,7 @@ from tasks.config import (
     adaptflow_home,
     config_error_from,
 )
-from tasks.evaluate import save_figure
+from adaptflow.tasks.evaluation.classification import save_figure
 
 CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first stage, not a strategy to compare
 REPORT_FILE = "compare_report.json"
@@ -145,7 +145,7 @@ class CompareConfig(_Frozen):
 def load_compare_config(raw: dict[str, Any] | CompareConfig) -> CompareConfig:
     """Validate a (partial) dict into a :class:`CompareConfig`; one ConfigError naming every problem.
 
-    Strict like :func:`tasks.config.load_config`: a field of another strategy is an error.
+    Strict like :func:`adaptflow.tasks.config.load_config`: a field of another strategy is an error.
     """
     if isinstance(raw, CompareConfig):
         return raw
@@ -221,7 +221,7 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     """
     from datasets import DatasetDict, load_from_disk
 
-    from tasks.data import open_prepared
+    from adaptflow.tasks.data import open_prepared
 
     source = open_prepared(Path(prepared_path), reused=True)
     if (dest / "manifest.json").is_file():
@@ -339,7 +339,7 @@ def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
     """The whole report for a person: budget, table, search, recommendation, chart.
 
     ``chart_src`` is the image's source: the chart's file name for ``report.md`` next to it,
-    a ``data:`` URI for the Prefect artifact (:func:`tasks.evaluate.png_data_uri`).
+    a ``data:`` URI for the Prefect artifact (:func:`adaptflow.tasks.evaluation.classification.png_data_uri`).
     """
     rows = table_rows(report["rows"])
     header = list(rows[0])

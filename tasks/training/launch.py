@@ -26,14 +26,15 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks import errors
-from tasks.config import AdaptConfig
-from tasks.errors import ConfigError, Problem, TrainingError
-from tasks.modeling import cpu_threads_per_process
-from tasks.training.worker import EVENT_PREFIX, RunSpec
+from adaptflow.tasks import errors
+from adaptflow.tasks.assets import asset
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.errors import ConfigError, Problem, TrainingError
+from adaptflow.tasks.modeling import cpu_threads_per_process
+from adaptflow.tasks.training.worker import EVENT_PREFIX, RunSpec
 
 if TYPE_CHECKING:
-    from tasks.checkpoints import CheckpointMirror
+    from adaptflow.tasks.training.checkpoints import CheckpointMirror
 
 Event = dict
 EventSink = Callable[[Event], None]
@@ -50,7 +51,7 @@ def add_listener(listener: EventSink) -> Callable[[], None]:
     return lambda: _listeners.remove(listener)
 
 
-ACCELERATE_CONFIGS = Path(__file__).resolve().parents[1] / "infra" / "accelerate"
+ACCELERATE_CONFIGS = asset("adaptflow.infra", "accelerate")
 
 
 def accelerate_config_path(name_or_path: str) -> Path:
@@ -65,8 +66,8 @@ def accelerate_config_path(name_or_path: str) -> Path:
     raise ConfigError(Problem("launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"))
 
 
-WORKER_MODULE = "tasks.training.worker"
-LM_WORKER_MODULE = "tasks.training.lm_worker"
+WORKER_MODULE = "adaptflow.tasks.training.worker"
+LM_WORKER_MODULE = "adaptflow.tasks.training.lm_worker"
 
 
 def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None, module: str = WORKER_MODULE) -> list[str]:
@@ -94,7 +95,7 @@ def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = No
     return torchrun + ["--standalone", "--nnodes", "1"] + worker
 
 
-PYTORCHJOB_TEMPLATE = ACCELERATE_CONFIGS.parent / "k8s" / "pytorchjob.yaml"
+PYTORCHJOB_TEMPLATE = asset("adaptflow.infra", "k8s", "pytorchjob.yaml")
 
 
 def job_name(run_dir: Path) -> str:
@@ -197,8 +198,6 @@ def worker_env(cfg: AdaptConfig) -> dict[str, str]:
     if not torch.cuda.is_available():
         # What `accelerate launch --cpu` sets: several processes on CPU form a gloo group (MULTI_CPU).
         env.setdefault("ACCELERATE_USE_CPU", "true")
-    project_root = str(Path(__file__).resolve().parents[1])
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (project_root, env.get("PYTHONPATH", "")) if p)
     return env
 
 
@@ -334,8 +333,8 @@ def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir:
 
     mirror = None
     if cfg.training.checkpoint_uri:
-        from tasks.checkpoints import CheckpointMirror
-        from tasks.s3 import S3Settings
+        from adaptflow.tasks.training.checkpoints import CheckpointMirror
+        from adaptflow.tasks.storage.s3 import S3Settings
 
         mirror = CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
     return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=mirror, module=module)

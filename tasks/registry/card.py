@@ -9,6 +9,8 @@ from pathlib import Path
 
 import yaml
 
+from adaptflow.tasks.assets import project_root
+
 PACKAGES = ("adaptflow", "torch", "transformers", "peft", "accelerate", "datasets", "prefect", "boto3")
 
 
@@ -24,7 +26,7 @@ def package_versions() -> dict[str, str]:
 
 def code_version() -> str:
     """The git commit of the AdaptFlow checkout (``-dirty`` when modified), else the package version."""
-    root = Path(__file__).resolve().parents[1]
+    root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
         dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
@@ -103,7 +105,7 @@ The resolved configuration is in `manifest.json`.
 - Texts longer than {config['data']['max_length']} tokens are truncated.
 
 ## How to load
-`adaptflow models pull` (or any S3 client) gives this folder; `tasks.modeling.load_classifier(folder)` loads it.
+`adaptflow models pull` (or any S3 client) gives this folder; `adaptflow.tasks.modeling.load_classifier(folder)` loads it.
 The backbone (`backbone/`) loads with `transformers.AutoModel.from_pretrained`; LoRA versions keep only
 `adapter/` (load with `peft.PeftModel.from_pretrained` on the base model) and the head in `head.safetensors`.
 """

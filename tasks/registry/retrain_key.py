@@ -17,10 +17,10 @@ import json
 from pathlib import Path
 from typing import Any
 
-from tasks.config import AdaptConfig, load_config
-from tasks.errors import ConfigError, Problem
-from tasks.registry import get_manifest, list_versions
-from tasks.s3 import S3Settings
+from adaptflow.tasks.config import AdaptConfig, load_config
+from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.registry.store import get_manifest, list_versions
+from adaptflow.tasks.storage.s3 import S3Settings
 
 LOCATION_FIELDS = (("data", "data"), ("data", "eval_data"), ("work_dir",))
 """Config fields that say where things are, not what is trained: left out of the key."""

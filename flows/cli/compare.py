@@ -12,10 +12,10 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from flows.cli import BAR_REFRESH_PER_S, _fail, check_before_prefect, connect_prefect, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
-from tasks.compare import CLASSIFICATION_STRATEGIES, load_compare_config
-from tasks.config import load_config_file
-from tasks.errors import AdaptFlowError, ConfigError, Problem
+from adaptflow.flows.cli.app import BAR_REFRESH_PER_S, _fail, check_before_prefect, connect_prefect, _with_config_options, config_options, console, options_to_config, out, quiet_prefect_tracebacks
+from adaptflow.tasks.evaluation.compare import CLASSIFICATION_STRATEGIES, load_compare_config
+from adaptflow.tasks.config import load_config_file
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
 
 PANEL = "Comparison"
 
@@ -99,8 +99,8 @@ def run_compare_with_progress(cc) -> dict:
     """The compare flow in this process, one progress bar per training."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from flows.compare import compare
-    from tasks.train import add_listener
+    from adaptflow.flows.compare import compare
+    from adaptflow.tasks.training.launch import add_listener
 
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.fields[status]}"),
                         TimeElapsedColumn(), console=console, redirect_stderr=True, redirect_stdout=True,

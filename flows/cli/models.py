@@ -19,8 +19,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from tasks.errors import AdaptFlowError, ConfigError, Problem
-from tasks.registry import (
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
+from adaptflow.tasks.registry.store import (
     AliasInfo,
     append_decision,
     delete_version,
@@ -34,7 +34,7 @@ from tasks.registry import (
     resolve_ref,
     set_alias,
 )
-from tasks.s3 import S3Settings
+from adaptflow.tasks.storage.s3 import S3Settings
 
 REF_HELP = "A registered version: NAME (its latest version), NAME:7, or NAME@champion (an alias)."
 
@@ -47,8 +47,8 @@ models_app = typer.Typer(
 
 
 def _cli() -> ModuleType:
-    """``flows.cli`` (its consoles and ``_fail``), imported on use: it imports this module itself."""
-    from flows import cli
+    """``adaptflow.flows.cli.app`` (its consoles and ``_fail``), imported on use: it imports this module itself."""
+    from adaptflow.flows.cli import app as cli
 
     return cli
 
@@ -227,7 +227,7 @@ def promote_command(
 
 
 def _gate(ref: str, alias: str, eval_data: str, metric: str, min_delta: float, text_column: str | None, label_column: str) -> None:
-    from tasks.promote import promote_if_better
+    from adaptflow.tasks.promotion import promote_if_better
 
     with _reported():
         decision = promote_if_better(
@@ -248,7 +248,7 @@ def promote_version(
     """Move ``alias`` from ``current`` (as read) to ``version`` and record the decision.
 
     A plain compare-and-swap that only refuses to move an alias backwards without ``force``;
-    the metric gate is ``--if-better-on`` (``tasks.promote.promote_if_better``).
+    the metric gate is ``--if-better-on`` (``adaptflow.tasks.promotion.promote_if_better``).
     """
     if current is not None and current.version > version and not force:
         raise ConfigError(
@@ -289,7 +289,7 @@ def pull_command(
 ) -> None:
     """Download a version (every file checked against its sha256) and print the folder.
 
-    The folder loads directly: tasks.modeling.load_classifier(folder), AutoModel.from_pretrained(folder/'backbone'), or for LoRA versions PeftModel.from_pretrained(base_model, folder/'adapter'). Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
+    The folder loads directly: adaptflow.tasks.modeling.load_classifier(folder), AutoModel.from_pretrained(folder/'backbone'), or for LoRA versions PeftModel.from_pretrained(base_model, folder/'adapter'). Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
 
     Example:  python predict.py --model "$(adaptflow models pull reviews-lora@champion)"
     """

@@ -36,7 +36,7 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from tasks.errors import Problem, TrainingError
+from adaptflow.tasks.errors import Problem, TrainingError
 
 PREDICTIONS_FILE = "predictions.json"
 METRICS_FILE = "metrics.json"

@@ -13,7 +13,7 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from tasks.errors import AdaptFlowError, ConfigError, Problem, run_all
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem, run_all
 
 NOT_BETTER_EXIT = 10
 """Exit code of ``adaptflow retrain --fail-if-not-better`` when the candidate did not beat the champion."""
@@ -50,10 +50,10 @@ def retrain_command(
 
     Example (CI):  adaptflow retrain --data data/reviews.csv --model-name reviews --fail-if-not-better
     """
-    from flows.cli import _fail, connect_prefect, out, quiet_prefect_tracebacks
-    from flows.retrain import check_approval, retrain
-    from tasks.config import load_config, load_config_file
-    from tasks.promote import DEFAULT_APPROVAL_TIMEOUT_S
+    from adaptflow.flows.cli.app import _fail, connect_prefect, out, quiet_prefect_tracebacks
+    from adaptflow.flows.retrain import check_approval, retrain
+    from adaptflow.tasks.config import load_config, load_config_file
+    from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S
 
     try:
         given, _, _ = run_all(
@@ -82,7 +82,7 @@ def retrain_command(
 
 def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
     """--approval-timeout within the flow's bounds, and only with --require-approval (alone it would approve nothing)."""
-    from tasks.promote import MAX_APPROVAL_TIMEOUT_S
+    from adaptflow.tasks.promotion import MAX_APPROVAL_TIMEOUT_S
 
     if seconds is None:
         return
@@ -131,8 +131,8 @@ def deploy_command(
 
     Each deployment gets its parameter schema (enforced by the server), schedules, pull steps and, for retrain, the trigger on the event adaptflow.data.arrived. Deploying again updates them.
     """
-    from flows.cli import _fail, out
-    from infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
+    from adaptflow.flows.cli.app import _fail, out
+    from adaptflow.infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
 
     try:
         api_url = prefect_env()["PREFECT_API_URL"]
@@ -164,7 +164,7 @@ def deployments_table(specs: list, api_url: str) -> Table:
 
 def prefect_env() -> dict[str, str]:
     """PREFECT_API_URL: as set, else the server `adaptflow stack up` started."""
-    from infra.prefect_stack import PrefectStack
+    from adaptflow.infra.prefect_stack import PrefectStack
 
     if os.environ.get("PREFECT_API_URL"):
         return {"PREFECT_API_URL": os.environ["PREFECT_API_URL"]}

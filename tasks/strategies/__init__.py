@@ -1,7 +1,7 @@
 """Adaptation strategies: which parameters train and how the model is wrapped.
 
 A strategy never changes the training loop. It takes the freshly built
-:class:`~tasks.modeling.AdaptClassifier` and returns it ready to train; the loop then
+:class:`~adaptflow.tasks.modeling.AdaptClassifier` and returns it ready to train; the loop then
 optimises whatever has ``requires_grad``. The transfer-learning strategy additionally
 says that the backbone is frozen end to end, so the loop may train the head on
 features computed once (``uses_cached_features``).
@@ -14,9 +14,9 @@ from typing import Callable
 
 from torch import nn
 
-from tasks.config import AdaptConfig, Lora, PartialFineTuning
-from tasks.errors import ConfigError, Problem
-from tasks.modeling import AdaptClassifier, ModelInfo
+from adaptflow.tasks.config import AdaptConfig, Lora, PartialFineTuning
+from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.modeling import AdaptClassifier, ModelInfo
 
 
 def _freeze(module: nn.Module) -> None:
@@ -90,10 +90,60 @@ def _lora(model: AdaptClassifier, cfg: AdaptConfig) -> AdaptClassifier:
     return model
 
 
+def _set_trainable(module: nn.Module, flag: bool) -> None:
+    for p in module.parameters():
+        p.requires_grad_(flag)
+
+
+def _lm_full(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    _set_trainable(model, True)
+    return model
+
+
+def _lm_partial(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    assert isinstance(cfg.strategy, PartialFineTuning)
+    _set_trainable(model, False)
+    layers = transformer_layers(model.base_model)
+    for layer in layers[len(layers) - cfg.strategy.last_n_layers :]:
+        _set_trainable(layer, True)
+    for name in ("norm", "ln_f", "final_layer_norm"):
+        if isinstance(getattr(model.base_model, name, None), nn.Module):
+            _set_trainable(getattr(model.base_model, name), True)
+    return model
+
+
+def _lm_head_only(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    """transfer_learning for a causal LM: the body is frozen; the output head (and the input
+    embeddings, which most decoders tie to it) train."""
+    _set_trainable(model, False)
+    for module in (model.get_output_embeddings(), model.get_input_embeddings()):
+        if module is not None:
+            _set_trainable(module, True)
+    return model
+
+
+def _lm_lora(model: nn.Module, cfg: AdaptConfig) -> nn.Module:
+    from peft import LoraConfig, get_peft_model, prepare_model_for_kbit_training
+
+    assert isinstance(cfg.strategy, Lora)
+    s = cfg.strategy
+    if s.qlora:
+        model = prepare_model_for_kbit_training(model)
+    lora_config = LoraConfig(
+        task_type="CAUSAL_LM", r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
+        target_modules=s.lora_target_modules or "all-linear", bias="none",
+    )
+    return get_peft_model(model, lora_config)
+
+
+
+
+
 @dataclass(frozen=True)
 class Strategy:
     name: str
-    configure: Callable[[AdaptClassifier, AdaptConfig], AdaptClassifier]
+    configure_classifier: Callable[[AdaptClassifier, AdaptConfig], AdaptClassifier]
+    configure_decoder: Callable[[nn.Module, AdaptConfig], nn.Module]
     uses_cached_features: bool = False
     """The backbone is frozen and deterministic: features are computed once and cached."""
 
@@ -101,12 +151,17 @@ class Strategy:
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("transfer_learning", _transfer_learning, uses_cached_features=True),
-        Strategy("partial_fine_tuning", _partial_fine_tuning),
-        Strategy("full_fine_tuning", _full_fine_tuning),
-        Strategy("lora", _lora),
+        Strategy("transfer_learning", _transfer_learning, _lm_head_only, uses_cached_features=True),
+        Strategy("partial_fine_tuning", _partial_fine_tuning, _lm_partial),
+        Strategy("full_fine_tuning", _full_fine_tuning, _lm_full),
+        Strategy("lora", _lora, _lm_lora),
+        Strategy("domain_adaptation", _full_fine_tuning, _lm_full),
     )
 }
+
+
+def get_strategy(name: str) -> Strategy:
+    return STRATEGIES[name]
 
 
 def check_against_model(cfg: AdaptConfig, info: ModelInfo) -> list[Problem]:

@@ -66,9 +66,9 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import ClientError
 
-from tasks.config import NAME_PATTERN, adaptflow_home
-from tasks.errors import ConfigError, Problem, StorageError
-from tasks.s3 import (
+from adaptflow.tasks.config import NAME_PATTERN, adaptflow_home
+from adaptflow.tasks.errors import ConfigError, Problem, StorageError
+from adaptflow.tasks.storage.s3 import (
     TRANSFER_CONFIG,
     S3Settings,
     delete_quietly,
@@ -583,7 +583,7 @@ def pull_version(
     The version is downloaded once into the pull cache (:func:`pull_cache_dir`); later
     pulls of the same manifest download nothing. Without ``dest_dir`` the (read-only)
     cache folder is returned; with it, the files are copied there and ``dest_dir`` is
-    returned. Either loads with ``tasks.modeling.load_classifier`` (LoRA versions: with
+    returned. Either loads with ``adaptflow.tasks.modeling.load_classifier`` (LoRA versions: with
     their base model), ``backbone/`` with ``AutoModel.from_pretrained`` and ``adapter/``
     with ``peft.PeftModel.from_pretrained``.
     """
