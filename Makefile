@@ -9,7 +9,7 @@ PYTEST_ARGS ?=
 # finish the suite in about 8 minutes instead of 10.
 PYTEST_WORKERS ?= 2
 
-.PHONY: setup browser demo test bench bench-full clean-venv
+.PHONY: setup browser lint demo test bench bench-full clean-venv
 
 setup: $(VENV)/.installed
 
@@ -37,7 +37,14 @@ browser:
 	  || echo "could not install chromium: the browser tests will be skipped"; \
 	else echo "no chromium/chromedriver (install Debian's chromium and chromium-driver): the browser tests will be skipped"; fi
 
-test: setup browser
+# Style (ruff: lint and format, line length in pyproject.toml) and architecture (import-linter: the
+# layers and no cycles, contracts in pyproject.toml). `ruff format .` and `ruff check --fix .` repair most.
+lint: setup
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/lint-imports
+
+test: setup browser lint
 	@set +e; $(PY) -m pytest -n $(PYTEST_WORKERS) --dist loadfile $(PYTEST_ARGS); rc=$$?; \
 	if [ $$rc -eq 5 ]; then echo "pytest: no tests were selected (exit 5), treated as success"; rc=0; fi; exit $$rc
 
@@ -49,7 +56,7 @@ bench: setup
 	$(PY) -m bench.overhead
 
 # Quality without a budget: full fine-tuning and LoRA on the whole SST-2 training set, 2 passes
-# (about an hour on 2 CPU cores: 89.7% for both, see README; minutes on one GPU).
+# (about an hour on 2 CPU cores: 89.7% for both, see docs/benchmarks.md; minutes on one GPU).
 bench-full: setup
 	$(PY) -m bench.quality --train-samples 0 --epochs 2 --batch-size 32 --seeds 42 --strategies full_fine_tuning lora
 

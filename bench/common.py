@@ -13,7 +13,8 @@ from rich.table import Table
 
 from adaptflow.flows.cli.app import BAR_REFRESH_PER_S
 from adaptflow.tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
-from adaptflow.tasks.data import PreparedData, prepare_data
+from adaptflow.tasks.data.prepare import prepare_data
+from adaptflow.tasks.data.store import PreparedData
 from adaptflow.tasks.modeling import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -34,7 +35,9 @@ def work_dir(name: str) -> Path:
     return Path(tempfile.mkdtemp(prefix=f"adaptflow-{name}-"))
 
 
-def prepare_sst2(folder: Path, work: Path, train_samples: int | None, max_length: int = 128, eval_samples: int | None = None) -> tuple[Path, DataConfig, PreparedData]:
+def prepare_sst2(
+    folder: Path, work: Path, train_samples: int | None, max_length: int = 128, eval_samples: int | None = None
+) -> tuple[Path, DataConfig, PreparedData]:
     """The offline MiniLM and SST-2 (train -> train, dev -> eval) prepared once for every configuration."""
     model = resolve_model(DEFAULT_MODEL, work)
     data = {
@@ -86,7 +89,15 @@ def train_with_progress(cfg: AdaptConfig, prepared: PreparedData, model: Path, r
 
     from adaptflow.tasks.training.launch import run_training
 
-    with Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(), TextColumn("{task.fields[status]}"), console=console, refresh_per_second=BAR_REFRESH_PER_S) as bar:
+    with Progress(
+        TextColumn("{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeElapsedColumn(),
+        TextColumn("{task.fields[status]}"),
+        console=console,
+        refresh_per_second=BAR_REFRESH_PER_S,
+    ) as bar:
         task = bar.add_task(label, total=None, status="loading")
 
         def on_event(event: dict) -> None:

@@ -20,9 +20,9 @@ import sys
 import time
 from pathlib import Path
 
-from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, work_dir, write_json
 from adaptflow.tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
 from adaptflow.tasks.training.worker import RunSpec
+from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, work_dir, write_json
 
 
 def main() -> None:
@@ -81,7 +81,15 @@ def main() -> None:
     )
     write_json(
         "overhead",
-        {"strategy": args.strategy, "train_samples": args.train_samples, "bare_worker_s": bare, "adapt_flow_s": whole, "ratio": ratio, "prefect_start_s": server_start, "version_uri": summary["version_uri"]},
+        {
+            "strategy": args.strategy,
+            "train_samples": args.train_samples,
+            "bare_worker_s": bare,
+            "adapt_flow_s": whole,
+            "ratio": ratio,
+            "prefect_start_s": server_start,
+            "version_uri": summary["version_uri"],
+        },
         args.output,
     )
 

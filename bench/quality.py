@@ -17,9 +17,9 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from bench.common import SST2, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
 from adaptflow.tasks.config import TASK_STRATEGY_NAMES
 from adaptflow.tasks.evaluation.classification import evaluate_run
+from bench.common import SST2, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
 
 TARGETS = {"transfer_learning": 0.800, "partial_fine_tuning": 0.840, "lora": 0.855, "full_fine_tuning": 0.870}
 PLAIN_LOOP = {"transfer_learning": 0.788, "partial_fine_tuning": 0.826, "lora": 0.837, "full_fine_tuning": 0.856}
@@ -28,7 +28,13 @@ OVERRIDES = ("layer_lr_decay", "head_lr_multiplier", "length_group_batches")
 
 
 def run_strategy(model, data_cfg, prepared, strategy: str, work: Path, args, seed: int) -> dict:
-    training = {"epochs": args.epochs, "batch_size": args.batch_size, "learning_rate": args.learning_rate, "mixed_precision": args.precision, "seed": seed}
+    training = {
+        "epochs": args.epochs,
+        "batch_size": args.batch_size,
+        "learning_rate": args.learning_rate,
+        "mixed_precision": args.precision,
+        "seed": seed,
+    }
     for option in OVERRIDES:
         if getattr(args, option) is not None:
             training[option] = getattr(args, option)
@@ -60,7 +66,10 @@ def summarise(runs: list[dict]) -> dict:
         return sum(r[key] for r in runs) / len(runs)
 
     return {
-        **{k: runs[0][k] for k in ("strategy", "trainable_params", "total_params", "learning_rate", *OVERRIDES, "mixed_precision", "examples_seen")},
+        **{
+            k: runs[0][k]
+            for k in ("strategy", "trainable_params", "total_params", "learning_rate", *OVERRIDES, "mixed_precision", "examples_seen")
+        },
         **{k: mean(k) for k in ("accuracy", "macro_f1", "train_runtime_s", "samples_per_s")},
         "peak_memory_mb": max(r["peak_memory_mb"] for r in runs),
         "accuracy_min": min(r["accuracy"] for r in runs),
@@ -77,9 +86,13 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16, help="examples per step (default 16: 500 steps for 8,000 examples)")
     parser.add_argument("--learning-rate", type=float, help="override every strategy's default learning rate")
     parser.add_argument("--layer-lr-decay", type=float, help="override the layer-wise learning-rate decay (training.layer_lr_decay)")
-    parser.add_argument("--head-lr-multiplier", type=float, help="override the task head's learning-rate factor (training.head_lr_multiplier)")
+    parser.add_argument(
+        "--head-lr-multiplier", type=float, help="override the task head's learning-rate factor (training.head_lr_multiplier)"
+    )
     parser.add_argument("--length-group-batches", type=int, help="override training.length_group_batches (1: random batches)")
-    parser.add_argument("--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds of initialisation, dropout and order; one run per seed")
+    parser.add_argument(
+        "--seeds", type=int, nargs="+", default=[42, 1, 2], help="seeds of initialisation, dropout and order; one run per seed"
+    )
     parser.add_argument("--precision", default="auto", choices=["auto", "no", "bf16"], help="autocast precision (auto: bf16 where native)")
     parser.add_argument("--strategies", nargs="+", default=list(TASK_STRATEGY_NAMES), choices=TASK_STRATEGY_NAMES)
     parser.add_argument("--output", help="JSON file (default bench-results/quality-N.json)")
@@ -111,7 +124,19 @@ def main() -> None:
                 f"{r['peak_memory_mb']:.0f} MB",
             ]
         )
-    columns = ["strategy", f"dev accuracy (mean of {len(args.seeds)})", "min / max", "macro-F1", "target", "", "plain loop", "trainable", "train time", "samples/s", "peak memory"]
+    columns = [
+        "strategy",
+        f"dev accuracy (mean of {len(args.seeds)})",
+        "min / max",
+        "macro-F1",
+        "target",
+        "",
+        "plain loop",
+        "trainable",
+        "train time",
+        "samples/s",
+        "peak memory",
+    ]
     print_table(f"SST-2 dev ({prepared.manifest['splits']['eval']} rows), MiniLM-L6, {budget}", columns, table)
     memory = {r["strategy"]: r["peak_memory_mb"] for r in rows}
     ratios = {}
@@ -120,7 +145,11 @@ def main() -> None:
             if name in memory:
                 ratios[f"{name}/full_fine_tuning"] = memory[name] / memory["full_fine_tuning"]
         print("peak memory ratios: " + ", ".join(f"{k} {v:.2f}" for k, v in ratios.items()))
-    write_json(f"quality-{args.train_samples or 'all'}x{args.epochs}", {"budget": budget, "seeds": args.seeds, "rows": rows, "runs": runs, "memory_ratios": ratios}, args.output)
+    write_json(
+        f"quality-{args.train_samples or 'all'}x{args.epochs}",
+        {"budget": budget, "seeds": args.seeds, "rows": rows, "runs": runs, "memory_ratios": ratios},
+        args.output,
+    )
 
 
 if __name__ == "__main__":

@@ -44,11 +44,11 @@ def build_version_folder(base: Path, strategy: str, out_dir: Path) -> Path:
 
     from adaptflow.tasks.config import load_config
     from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
-    from adaptflow.tasks.strategies import STRATEGIES
+    from adaptflow.tasks.strategies import get_strategy
 
     cfg = load_config({"model": str(base), "strategy": {"name": strategy}})
     info = inspect_model(base)
-    model = STRATEGIES[strategy].configure(build_classifier(info, cfg.strategy.pooling, len(LABELS)), cfg)
+    model = get_strategy(strategy).configure_classifier(build_classifier(info, cfg.strategy.pooling, len(LABELS)), cfg)
     meta = {"strategy": strategy, "label_names": LABELS, "base_model": str(base)}
     return save_classifier(model, out_dir, AutoTokenizer.from_pretrained(base), meta)
 

@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from adaptflow.tasks.config import DEFAULT_MODEL, load_config
-from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.modeling import resolve_model
 from adaptflow.tasks.training.launch import run_training
 
@@ -28,7 +28,9 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", default=str(ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"), help="training file (default: SST-2 train)")
+    parser.add_argument(
+        "--data", default=str(ROOT.parent / "shared" / "data" / "sst2" / "train.tsv"), help="training file (default: SST-2 train)"
+    )
     parser.add_argument("--samples", type=int, default=2000, help="training rows (default 2000)")
     parser.add_argument("--global-batch", type=int, default=32, help="examples per optimizer step across processes")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to compare")
@@ -52,7 +54,15 @@ def main() -> None:
             }
         )
         metrics = run_training(cfg, prepared.path, model, work / f"run-{n}")
-        rows.append({"processes": n, "per_process_batch": args.global_batch // n, "samples_per_s": metrics["samples_per_s"], "train_runtime_s": metrics["train_runtime_s"], "eval_accuracy": metrics["eval_accuracy"]})
+        rows.append(
+            {
+                "processes": n,
+                "per_process_batch": args.global_batch // n,
+                "samples_per_s": metrics["samples_per_s"],
+                "train_runtime_s": metrics["train_runtime_s"],
+                "eval_accuracy": metrics["eval_accuracy"],
+            }
+        )
     base = rows[0]["samples_per_s"]
     for row in rows:
         row["speedup"] = row["samples_per_s"] / base
@@ -62,10 +72,20 @@ def main() -> None:
     for col in ("processes", "batch/process", "samples/s", "train time", "speed-up", "efficiency", "accuracy (200 rows)"):
         table.add_column(col, justify="right")
     for r in rows:
-        table.add_row(str(r["processes"]), str(r["per_process_batch"]), f"{r['samples_per_s']:.1f}", f"{r['train_runtime_s']:.1f} s", f"{r['speedup']:.2f}x", f"{100 * r['efficiency']:.0f}%", f"{r['eval_accuracy']:.3f}")
+        table.add_row(
+            str(r["processes"]),
+            str(r["per_process_batch"]),
+            f"{r['samples_per_s']:.1f}",
+            f"{r['train_runtime_s']:.1f} s",
+            f"{r['speedup']:.2f}x",
+            f"{100 * r['efficiency']:.0f}%",
+            f"{r['eval_accuracy']:.3f}",
+        )
     Console(width=120).print(table)
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(json.dumps({"strategy": args.strategy, "samples": args.samples, "cpu_count": os.cpu_count(), "rows": rows}, indent=2))
+    Path(args.output).write_text(
+        json.dumps({"strategy": args.strategy, "samples": args.samples, "cpu_count": os.cpu_count(), "rows": rows}, indent=2)
+    )
     print(f"wrote {args.output}")
 
 

@@ -27,8 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
 from adaptflow.tasks.config import TASK_STRATEGY_NAMES, AdaptConfig
+from bench.common import SST2, console, prepare_sst2, print_table, require_sst2, strategy_config, train_with_progress, work_dir, write_json
 
 
 def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: int) -> dict:
@@ -36,15 +36,15 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
-    from adaptflow.tasks.data import load_prepared
+    from adaptflow.tasks.data.store import load_prepared
     from adaptflow.tasks.modeling import build_classifier, inspect_model
-    from adaptflow.tasks.strategies import STRATEGIES
-    from adaptflow.tasks.training.worker import _peak_memory_mb, pad_multiple, resolve_precision
+    from adaptflow.tasks.strategies import get_strategy
+    from adaptflow.tasks.training.engine import pad_multiple, peak_memory_mb, resolve_precision
 
     ds, manifest = load_prepared(prepared_path)
     tokenizer = AutoTokenizer.from_pretrained(model_path)
     model = build_classifier(inspect_model(model_path), cfg.strategy.pooling, len(manifest["label_names"]))
-    model = STRATEGIES[cfg.strategy.name].configure(model, cfg)
+    model = get_strategy(cfg.strategy.name).configure_classifier(model, cfg)
     t = cfg.training
     precision = resolve_precision(t.mixed_precision)
     args = TrainingArguments(
@@ -78,7 +78,7 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
     return {
         "samples_per_s": out.metrics["train_samples_per_second"],
         "train_runtime_s": out.metrics["train_runtime"],
-        "peak_memory_mb": _peak_memory_mb(PartialState()),
+        "peak_memory_mb": peak_memory_mb(PartialState()),
         "mixed_precision": precision,
         "train_loss": out.metrics["train_loss"],
     }
@@ -86,7 +86,9 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
 
 def _peer_subprocess(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: int, work: Path) -> dict:
     spec = work / f"peer-{cfg.strategy.name}.json"
-    spec.write_text(json.dumps({"config": cfg.model_dump(mode="json"), "prepared": str(prepared_path), "model": str(model_path), "epochs": epochs}))
+    spec.write_text(
+        json.dumps({"config": cfg.model_dump(mode="json"), "prepared": str(prepared_path), "model": str(model_path), "epochs": epochs})
+    )
     done = subprocess.run([sys.executable, "-m", "bench.speed", "--peer", str(spec)], capture_output=True, text=True)
     if done.returncode != 0:
         raise SystemExit(f"the Trainer run for {cfg.strategy.name} failed:\n{done.stdout[-3000:]}\n{done.stderr[-3000:]}")
@@ -124,7 +126,7 @@ def main() -> None:
         # (other processes, CPU clocks) then weighs on both engines alike.
         ours_runs, peer_runs = [], []
         for round_ in range(args.repeats):
-            for engine in (("ours", "peer") if round_ % 2 == 0 else ("peer", "ours")):
+            for engine in ("ours", "peer") if round_ % 2 == 0 else ("peer", "ours"):
                 if engine == "ours":
                     # every run computes its transfer-learning features, as a first run on new data does
                     shutil.rmtree(prepared.path / "features", ignore_errors=True)
@@ -169,8 +171,20 @@ def main() -> None:
         ]
         for r in rows
     ]
-    columns = ["strategy", "passes", "precision", "AdaptFlow samples/s", "Trainer samples/s", "ratio", "target", "", "peak memory (ours / Trainer)"]
-    print_table(f"Training speed, MiniLM-L6, {args.train_samples:,} SST-2 examples, batch {args.batch_size}, max length 128", columns, table)
+    columns = [
+        "strategy",
+        "passes",
+        "precision",
+        "AdaptFlow samples/s",
+        "Trainer samples/s",
+        "ratio",
+        "target",
+        "",
+        "peak memory (ours / Trainer)",
+    ]
+    print_table(
+        f"Training speed, MiniLM-L6, {args.train_samples:,} SST-2 examples, batch {args.batch_size}, max length 128", columns, table
+    )
     write_json("speed", {"train_samples": args.train_samples, "rows": rows}, args.output)
 
 

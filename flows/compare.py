@@ -11,13 +11,17 @@ from __future__ import annotations
 import json
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from adaptflow.flows.adapt import InputError, check_inputs
+from adaptflow.flows.preflight import InputError, check_inputs, collect
+from adaptflow.flows.results import CompareResult
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.data.task import prepare_data_task
+from adaptflow.tasks.errors import raise_together
+from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
     REPORT_FILE,
@@ -39,10 +43,6 @@ from adaptflow.tasks.evaluation.compare import (
     trial_config,
     with_budget,
 )
-from adaptflow.tasks.config import AdaptConfig
-from adaptflow.tasks.data import prepare_data_task
-from adaptflow.tasks.errors import DataError, raise_together
-from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
 from adaptflow.tasks.training.launch import train_task
@@ -59,7 +59,10 @@ def train_all(jobs: list[tuple[AdaptConfig, Path, Path, Path]], concurrency: int
         return [train_task.with_options(retries=cfg.launch.retries)(cfg, data, model, run_dir) for cfg, data, model, run_dir in jobs]
     results: list[dict] = []
     for start in range(0, len(jobs), concurrency):
-        wave = [train_task.with_options(retries=cfg.launch.retries).submit(cfg, data, model, run_dir) for cfg, data, model, run_dir in jobs[start : start + concurrency]]
+        wave = [
+            train_task.with_options(retries=cfg.launch.retries).submit(cfg, data, model, run_dir)
+            for cfg, data, model, run_dir in jobs[start : start + concurrency]
+        ]
         results += [future.result() for future in wave]
     return results
 
@@ -77,12 +80,22 @@ def search(cc: CompareConfig, plans: list[AdaptConfig], prepared_path: Path, mod
         dirs = [out / "search" / cfg.strategy.name / slug(point_label(p)) for p in points]
         metrics = train_all([(t, view, model_path, d) for t, d in zip(trials, dirs)], cc.concurrency)
         records = [
-            {"point": p, "label": point_label(p), "validation_loss": m["eval_loss"], "validation_accuracy": m["eval_accuracy"],
-             "steps": m["steps"], "stopped_early": m["stopped_early"], "run_dir": str(d), "split": "validation"}
+            {
+                "point": p,
+                "label": point_label(p),
+                "validation_loss": m["eval_loss"],
+                "validation_accuracy": m["eval_accuracy"],
+                "steps": m["steps"],
+                "stopped_early": m["stopped_early"],
+                "run_dir": str(d),
+                "split": "validation",
+            }
             for p, m, d in zip(points, metrics, dirs)
         ]
         winner = pick_best(records)
-        logger.info(f"search {cfg.strategy.name}: {winner['label']} wins (validation loss {winner['validation_loss']:.4f}) of {len(records)} points")
+        logger.info(
+            f"search {cfg.strategy.name}: {winner['label']} wins (validation loss {winner['validation_loss']:.4f}) of {len(records)} points"
+        )
         found[cfg.strategy.name] = {"trials": records, "winner": winner}
     return found
 
@@ -93,18 +106,13 @@ def _hyperparameters(cfg: AdaptConfig) -> str:
 
 
 @flow(name="compare", description="Compare adaptation strategies on the same data, evaluation set and budget; recommend one.")
-def compare(config: CompareConfig = CompareConfig()) -> dict[str, Any]:
+def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     """Train every chosen strategy on the same prepared data and budget; publish a table, a chart and a recommendation."""
     cc = load_compare_config(config)
     logger = get_run_logger()
     plans = cc.adapt_configs()
-    model_path, found = check_inputs(plans[0])
-    prepared = None
-    if model_path is not None:
-        try:
-            prepared = prepare_data_task(cc.data, model_path, cc.resolved_work_dir())
-        except DataError as exc:
-            found.append(exc)
+    model_path, found = check_inputs(plans[0])  # the strategies share the model and data
+    prepared = collect(found, prepare_data_task, cc.data, model_path, cc.resolved_work_dir()) if model_path is not None else None
     raise_together(found, mixed=InputError)
     assert prepared is not None and model_path is not None
 
@@ -121,55 +129,63 @@ def compare(config: CompareConfig = CompareConfig()) -> dict[str, Any]:
     rows = []
     for cfg, run_dir, metrics in zip(plans, run_dirs, all_metrics):
         evaluation = evaluate_task(run_dir)
-        version = register_task(cfg, run_dir, prepared.manifest, model_path, metrics_markdown(evaluation)) if cfg.registry.register_model else None
-        rows.append({
-            "strategy": cfg.strategy.name,
-            "trainable_params": metrics["trainable_params"],
-            "total_params": metrics["total_params"],
-            "trainable_pct": 100 * metrics["trainable_params"] / max(1, metrics["total_params"]),
-            "train_runtime_s": metrics["train_runtime_s"],
-            "samples_per_s": metrics["samples_per_s"],
-            "peak_memory_mb": metrics["peak_memory_mb"],
-            "artifact_mb": folder_size_mb(run_dir / "model"),
-            "accuracy": evaluation.metrics["accuracy"],
-            "macro_f1": evaluation.metrics["macro_f1"],
-            "forgetting": forgetting_task(model_path, run_dir / "model"),
-            "hyperparameters": _hyperparameters(cfg),
-            "steps": metrics["steps"],
-            "examples_seen": metrics["examples_seen"],
-            "examples_sha256": metrics.get("examples_sha256"),
-            "stopped_by_time": metrics.get("stopped_by_time", False),
-            "run_dir": str(run_dir),
-            "version_uri": version.uri if version else None,
-        })
+        version = (
+            register_task(cfg, run_dir, prepared.manifest, model_path, metrics_markdown(evaluation))
+            if cfg.registry.register_model
+            else None
+        )
+        rows.append(
+            {
+                "strategy": cfg.strategy.name,
+                "trainable_params": metrics["trainable_params"],
+                "total_params": metrics["total_params"],
+                "trainable_pct": 100 * metrics["trainable_params"] / max(1, metrics["total_params"]),
+                "train_runtime_s": metrics["train_runtime_s"],
+                "samples_per_s": metrics["samples_per_s"],
+                "peak_memory_mb": metrics["peak_memory_mb"],
+                "artifact_mb": folder_size_mb(run_dir / "model"),
+                "accuracy": evaluation.metrics["accuracy"],
+                "macro_f1": evaluation.metrics["macro_f1"],
+                "forgetting": forgetting_task(model_path, run_dir / "model"),
+                "hyperparameters": _hyperparameters(cfg),
+                "steps": metrics["steps"],
+                "examples_seen": metrics["examples_seen"],
+                "examples_sha256": metrics.get("examples_sha256"),
+                "stopped_by_time": metrics.get("stopped_by_time", False),
+                "run_dir": str(run_dir),
+                "version_uri": version.uri if version else None,
+            }
+        )
     for cost in ("train_runtime_s", "peak_memory_mb"):
         for row, on_front in zip(rows, pareto_front(rows, cost)):
             row[f"pareto_{cost}"] = on_front
 
     chart = plot_quality_vs_cost(rows, out / CHART_FILE)
     budget = (
-        f"{cc.budget_seconds:g} s of training per strategy" if cc.budget_seconds
+        f"{cc.budget_seconds:g} s of training per strategy"
+        if cc.budget_seconds
         else f"{rows[0]['examples_seen']:,} training examples per strategy, the same ones in the same order ({plans[0].training.max_steps} steps)"
     )
-    report = {
-        "model": cc.model,
-        "compare_dir": str(out),
-        "prepared_data": str(prepared.path),
-        "eval_rows": splits["eval"],
-        "splits": splits,
-        "budget": {"examples": None if cc.budget_seconds else rows[0]["examples_seen"], "seconds": cc.budget_seconds, "description": budget},
-        "rows": rows,
-        "search": searched,
-        "recommendation": recommend(rows, cc.max_train_seconds, cc.max_memory_mb),
-        "chart": str(chart),
-        "config": cc.model_dump(mode="json"),
-        "flow_run_id": flow_run.get_id(),
-    }
+    result = CompareResult(
+        model=cc.model,
+        compare_dir=str(out),
+        prepared_data=str(prepared.path),
+        eval_rows=splits["eval"],
+        splits=splits,
+        budget={"examples": None if cc.budget_seconds else rows[0]["examples_seen"], "seconds": cc.budget_seconds, "description": budget},
+        rows=rows,
+        search=searched,
+        recommendation=recommend(rows, cc.max_train_seconds, cc.max_memory_mb),
+        chart=str(chart),
+        config=cc.model_dump(mode="json"),
+        flow_run_id=flow_run.get_id(),
+    )
+    report = result.model_dump()
     markdown = report_markdown(report)
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown)
     create_table_artifact(table_rows(rows), key="compare-table", description="Strategies on the same data and budget")
     shown = report_markdown(report, chart_src=png_data_uri(chart))  # the chart inline: the UI renders data: images
     create_markdown_artifact(shown, key="compare-report", description="Strategy comparison: table, search, recommendation, chart")
-    logger.info(" ".join(report["recommendation"]["text"]).replace("**", ""))
-    return report
+    logger.info(" ".join(result.recommendation["text"]).replace("**", ""))
+    return result

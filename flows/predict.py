@@ -10,15 +10,16 @@ from __future__ import annotations
 from prefect import flow
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
+from adaptflow.tasks.inference.generate import Sampling, generate_task, is_causal_version
 from adaptflow.tasks.inference.predict import DEFAULT_BATCH_SIZE, PredictionResult, predict_task
+from adaptflow.tasks.storage.s3 import S3Settings
 
 
 def summary_markdown(result: PredictionResult) -> str:
     lines = [
         f"# Predictions of `{result.model}`",
         "",
-        f"{result.rows} rows of `{result.data}` (text column `{result.text_column}`) -> `{result.output}` "
-        f"in {result.wall_s:.1f} s",
+        f"{result.rows} rows of `{result.data}` (text column `{result.text_column}`) -> `{result.output}` in {result.wall_s:.1f} s",
         "",
         "| predicted label | rows | share |",
         "|---|---|---|",
@@ -57,14 +58,18 @@ def predict(
         top_p: Causal LM versions, with do_sample: sample from the smallest token set holding this probability.
         seed: Causal LM versions: random seed, for repeatable sampling.
     """
-    from adaptflow.tasks.inference.generate import Sampling, generate_task, is_causal_version
-    from adaptflow.tasks.storage.s3 import S3Settings
-
     if is_causal_version(S3Settings.resolve(), model):
         sampling = Sampling(max_new_tokens, do_sample, temperature, top_p, seed)
         generated = generate_task(model, data, output, prompt_column, sampling, min(batch_size, 16))
         create_table_artifact(generated.preview, key="generations-preview", description=f"First rows of {generated.output}")
-        return {"model": generated.model, "data": generated.data, "output": str(generated.output), "rows": generated.rows, "wall_s": generated.wall_s, "task": "causal_lm"}
+        return {
+            "model": generated.model,
+            "data": generated.data,
+            "output": str(generated.output),
+            "rows": generated.rows,
+            "wall_s": generated.wall_s,
+            "task": "causal_lm",
+        }
     result = predict_task(model, data, output, text_column, batch_size)
     create_table_artifact(result.preview, key="predictions-preview", description=f"First rows of {result.output}")
     create_markdown_artifact(summary_markdown(result), key="predictions-summary", description=f"Predictions of {result.model}")

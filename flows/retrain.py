@@ -41,14 +41,26 @@ from prefect.settings import PREFECT_API_URL
 from prefect.states import Failed
 from pydantic import Field
 
-from adaptflow.flows.adapt import InputError, check_inputs, run_pipeline
-from adaptflow.tasks.registry.card import code_version
+from adaptflow.flows.adapt import run_pipeline
+from adaptflow.flows.preflight import InputError, check_inputs, collect
 from adaptflow.tasks.config import AdaptConfig
-from adaptflow.tasks.data import PreparedData, input_fingerprint, open_prepared, prepare_data_task, s3_fetcher
+from adaptflow.tasks.data.sources import input_fingerprint, s3_fetcher
+from adaptflow.tasks.data.store import PreparedData, open_prepared
+from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import ConfigError, Problem, raise_together, run_all
 from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, METRICS, ApprovalTimedOut, promote_task
+from adaptflow.tasks.registry.card import code_version
+from adaptflow.tasks.registry.retrain_key import (
+    config_without_locations,
+    content,
+    export_eval_split,
+    find_trained,
+    retrain_config,
+    retrain_key,
+    retrain_markdown,
+    trained_on,
+)
 from adaptflow.tasks.registry.store import get_alias, get_manifest, latest_version, validate_name
-from adaptflow.tasks.registry.retrain_key import config_without_locations, content, export_eval_split, find_trained, retrain_config, retrain_key, retrain_markdown, trained_on
 from adaptflow.tasks.storage.s3 import S3Settings
 
 DEFAULT_RETRAIN_MODEL = "sample-reviews-transfer-learning"
@@ -126,7 +138,8 @@ def check_approval(require_approval: bool) -> None:
     if require_approval and not PREFECT_API_URL.value():
         raise ConfigError(
             Problem(
-                "require_approval", "needs a Prefect server to pause on: PREFECT_API_URL is not set (Prefect would use a temporary in-process one)",
+                "require_approval",
+                "needs a Prefect server to pause on: PREFECT_API_URL is not set (Prefect would use a temporary in-process one)",
                 "run `adaptflow stack up` or set PREFECT_API_URL, then retrain again; or run the retrain/retrain deployment",
             )
         )
@@ -166,46 +179,74 @@ def _retrain_locked(
     recorded = champion or (get_manifest(settings, name, latest.version) if latest else None)
     cfg = retrain_config(name, data, given, recorded)  # the champion's config, else the latest version's, else defaults
     if getattr(cfg, "task", "classification") != "classification":
-        raise ConfigError(Problem("task", f"retrain gates classification models only (got {cfg.task!r})", "retrain language models with `adaptflow run`"))
+        raise ConfigError(
+            Problem("task", f"retrain gates classification models only (got {cfg.task!r})", "retrain language models with `adaptflow run`")
+        )
     work_dir = cfg.resolved_work_dir()
     fetch = s3_fetcher() if any(ref and ref.startswith("s3://") for ref in (data, cfg.data.eval_data)) else None
     data_fp = input_fingerprint(data, work_dir, fetch)
     eval_fp = input_fingerprint(cfg.data.eval_data, work_dir, fetch, role="eval_data") if cfg.data.eval_data else None
     key = retrain_key(data_fp, eval_fp, cfg.model_dump(mode="json"), code_version())
     result: dict[str, Any] = {
-        "model_name": name, "data": data, "data_sha256": data_fp.get("sha256"), "retrain_key": key, "alias": alias,
-        "champion_before": current.version if current else None, "champion_after": current.version if current else None,
-        "candidate_version": None, "trained": False, "candidate_metrics": None, "champion_metrics": None, "eval_file": None,
+        "model_name": name,
+        "data": data,
+        "data_sha256": data_fp.get("sha256"),
+        "retrain_key": key,
+        "alias": alias,
+        "champion_before": current.version if current else None,
+        "champion_after": current.version if current else None,
+        "candidate_version": None,
+        "trained": False,
+        "candidate_metrics": None,
+        "champion_metrics": None,
+        "eval_file": None,
         "approval": None,
     }
     same_config = given is None or (champion is not None and _same_config(cfg, champion))
     if champion is not None and same_config and content(trained_on(champion)) == content(data_fp):
-        return _finish(result, started, "up_to_date", f"The data equals the training data of {name}:{current.version} (the {alias}); nothing to train.")
+        return _finish(
+            result, started, "up_to_date", f"The data equals the training data of {name}:{current.version} (the {alias}); nothing to train."
+        )
 
     candidate = find_trained(settings, name, key)
     if candidate is not None:
         get_run_logger().info(f"version {candidate} was trained from the same data, config and code: not training again")
         prepared = _prepared_again(cfg)
-        eval_file = export_eval_split(prepared.dataset_path, prepared.label_names, work_dir / "retrain" / name / f"eval-{prepared.manifest['key']}.csv")
+        eval_file = export_eval_split(
+            prepared.dataset_path, prepared.label_names, work_dir / "retrain" / name / f"eval-{prepared.manifest['key']}.csv"
+        )
     else:
-        summary = run_pipeline(cfg)
-        candidate = summary["version"]
+        trained = run_pipeline(cfg)
+        candidate = trained.version
         result["trained"] = True
-        prepared = open_prepared(Path(summary["prepared_data"]), reused=True)
-        eval_file = export_eval_split(prepared.dataset_path, prepared.label_names, Path(summary["run_dir"]) / "gate_eval.csv")
+        prepared = open_prepared(Path(trained.prepared_data), reused=True)
+        eval_file = export_eval_split(prepared.dataset_path, prepared.label_names, Path(trained.run_dir) / "gate_eval.csv")
 
     if current is not None and candidate == current.version:
         result["candidate_version"] = candidate
-        return _finish(result, started, "up_to_date", f"Version {candidate}, trained from the same data, config and code, already holds '{alias}'.")
+        return _finish(
+            result, started, "up_to_date", f"Version {candidate}, trained from the same data, config and code, already holds '{alias}'."
+        )
     decision = promote_task(
-        f"{name}:{candidate}", eval_data=str(eval_file), alias=alias, metric=metric, min_delta=min_delta, approval_timeout_s=approval_timeout_s
+        f"{name}:{candidate}",
+        eval_data=str(eval_file),
+        alias=alias,
+        metric=metric,
+        min_delta=min_delta,
+        approval_timeout_s=approval_timeout_s,
     )
     approval = {**asdict(decision.approval), "summary": decision.approval.describe()} if decision.approval else None
     result.update(
-        candidate_version=candidate, eval_file=str(eval_file), champion_after=candidate if decision.promoted else decision.previous_version,
-        candidate_metrics=decision.candidate_metrics, champion_metrics=decision.champion_metrics, approval=approval,
+        candidate_version=candidate,
+        eval_file=str(eval_file),
+        champion_after=candidate if decision.promoted else decision.previous_version,
+        candidate_metrics=decision.candidate_metrics,
+        champion_metrics=decision.champion_metrics,
+        approval=approval,
     )
-    return _finish(result, started, "promoted" if decision.promoted else "not_promoted", decision.reason[:1].upper() + decision.reason[1:] + ".")
+    return _finish(
+        result, started, "promoted" if decision.promoted else "not_promoted", decision.reason[:1].upper() + decision.reason[1:] + "."
+    )
 
 
 def _same_config(cfg: AdaptConfig, champion: dict[str, Any]) -> bool:
@@ -215,8 +256,9 @@ def _same_config(cfg: AdaptConfig, champion: dict[str, Any]) -> bool:
 def _prepared_again(cfg: AdaptConfig) -> PreparedData:
     """The prepared data of ``cfg`` (reused from the work folder when it is still there) for scoring."""
     model_path, found = check_inputs(cfg)
+    prepared = collect(found, prepare_data_task, cfg.data, model_path, cfg.resolved_work_dir()) if model_path is not None else None
     raise_together(found, mixed=InputError)
-    return prepare_data_task(cfg.data, model_path, cfg.resolved_work_dir())
+    return prepared
 
 
 def _finish(result: dict[str, Any], started: float, status: str, explanation: str) -> dict[str, Any]:

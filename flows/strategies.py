@@ -40,10 +40,19 @@ def _strategy_flow(name: str) -> Flow:
         work_dir: str | None = None,
         task: Literal["classification", "causal_lm"] = "classification",
     ) -> dict:
-        cfg = load_config({
-            "model": model, "task": task, "strategy": strategy, "data": data, "training": training, "launch": launch,
-            "registry": registry, "lm": lm, "work_dir": work_dir,
-        })
+        cfg = load_config(
+            {
+                "model": model,
+                "task": task,
+                "strategy": strategy,
+                "data": data,
+                "training": training,
+                "launch": launch,
+                "registry": registry,
+                "lm": lm,
+                "work_dir": work_dir,
+            }
+        )
         return run_pipeline(cfg)
 
     # The annotation drives the parameter schema, so the UI shows this strategy's fields.

@@ -28,6 +28,10 @@ from typing import Any
 
 import httpx
 import yaml
+from prefect.client.orchestration import get_client
+from prefect.client.schemas.actions import WorkPoolCreate
+from prefect.exceptions import ObjectNotFound
+from prefect.utilities.templating import apply_values
 
 from adaptflow.tasks.assets import asset, project_root
 from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
@@ -74,8 +78,6 @@ def load_specs(prefect_file: Path = PREFECT_FILE) -> list[DeploymentSpec]:
     ``ADAPTFLOW_PROJECT_DIR`` (the process pool's working directory) defaults to this checkout.
     Other placeholders (``{{ event.payload.data }}`` in a trigger) are left as they are.
     """
-    from prefect.utilities.templating import apply_values
-
     os.environ.setdefault("ADAPTFLOW_PROJECT_DIR", str(PROJECT_ROOT))
     raw = yaml.safe_load(prefect_file.read_text())
     specs = []
@@ -90,20 +92,25 @@ def check_names(specs: list[DeploymentSpec], names: list[str]) -> None:
     known = {spec.name for spec in specs}
     unknown = [name for name in names if name not in known]
     if unknown:
-        raise ConfigError(Problem("--name", f"no deployment named {', '.join(unknown)} in {PREFECT_FILE}", f"choose from {', '.join(sorted(known))}"))
+        raise ConfigError(
+            Problem("--name", f"no deployment named {', '.join(unknown)} in {PREFECT_FILE}", f"choose from {', '.join(sorted(known))}")
+        )
 
 
 def ensure_pools(specs: list[DeploymentSpec]) -> list[str]:
     """Create the work pools that ``specs`` name and the server lacks; returns the names created."""
-    from prefect.client.orchestration import get_client
-    from prefect.client.schemas.actions import WorkPoolCreate
-    from prefect.exceptions import ObjectNotFound
-    from prefect.workers.process import ProcessWorker
+    from prefect.workers.process import ProcessWorker  # Prefect's worker parts (0.2 s): only when a pool is created
 
     names = sorted({spec.pool for spec in specs})
     unknown = [name for name in names if name not in POOL_TYPES]
     if unknown:
-        raise ConfigError(Problem(str(PREFECT_FILE), f"work pool {', '.join(unknown)} is not one AdaptFlow knows how to create", f"use one of {', '.join(POOL_TYPES)}"))
+        raise ConfigError(
+            Problem(
+                str(PREFECT_FILE),
+                f"work pool {', '.join(unknown)} is not one AdaptFlow knows how to create",
+                f"use one of {', '.join(POOL_TYPES)}",
+            )
+        )
     created = []
     try:
         with get_client(sync_client=True) as client:
@@ -121,7 +128,13 @@ def ensure_pools(specs: list[DeploymentSpec]) -> list[str]:
                 created.append(name)
     except httpx.HTTPError as exc:
         url = os.environ.get("PREFECT_API_URL", "the Prefect server")
-        raise DeployError(Problem(url, f"creating the work pools failed: {type(exc).__name__}: {exc}", "start the server (`adaptflow stack up`) or fix PREFECT_API_URL")) from None
+        raise DeployError(
+            Problem(
+                url,
+                f"creating the work pools failed: {type(exc).__name__}: {exc}",
+                "start the server (`adaptflow stack up`) or fix PREFECT_API_URL",
+            )
+        ) from None
     return created
 
 
@@ -137,7 +150,9 @@ def run_prefect_deploy(names: list[str] | None, api_url: str) -> str:
     args = prefect_deploy_args(names)
     command = "prefect " + " ".join(args[3:]).replace(str(PROJECT_ROOT) + "/", "")
     try:
-        done = subprocess.run(args, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S)
+        done = subprocess.run(
+            args, cwd=PROJECT_ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=DEPLOY_TIMEOUT_S
+        )
     except subprocess.TimeoutExpired:
         raise DeployError(Problem(command, f"did not finish within {DEPLOY_TIMEOUT_S} s", f"check that {api_url} answers")) from None
     output = done.stdout + done.stderr

@@ -19,8 +19,10 @@ process matched by name.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -32,6 +34,10 @@ import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any, Callable
+
+import prefect
+from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
 
 from adaptflow.infra.stack import _CHILDREN, HOST, PORT_RANGE, _alive, _port_free
 from adaptflow.tasks.config import adaptflow_home
@@ -105,7 +111,9 @@ class PrefectStack:
         }
         base.pop("PREFECT_API_URL", None)
         log_offset = self.server_log.stat().st_size if self.server_log.exists() else 0
-        server = _spawn([sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)], base, self.server_log, self.dir)
+        server = _spawn(
+            [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)], base, self.server_log, self.dir
+        )
         database = (os.environ.get("PREFECT_API_DATABASE_CONNECTION_URL") or "sqlite").split(":", 1)[0]
         info = PrefectStackInfo(stack_id, api_url, port, server, None, WORK_POOL, str(self.prefect_home), database, _now())
         self._write_state(info)
@@ -114,7 +122,12 @@ class PrefectStack:
             wait_healthy(api_url, timeout, lambda: _alive(server), self.server_log, where, log_offset)
             if worker:
                 env = {**base, **(worker_env or {}), "PREFECT_API_URL": api_url}
-                pid = _spawn([sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"], env, self.worker_log, self.dir)
+                pid = _spawn(
+                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"],
+                    env,
+                    self.worker_log,
+                    self.dir,
+                )
                 info = PrefectStackInfo(**{**asdict(info), "worker_pid": pid})
                 self._write_state(info)
         except BaseException:
@@ -165,13 +178,82 @@ class PrefectStack:
         except FileNotFoundError:
             return None
         except (ValueError, TypeError) as exc:
-            raise ConfigError(Problem(str(self.state_path), f"corrupt Prefect stack state ({type(exc).__name__})", "stop the processes it names by hand, then delete it")) from None
+            raise ConfigError(
+                Problem(
+                    str(self.state_path),
+                    f"corrupt Prefect stack state ({type(exc).__name__})",
+                    "stop the processes it names by hand, then delete it",
+                )
+            ) from None
 
     def _write_state(self, info: PrefectStackInfo) -> None:
         self.dir.mkdir(parents=True, exist_ok=True)
         partial = self.state_path.with_name(".state.json.tmp")
         partial.write_text(json.dumps(asdict(info), indent=2))
         os.replace(partial, self.state_path)
+
+
+# ---- the server a CLI process reports to ------------------------------------------------
+
+
+def cli_settings() -> dict[Any, Any]:
+    """Prefect settings for a CLI process: the stack's server when it runs, and a patient temporary server.
+
+    An explicit ``PREFECT_API_URL`` (environment or Prefect profile) wins. Otherwise, when
+    ``adaptflow stack up`` started a server for this ADAPTFLOW_HOME, every run, compare,
+    retrain and predict goes there, so it shows in that UI. With neither, Prefect starts a
+    temporary server inside this process, as ``prefect`` itself does. Prefect reads its
+    environment once, at import, so these are applied as settings, not environment variables.
+    """
+    updates: dict[Any, Any] = {}
+    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
+        # Four `adaptflow run` started at once on 2 cores took longer than Prefect's 20 s default
+        # to bring up their temporary servers, and all failed.
+        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 180
+    if not get_current_settings().api.url:
+        info = PrefectStack(adaptflow_home()).status()
+        if info is not None:
+            updates[PREFECT_API_URL] = info.api_url
+    return updates
+
+
+def connect(say: Callable[[str], None]) -> None:
+    """Say (with ``say``) which Prefect server the coming flow run reports to; start the temporary one if there is none.
+
+    Temporary servers of several ``adaptflow`` processes share one SQLite database under
+    PREFECT_HOME. Started at the same moment before that database existed, four of them all
+    hung in their start-up, each creating the schema. So the first one creates it alone,
+    under a lock file, and the others wait for it; with the database in place they start
+    side by side. Each still serves its own process only.
+    """
+    settings = get_current_settings()
+    if settings.api.url:
+        say(f"Prefect server: {settings.api.url.removesuffix('/').removesuffix('/api')} (the run shows in its UI)")
+        return
+    say("Prefect server: a temporary one in this process (`adaptflow stack up` keeps runs in a UI)")
+    from prefect.server.api.server import SubprocessASGIServer  # Prefect's server parts: only when a temporary server is needed
+
+    server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
+    home = Path(settings.home)
+    home.mkdir(parents=True, exist_ok=True)
+    with open(home / "adaptflow-temporary-server.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        try:
+            if not _sqlite_database_exists(settings.server.database.connection_url.get_secret_value()):
+                server.start()
+        finally:
+            fcntl.flock(lock, fcntl.LOCK_UN)
+    server.start()  # no-op when it started above
+
+
+def _sqlite_database_exists(url: str) -> bool:
+    """Whether a SQLite database URL names a file that exists (other databases: True, nothing to create here)."""
+    if not url.startswith("sqlite"):
+        return True
+    return Path(url.split(":///", 1)[-1]).exists()
+
+
+# ---- helpers ------------------------------------------------------------------------------
 
 
 def wait_healthy(api_url: str, timeout: float, alive, log: Path, database: str = "the Prefect database", log_offset: int = 0) -> None:
@@ -189,7 +271,13 @@ def wait_healthy(api_url: str, timeout: float, alive, log: Path, database: str =
         except (urllib.error.URLError, OSError):
             pass
         time.sleep(0.5)
-    raise ConfigError(Problem(api_url, f"the Prefect server did not answer within {timeout:.0f} s; last lines of {log}:\n{_tail(log)}", "retry, or read the log"))
+    raise ConfigError(
+        Problem(
+            api_url,
+            f"the Prefect server did not answer within {timeout:.0f} s; last lines of {log}:\n{_tail(log)}",
+            "retry, or read the log",
+        )
+    )
 
 
 def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigError | None:
@@ -204,8 +292,6 @@ def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigErr
     found = re.findall(r"Can't locate revision identified by '([^']+)'", text)
     if not found:
         return None
-    import prefect
-
     return ConfigError(
         Problem(
             database,
@@ -219,7 +305,9 @@ def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigErr
 def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> int:
     log.parent.mkdir(parents=True, exist_ok=True)
     with open(log, "ab") as handle:
-        proc = subprocess.Popen(args, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True)
+        proc = subprocess.Popen(
+            args, stdin=subprocess.DEVNULL, stdout=handle, stderr=subprocess.STDOUT, cwd=cwd, env=env, start_new_session=True
+        )
     _CHILDREN[proc.pid] = proc
     return proc.pid
 
@@ -244,8 +332,6 @@ def _stop_group(pid: int) -> None:
 
 
 def _free_port() -> int:
-    import random
-
     for _ in range(500):
         port = random.randrange(*PORT_RANGE)
         if _port_free(port):

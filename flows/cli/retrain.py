@@ -1,6 +1,6 @@
 """``adaptflow retrain`` (the retrain flow for CI systems without a Prefect server) and ``adaptflow deploy``.
 
-Registered on the app in ``flows/cli.py``.
+Registered on the app in ``flows/cli/app.py``.
 """
 
 from __future__ import annotations
@@ -13,7 +13,11 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem, run_all
+from adaptflow.flows.cli.common import connect_prefect, out, quiet_prefect_tracebacks, reported
+from adaptflow.infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
+from adaptflow.infra.prefect_stack import PrefectStack
+from adaptflow.tasks.config import load_config, load_config_file
+from adaptflow.tasks.errors import ConfigError, Problem, run_all
 
 NOT_BETTER_EXIT = 10
 """Exit code of ``adaptflow retrain --fail-if-not-better`` when the candidate did not beat the champion."""
@@ -22,9 +26,18 @@ MetricChoice = Enum("MetricChoice", {m: m for m in ("macro_f1", "accuracy", "mac
 
 
 def retrain_command(
-    data: str = typer.Option(..., "--data", "-d", help="The current training data: CSV, TSV, JSONL or Parquet file, or an s3:// URI of one."),
-    model_name: str = typer.Option(..., "--model-name", "-m", help="Registry name of the model to retrain; its champion's recorded configuration is reused."),
-    config: Optional[Path] = typer.Option(None, "--config", "-c", help="Train with this YAML/JSON config (as `adaptflow run --print-config` writes) instead of the champion's."),
+    data: str = typer.Option(
+        ..., "--data", "-d", help="The current training data: CSV, TSV, JSONL or Parquet file, or an s3:// URI of one."
+    ),
+    model_name: str = typer.Option(
+        ..., "--model-name", "-m", help="Registry name of the model to retrain; its champion's recorded configuration is reused."
+    ),
+    config: Optional[Path] = typer.Option(
+        None,
+        "--config",
+        "-c",
+        help="Train with this YAML/JSON config (as `adaptflow run --print-config` writes) instead of the champion's.",
+    ),
     metric: MetricChoice = typer.Option("macro_f1", "--metric", help="Metric on which the candidate must beat the champion."),
     min_delta: float = typer.Option(0.0, "--min-delta", min=0, help="Promote only if the candidate's metric >= champion's + this."),
     alias: str = typer.Option("champion", "--alias", help="The alias marking the version in production."),
@@ -32,10 +45,15 @@ def retrain_command(
         False, "--fail-if-not-better", help=f"Exit with {NOT_BETTER_EXIT} when a candidate was trained but not promoted (default: exit 0)."
     ),
     require_approval: bool = typer.Option(
-        False, "--require-approval", help="Before moving the alias, pause the run until a person approves it in the Prefect UI (Resume on the run). Needs a Prefect server."
+        False,
+        "--require-approval",
+        help="Before moving the alias, pause the run until a person approves it in the Prefect UI (Resume on the run). Needs a Prefect server.",
     ),
     approval_timeout: Optional[int] = typer.Option(
-        None, "--approval-timeout", metavar="SECONDS", help="With --require-approval: how long to wait for the answer (default 12 h, at most 7 days)."
+        None,
+        "--approval-timeout",
+        metavar="SECONDS",
+        help="With --require-approval: how long to wait for the answer (default 12 h, at most 7 days).",
     ),
 ) -> None:
     """Retrain a model if its data changed, and promote the result only if it is better.
@@ -50,28 +68,28 @@ def retrain_command(
 
     Example (CI):  adaptflow retrain --data data/reviews.csv --model-name reviews --fail-if-not-better
     """
-    from adaptflow.flows.cli.app import _fail, connect_prefect, out, quiet_prefect_tracebacks
-    from adaptflow.flows.retrain import check_approval, retrain
-    from adaptflow.tasks.config import load_config, load_config_file
-    from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S
+    from adaptflow.flows.retrain import check_approval, retrain  # imports torch: `adaptflow --help` and `models` stay fast without
+    from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S  # imports torch, as above
 
-    try:
+    with reported():
         given, _, _ = run_all(
             lambda: load_config(load_config_file(config)) if config else None,
             lambda: check_approval(require_approval),
             lambda: check_approval_timeout(approval_timeout, require_approval),
         )
-    except AdaptFlowError as exc:
-        raise _fail(exc) from None
     quiet_prefect_tracebacks()
     connect_prefect()
-    try:
+    with reported():
         result = retrain(
-            model_name=model_name, data=data, config=given, metric=metric.value, min_delta=min_delta, alias=alias,
-            require_approval=require_approval, approval_timeout_s=approval_timeout or DEFAULT_APPROVAL_TIMEOUT_S,
+            model_name=model_name,
+            data=data,
+            config=given,
+            metric=metric.value,
+            min_delta=min_delta,
+            alias=alias,
+            require_approval=require_approval,
+            approval_timeout_s=approval_timeout or DEFAULT_APPROVAL_TIMEOUT_S,
         )
-    except AdaptFlowError as exc:
-        raise _fail(exc) from None
     out.print(result_table(result))
     trained = "trained a candidate" if result["trained"] else "trained nothing"
     out.print(f"[bold]{result['status'].replace('_', ' ')}[/]: {result['explanation']}", highlight=False)
@@ -82,7 +100,7 @@ def retrain_command(
 
 def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
     """--approval-timeout within the flow's bounds, and only with --require-approval (alone it would approve nothing)."""
-    from adaptflow.tasks.promotion import MAX_APPROVAL_TIMEOUT_S
+    from adaptflow.tasks.promotion import MAX_APPROVAL_TIMEOUT_S  # imports torch: `adaptflow --help` and `models` stay fast without
 
     if seconds is None:
         return
@@ -90,7 +108,9 @@ def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
     if not 0 < seconds <= MAX_APPROVAL_TIMEOUT_S:
         problems.append(Problem("--approval-timeout", f"must be 1 to {MAX_APPROVAL_TIMEOUT_S} seconds (7 days), got {seconds}"))
     if not require_approval:
-        problems.append(Problem("--approval-timeout", "only applies with --require-approval", "add --require-approval, or drop --approval-timeout"))
+        problems.append(
+            Problem("--approval-timeout", "only applies with --require-approval", "add --require-approval, or drop --approval-timeout")
+        )
     if problems:
         raise ConfigError(problems)
 
@@ -119,7 +139,9 @@ def _text(value: object) -> str:
 
 
 def deploy_command(
-    name: Optional[list[str]] = typer.Option(None, "--name", "-n", help="Deploy only this deployment (repeatable), e.g. -n retrain. Default: all of them."),
+    name: Optional[list[str]] = typer.Option(
+        None, "--name", "-n", help="Deploy only this deployment (repeatable), e.g. -n retrain. Default: all of them."
+    ),
 ) -> None:
     """Register AdaptFlow's deployments (deployments/prefect.yaml) on a Prefect server, with Prefect's own `prefect deploy`.
 
@@ -131,10 +153,7 @@ def deploy_command(
 
     Each deployment gets its parameter schema (enforced by the server), schedules, pull steps and, for retrain, the trigger on the event adaptflow.data.arrived. Deploying again updates them.
     """
-    from adaptflow.flows.cli.app import _fail, out
-    from adaptflow.infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
-
-    try:
+    with reported():
         api_url = prefect_env()["PREFECT_API_URL"]
         os.environ["PREFECT_API_URL"] = api_url
         specs = load_specs()
@@ -142,12 +161,14 @@ def deploy_command(
         created = ensure_pools(specs)
         if created:
             out.print(f"created work pools: {', '.join(created)}")
-        out.print(f"running prefect deploy for {', '.join(name) if name else 'every deployment'} of {PREFECT_FILE.relative_to(PREFECT_FILE.parents[1])} ...")
+        out.print(
+            f"running prefect deploy for {', '.join(name) if name else 'every deployment'} of {PREFECT_FILE.relative_to(PREFECT_FILE.parents[1])} ..."
+        )
         run_prefect_deploy(name, api_url)
-    except AdaptFlowError as exc:
-        raise _fail(exc) from None
     out.print(deployments_table([spec for spec in specs if not name or spec.name in name], api_url))
-    out.print("Trigger one from the UI (Deployments -> retrain -> Run -> Custom run) or: prefect deployment run retrain/retrain --param model_name=NAME --param data=PATH")
+    out.print(
+        "Trigger one from the UI (Deployments -> retrain -> Run -> Custom run) or: prefect deployment run retrain/retrain --param model_name=NAME --param data=PATH"
+    )
 
 
 def deployments_table(specs: list, api_url: str) -> Table:
@@ -156,7 +177,13 @@ def deployments_table(specs: list, api_url: str) -> Table:
     for column in ("deployment", "entrypoint", "work pool", "schedules", "triggers"):
         table.add_column(column)
     for spec in specs:
-        schedules = ", ".join(f"{s.get('cron') or 'every ' + str(s.get('interval')) + ' s'} ({s.get('slug', '')})" for s in spec.config.get("schedules") or []) or "-"
+        schedules = (
+            ", ".join(
+                f"{s.get('cron') or 'every ' + str(s.get('interval')) + ' s'} ({s.get('slug', '')})"
+                for s in spec.config.get("schedules") or []
+            )
+            or "-"
+        )
         triggers = ", ".join(", ".join(t.get("expect") or []) for t in spec.config.get("triggers") or []) or "-"
         table.add_row(spec.name, spec.entrypoint, spec.pool, schedules, triggers)
     return table
@@ -164,11 +191,15 @@ def deployments_table(specs: list, api_url: str) -> Table:
 
 def prefect_env() -> dict[str, str]:
     """PREFECT_API_URL: as set, else the server `adaptflow stack up` started."""
-    from adaptflow.infra.prefect_stack import PrefectStack
-
     if os.environ.get("PREFECT_API_URL"):
         return {"PREFECT_API_URL": os.environ["PREFECT_API_URL"]}
     info = PrefectStack().status()
     if info is None:
-        raise ConfigError(Problem("PREFECT_API_URL", "is not set and no Prefect server of `adaptflow stack up` is running", "run `adaptflow stack up` or set PREFECT_API_URL"))
+        raise ConfigError(
+            Problem(
+                "PREFECT_API_URL",
+                "is not set and no Prefect server of `adaptflow stack up` is running",
+                "run `adaptflow stack up` or set PREFECT_API_URL",
+            )
+        )
     return {"PREFECT_API_URL": info.api_url}

@@ -1,8 +1,9 @@
 """Data for language-model training: domain text and prompt/response (or chat) examples.
 
-Two kinds of prepared data, written like the classification data of ``tasks/data.py``
-(a ``datasets`` folder + ``manifest.json`` under ``WORK_DIR/prepared/<key>``, reused when
-the same inputs and settings come again):
+Two kinds of prepared data, written to the same prepared-data store as the classification
+data (:mod:`adaptflow.tasks.data.store`: a ``datasets`` folder + ``manifest.json`` under
+``WORK_DIR/prepared/<key>``, reused when the same inputs and settings come again), from
+inputs read by the same sources and readers:
 
 - ``domain``: unlabelled text (a ``.txt`` file with one paragraph per line, or the text
   column of a CSV / TSV / JSONL / Parquet file) for continued pre-training. Every text
@@ -28,27 +29,19 @@ import hashlib
 import json
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from pathlib import Path, PurePosixPath
+from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 
 from adaptflow.tasks.config import DataConfig, LanguageModelConfig
-from adaptflow.tasks.data import (
-    MANIFEST,
-    Fetch,
-    PreparedData,
-    Table,
-    _decode,
-    _publish,
-    open_prepared,
-    read_data_file,
-    sha256_file,
-    text_column_of,
-    texts_of,
-    tokenizer_identity,
-)
+from adaptflow.tasks.data.columns import text_column_of, texts_of
+from adaptflow.tasks.data.readers import Table, read_data_file, read_text
+from adaptflow.tasks.data.sources import Fetch, download, sha256_file
+from adaptflow.tasks.data.store import MANIFEST, PreparedData, open_prepared, publish
+from adaptflow.tasks.data.tokenize import tokenizer_identity
 from adaptflow.tasks.errors import DataError, ModelError, Problem, run_all
+from adaptflow.tasks.storage.settings import is_s3_uri
 
 IGNORE = -100
 LM_PREP_FORMAT = 1
@@ -71,13 +64,8 @@ class Example:
 
 def local_path(given: str, work_dir: Path, fetch: Fetch | None, flag: str) -> Path:
     """The local file of ``given`` (an ``s3://`` object is downloaded with ``fetch``)."""
-    if given.startswith("s3://"):
-        if fetch is None:
-            raise DataError(Problem(given, "is on S3 but no S3 storage is configured", "set ADAPTFLOW_S3_ENDPOINT_URL and the S3 keys"))
-        dest = Path(work_dir) / "downloads" / hashlib.sha256(given.encode()).hexdigest()[:16]
-        got = Path(fetch(given, dest))
-        inner = got / PurePosixPath(given).name
-        return inner if got.is_dir() and inner.is_file() else got
+    if is_s3_uri(given):
+        return download(given, work_dir, fetch)
     path = Path(given).expanduser()
     if not path.is_file():
         raise DataError(Problem(given, "is a folder, not a file" if path.is_dir() else "no such file", f"check the path given as {flag}"))
@@ -87,7 +75,7 @@ def local_path(given: str, work_dir: Path, fetch: Fetch | None, flag: str) -> Pa
 def read_domain_texts(given: str, path: Path, text_column: str | None) -> list[str]:
     """Non-empty paragraphs of a ``.txt`` file (one per line) or of a table's text column."""
     if path.suffix.lower() in (".txt", ".text", ".md"):
-        texts = [line.strip() for line in _decode(path, given).splitlines()]
+        texts = [line.strip() for line in read_text(path, given).splitlines()]
     else:
         table = read_data_file(given, path)
         texts = [t.strip() for t in texts_of(table, text_column_of(table, text_column, {"label"}))]
@@ -116,7 +104,11 @@ def read_sft_rows(table: Table, cfg: LanguageModelConfig) -> list[Conversation]:
         flags = {cfg.prompt_column: "--prompt-column", cfg.response_column: "--response-column", cfg.messages_column: "--messages-column"}
         raise DataError(
             [
-                Problem(table.origin, f"has no column {c!r} (columns: {', '.join(map(str, frame.columns))})", f"name the right column with {flags[c]}")
+                Problem(
+                    table.origin,
+                    f"has no column {c!r} (columns: {', '.join(map(str, frame.columns))})",
+                    f"name the right column with {flags[c]}",
+                )
                 for c in missing
             ]
         )
@@ -125,7 +117,9 @@ def read_sft_rows(table: Table, cfg: LanguageModelConfig) -> list[Conversation]:
         if cfg.messages_column:
             conv = _conversation(frame[cfg.messages_column].iloc[i])
             if isinstance(conv, str):
-                problems.append(Problem(table.where(i), conv, "each row needs a list of {role, content} messages ending with an assistant message"))
+                problems.append(
+                    Problem(table.where(i), conv, "each row needs a list of {role, content} messages ending with an assistant message")
+                )
                 continue
             rows.append(conv)
             continue
@@ -172,6 +166,7 @@ def _conversation(value: Any) -> Conversation | str:
 
 def load_lm_tokenizer(path: Path) -> Any:
     """The model folder's tokenizer, with an EOS (the SEP token when it has none) and a pad token (EOS)."""
+    # transformers is heavy: imported only when this runs
     from transformers import AutoTokenizer
 
     try:
@@ -269,12 +264,21 @@ def prepare_lm_data(
         lambda: local_path(cfg.eval_data, work_dir, fetch, "--eval-data") if cfg.eval_data else None,
         catch=DataError,
     )
-    inputs = {role: {"given": given, "sha256": sha256_file(p)[0]} for role, given, p in zip(("data", "eval_data"), (cfg.data, cfg.eval_data), paths) if p}
+    inputs = {
+        role: {"given": given, "sha256": sha256_file(p)[0]}
+        for role, given, p in zip(("data", "eval_data"), (cfg.data, cfg.eval_data), paths)
+        if p
+    }
     tokenizer_id = tokenizer_identity(Path(tokenizer_dir))
     lm_config = lm.model_dump(mode="json", exclude={"generation_samples", "generation_max_new_tokens"})  # what shapes the data
     payload = {
-        "format": LM_PREP_FORMAT, "kind": kind, "decoder": is_decoder, "inputs": inputs, "data_config": cfg.model_dump(mode="json"),
-        "lm_config": lm_config, "tokenizer": tokenizer_id["sha256"],
+        "format": LM_PREP_FORMAT,
+        "kind": kind,
+        "decoder": is_decoder,
+        "inputs": inputs,
+        "data_config": cfg.model_dump(mode="json"),
+        "lm_config": lm_config,
+        "tokenizer": tokenizer_id["sha256"],
     }
     key = f"lm-{kind}-" + hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
     folder = Path(work_dir) / "prepared" / key
@@ -288,7 +292,9 @@ def prepare_lm_data(
             return read_domain_texts(given, path, cfg.text_column)
         return read_sft_rows(read_data_file(given, path), lm)
 
-    train_rows, eval_rows = run_all(lambda: read(cfg.data, paths[0]), lambda: read(cfg.eval_data, paths[1]) if paths[1] else None, catch=DataError)
+    train_rows, eval_rows = run_all(
+        lambda: read(cfg.data, paths[0]), lambda: read(cfg.eval_data, paths[1]) if paths[1] else None, catch=DataError
+    )
     if eval_rows is None:
         train_idx, eval_idx = _split(len(train_rows), cfg.eval_fraction, cfg.data_seed)
         train_rows, eval_rows = [train_rows[i] for i in train_idx], [train_rows[i] for i in eval_idx]
@@ -323,12 +329,13 @@ def prepare_lm_data(
         "data_config": cfg.model_dump(mode="json"),
         "lm_config": lm_config,
     }
-    _publish(folder, dataset, manifest)
+    publish(folder, dataset, manifest)
     return open_prepared(folder, reused=False)
 
 
 def _to_dataset(train: list[Example], held: list[Example], pack_into: int | None) -> tuple[Any, dict]:
     """The datasets of both splits; training rows packed into blocks of ``pack_into`` tokens when given."""
+    # datasets is heavy: imported only when this runs
     from datasets import Dataset, DatasetDict
 
     if pack_into:

@@ -256,14 +256,18 @@ def overfitting_check(
         loss_ratio=ratio,
     )
     if len(series) < 2:
-        result["reason"] = f"not enough evaluations (1 on the '{split}' split; at least 2 are needed to see a trend; set training.eval_every)"
+        result["reason"] = (
+            f"not enough evaluations (1 on the '{split}' split; at least 2 are needed to see a trend; set training.eval_every)"
+        )
         return result
 
     findings: list[str] = []
     notes: list[str] = []
     rose = final_loss > best_loss * (1 + tolerance)
     if rose and last - best >= min_evals_after_best:
-        rise = f"{split} loss rose {relative:+.1%} from its best {best_loss:.4f} (step {steps[best]}) to {final_loss:.4f} (step {steps[last]})"
+        rise = (
+            f"{split} loss rose {relative:+.1%} from its best {best_loss:.4f} (step {steps[best]}) to {final_loss:.4f} (step {steps[last]})"
+        )
         if train_best is None or train_final is None:
             notes.append(f"{rise}, but no training loss was logged to tell overfitting from unstable training")
         elif train_final < train_best:
@@ -357,8 +361,14 @@ def plot_loss_curves(history: Sequence[dict], evals: Sequence[dict], path: Path,
     if series:
         best = min(series, key=lambda r: r["eval_loss"])
         ax.plot(
-            [best["step"]], [best["eval_loss"]], marker="*", markersize=18, color="gold",
-            markeredgecolor="black", linestyle="none", zorder=5,
+            [best["step"]],
+            [best["eval_loss"]],
+            marker="*",
+            markersize=18,
+            color="gold",
+            markeredgecolor="black",
+            linestyle="none",
+            zorder=5,
             label=f"best {split} loss {best['eval_loss']:.4f} (step {best['step']})",
         )
         ax.axvline(best["step"], color="gray", linestyle=":", linewidth=1)
@@ -410,12 +420,21 @@ def plot_confusion_matrix(cm: Sequence[Sequence[int]], label_names: Sequence[str
         for j in range(k):
             text = f"{counts[i, j]}\n{shares[i, j]:.1%}" if two_lines else f"{counts[i, j]}\n{shares[i, j]:.0%}"
             dark = colours[i, j] > 0.55 * vmax
-            ax.text(j, i, text, ha="center", va="center", fontsize=font, color="white" if dark else "black",
-                    fontweight="bold" if i == j else "normal")
+            ax.text(
+                j,
+                i,
+                text,
+                ha="center",
+                va="center",
+                fontsize=font,
+                color="white" if dark else "black",
+                fontweight="bold" if i == j else "normal",
+            )
 
     names = [_short(str(n)) for n in label_names]
-    ax.set_xticks(range(k), names, rotation=45 if k > 3 or max(map(len, names)) > 10 else 0, ha="right" if k > 3 else "center",
-                  fontsize=max(font, 8))
+    ax.set_xticks(
+        range(k), names, rotation=45 if k > 3 or max(map(len, names)) > 10 else 0, ha="right" if k > 3 else "center", fontsize=max(font, 8)
+    )
     ax.set_yticks(range(k), names, fontsize=max(font, 8))
     ax.set_xlabel("predicted label")
     ax.set_ylabel("true label")
@@ -465,7 +484,9 @@ class EvaluationReport:
 
 def _read_json(path: Path, what: str, problems: list[Problem]) -> dict | None:
     if not path.is_file():
-        problems.append(Problem(str(path), f"{what} is missing", "the training worker writes it at the end of a successful run; check the worker's log"))
+        problems.append(
+            Problem(str(path), f"{what} is missing", "the training worker writes it at the end of a successful run; check the worker's log")
+        )
         return None
     try:
         data = json.loads(path.read_text())
@@ -503,7 +524,9 @@ def _check_predictions(path: Path, data: dict, problems: list[Problem]) -> None:
         if names is not None:
             bad = sorted({v for v in values if not 0 <= v < len(names)})
             if bad:
-                problems.append(Problem(where, f"'{key}' hold class ids outside 0..{len(names) - 1} ({len(names)} label names): {bad[:10]}"))
+                problems.append(
+                    Problem(where, f"'{key}' hold class ids outside 0..{len(names) - 1} ({len(names)} label names): {bad[:10]}")
+                )
     if len(columns) == 2:
         n_labels, n_predictions = len(columns["labels"]), len(columns["predictions"])
         if n_labels != n_predictions:
@@ -512,8 +535,10 @@ def _check_predictions(path: Path, data: dict, problems: list[Problem]) -> None:
             problems.append(Problem(where, "holds no predictions (is the evaluation split empty?)"))
     probabilities = data.get("probabilities")
     if probabilities is not None and "labels" in columns and names is not None:
-        if not isinstance(probabilities, list) or len(probabilities) != len(columns["labels"]) or not all(
-            isinstance(row, list) and len(row) == len(names) for row in probabilities
+        if (
+            not isinstance(probabilities, list)
+            or len(probabilities) != len(columns["labels"])
+            or not all(isinstance(row, list) and len(row) == len(names) for row in probabilities)
         ):
             problems.append(Problem(where, f"'probabilities' must hold one row of {len(names)} numbers per example"))
     if data.get("eval_loss") is not None and not _is_number(data["eval_loss"]):
@@ -726,7 +751,9 @@ def evaluate_task(run_dir: Path) -> EvaluationReport:
     create_table_artifact(per_class_table(report), key="per-class-metrics", description="Per-class precision, recall and F1")
     create_markdown_artifact(metrics_markdown(report), key="evaluation", description=f"Evaluation of {run_dir.name}")
     plots = [("Loss curves", report.loss_curves_path), ("Confusion matrix", report.confusion_matrix_path)]
-    create_markdown_artifact(plots_markdown(plots), key="evaluation-plots", description=f"Loss curves and confusion matrix of {run_dir.name}")
+    create_markdown_artifact(
+        plots_markdown(plots), key="evaluation-plots", description=f"Loss curves and confusion matrix of {run_dir.name}"
+    )
     m = report.metrics
     get_run_logger().info(
         f"accuracy {m['accuracy']:.4f}, macro-F1 {m['macro_f1']:.4f}; overfitting: {report.overfitting['reason']}; "

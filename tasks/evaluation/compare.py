@@ -15,10 +15,9 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from matplotlib.figure import Figure
-from pydantic import Field, ValidationError, model_validator
+from pydantic import Field, model_validator
 
 from adaptflow.tasks.config import (
-    STRICT,
     TASK_STRATEGY_NAMES,
     AdaptConfig,
     DataConfig,
@@ -32,8 +31,8 @@ from adaptflow.tasks.config import (
     TransferLearning,
     _Frozen,
     adaptflow_home,
-    config_error_from,
     shared_field,
+    validate_strictly,
 )
 from adaptflow.tasks.evaluation.classification import save_figure
 
@@ -41,6 +40,10 @@ CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first 
 REPORT_FILE = "compare_report.json"
 CHART_FILE = "quality_vs_cost.png"
 SEARCH_DATA = "search_data"
+CONCURRENCY_HELP = (
+    "Strategies trained at the same time. 1 on CPU: parallel trainings fight for the same cores and "
+    "memory bandwidth, which distorts the time and samples/s being compared. Raise it with one GPU per training."
+)
 TIE_TOLERANCE = 0.005  # accuracy differences below half a point are called a tie
 
 
@@ -86,20 +89,16 @@ class CompareConfig(_Frozen):
     search_lora_ranks: list[int] = Field(
         default_factory=list, description="Hyper-parameter search: LoRA ranks to try (lora only), e.g. 4,8,16. Empty: the configured rank."
     )
-    search_patience: int = Field(2, ge=1, description="Early stopping patience (in evaluations on the validation split) of each search trial.")
+    search_patience: int = Field(
+        2, ge=1, description="Early stopping patience (in evaluations on the validation split) of each search trial."
+    )
     max_train_seconds: float | None = Field(
         None, gt=0, description="Recommendation: the best strategy whose train time is at most this many seconds."
     )
     max_memory_mb: float | None = Field(
         None, gt=0, description="Recommendation: the best strategy whose peak memory is at most this many MB."
     )
-    concurrency: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="Strategies trained at the same time. 1 on CPU: parallel trainings fight for the same cores and "
-        "memory bandwidth, which distorts the time and samples/s being compared. Raise it with one GPU per training.",
-    )
+    concurrency: int = Field(1, ge=1, le=16, description=CONCURRENCY_HELP)
 
     @model_validator(mode="after")
     def _checks(self) -> "CompareConfig":
@@ -110,7 +109,9 @@ class CompareConfig(_Frozen):
         if len(set(names)) != len(names):
             problems.append(f"strategies: each strategy once (got {', '.join(names)})")
         if others := [n for n in names if n not in CLASSIFICATION_STRATEGIES]:
-            problems.append(f"strategies: compare takes classification strategies ({', '.join(CLASSIFICATION_STRATEGIES)}), not {', '.join(others)}")
+            problems.append(
+                f"strategies: compare takes classification strategies ({', '.join(CLASSIFICATION_STRATEGIES)}), not {', '.join(others)}"
+            )
         if self.budget_examples and self.budget_seconds:
             problems.append("budget_examples and budget_seconds: give one budget, not both")
         if self.search_enabled() and self.data.validation_fraction == 0:
@@ -146,12 +147,7 @@ def load_compare_config(raw: dict[str, Any] | CompareConfig) -> CompareConfig:
 
     Strict like :func:`adaptflow.tasks.config.load_config`: a field of another strategy is an error.
     """
-    if isinstance(raw, CompareConfig):
-        return raw
-    try:
-        return CompareConfig.model_validate(raw, context={STRICT: True})
-    except ValidationError as exc:
-        raise config_error_from(exc) from None
+    return validate_strictly(CompareConfig, raw)
 
 
 def _updated(cfg: AdaptConfig, training: dict | None = None, strategy: dict | None = None) -> AdaptConfig:
@@ -220,12 +216,14 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     """
     from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
 
-    from adaptflow.tasks.data import open_prepared
+    from adaptflow.tasks.data.store import open_prepared
 
     source = open_prepared(Path(prepared_path), reused=True)
     if (dest / "manifest.json").is_file():
         return dest
-    view = DatasetDict({"train": load_from_disk(str(source.dataset_path / "train")), "eval": load_from_disk(str(source.dataset_path / "validation"))})
+    view = DatasetDict(
+        {"train": load_from_disk(str(source.dataset_path / "train")), "eval": load_from_disk(str(source.dataset_path / "validation"))}
+    )
     view.save_to_disk(str(dest / source.dataset_path.name))
     manifest = {**source.manifest, "search_view_of": str(prepared_path), "splits": {"train": len(view["train"]), "eval": len(view["eval"])}}
     (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
@@ -245,15 +243,17 @@ def pareto_front(rows: Sequence[dict[str, Any]], cost: str, quality: str = "accu
     flags = []
     for r in rows:
         dominated = any(
-            o is not r and o[cost] <= r[cost] and o[quality] >= r[quality] and (o[cost] < r[cost] or o[quality] > r[quality])
-            for o in rows
+            o is not r and o[cost] <= r[cost] and o[quality] >= r[quality] and (o[cost] < r[cost] or o[quality] > r[quality]) for o in rows
         )
         flags.append(not dominated)
     return flags
 
 
-def recommend(rows: Sequence[dict[str, Any]], max_train_seconds: float | None = None, max_memory_mb: float | None = None, tie: float = TIE_TOLERANCE) -> dict[str, Any]:
+def recommend(
+    rows: Sequence[dict[str, Any]], max_train_seconds: float | None = None, max_memory_mb: float | None = None, tie: float = TIE_TOLERANCE
+) -> dict[str, Any]:
     """The best quality overall, and the best within the given time/memory budget, with the reasons in words."""
+
     def best_of(candidates):
         return max(candidates, key=lambda r: (r["accuracy"], r["macro_f1"], -r["train_runtime_s"]))
 
@@ -267,26 +267,36 @@ def recommend(rows: Sequence[dict[str, Any]], max_train_seconds: float | None = 
             f"Tie: {names} {'is' if len(close) == 1 else 'are'} within {100 * tie:.1f} accuracy points of it, which is within "
             f"the noise of one run; the cheapest of them to train is **{cheapest['strategy']}** ({cheapest['train_runtime_s']:.1f} s)."
         )
-    result: dict[str, Any] = {"best_quality": best["strategy"], "tied_with": [r["strategy"] for r in close], "within_budget": None,
-                              "budget": {"max_train_seconds": max_train_seconds, "max_memory_mb": max_memory_mb}}
+    result: dict[str, Any] = {
+        "best_quality": best["strategy"],
+        "tied_with": [r["strategy"] for r in close],
+        "within_budget": None,
+        "budget": {"max_train_seconds": max_train_seconds, "max_memory_mb": max_memory_mb},
+    }
     if max_train_seconds or max_memory_mb:
         parts = [f"train time <= {max_train_seconds:g} s"] if max_train_seconds else []
         parts += [f"peak memory <= {max_memory_mb:g} MB"] if max_memory_mb else []
         limits = " and ".join(parts)
         fitting = [
-            r for r in rows
-            if (not max_train_seconds or r["train_runtime_s"] <= max_train_seconds) and (not max_memory_mb or r["peak_memory_mb"] <= max_memory_mb)
+            r
+            for r in rows
+            if (not max_train_seconds or r["train_runtime_s"] <= max_train_seconds)
+            and (not max_memory_mb or r["peak_memory_mb"] <= max_memory_mb)
         ]
         if fitting:
             pick = best_of(fitting)
             result["within_budget"] = pick["strategy"]
-            lines.append(f"Best within your budget ({limits}): **{pick['strategy']}** (accuracy {pick['accuracy']:.4f}, "
-                         f"{pick['train_runtime_s']:.1f} s, {pick['peak_memory_mb']:.0f} MB).")
+            lines.append(
+                f"Best within your budget ({limits}): **{pick['strategy']}** (accuracy {pick['accuracy']:.4f}, "
+                f"{pick['train_runtime_s']:.1f} s, {pick['peak_memory_mb']:.0f} MB)."
+            )
         else:
             fastest = min(rows, key=lambda r: r["train_runtime_s"])
             smallest = min(rows, key=lambda r: r["peak_memory_mb"])
-            lines.append(f"Nothing fits your budget ({limits}): the fastest was {fastest['strategy']} ({fastest['train_runtime_s']:.1f} s), "
-                         f"the smallest in memory {smallest['strategy']} ({smallest['peak_memory_mb']:.0f} MB).")
+            lines.append(
+                f"Nothing fits your budget ({limits}): the fastest was {fastest['strategy']} ({fastest['train_runtime_s']:.1f} s), "
+                f"the smallest in memory {smallest['strategy']} ({smallest['peak_memory_mb']:.0f} MB)."
+            )
     result["text"] = lines
     return result
 
@@ -298,8 +308,16 @@ def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     for ax, (cost, label) in zip(axes, (("train_runtime_s", "train time (s)"), ("peak_memory_mb", "peak memory (MB)"))):
         front = pareto_front(rows, cost)
         for r, on_front in zip(rows, front):
-            ax.plot(r[cost], r["accuracy"], marker="*" if on_front else "o", markersize=16 if on_front else 8,
-                    color="tab:red" if on_front else "tab:gray", markeredgecolor="black", linestyle="none", zorder=3)
+            ax.plot(
+                r[cost],
+                r["accuracy"],
+                marker="*" if on_front else "o",
+                markersize=16 if on_front else 8,
+                color="tab:red" if on_front else "tab:gray",
+                markeredgecolor="black",
+                linestyle="none",
+                zorder=3,
+            )
             ax.annotate(r["strategy"], (r[cost], r["accuracy"]), textcoords="offset points", xytext=(6, 6), fontsize=9)
         line = sorted((r[cost], r["accuracy"]) for r, f in zip(rows, front) if f)
         ax.step([x for x, _ in line], [y for _, y in line], where="post", color="tab:red", linewidth=1, alpha=0.6, label="Pareto front")
@@ -357,11 +375,27 @@ def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
         "",
     ]
     if report.get("search"):
-        lines += ["## Hyper-parameter search (picked on the validation split)", "", "| strategy | tried | winner | validation loss | validation accuracy |", "|---|---|---|---|---|"]
+        lines += [
+            "## Hyper-parameter search (picked on the validation split)",
+            "",
+            "| strategy | tried | winner | validation loss | validation accuracy |",
+            "|---|---|---|---|---|",
+        ]
         for name, s in report["search"].items():
-            lines.append(f"| {name} | {len(s['trials'])} | {s['winner']['label']} | {s['winner']['validation_loss']:.4f} | {s['winner']['validation_accuracy']:.4f} |")
+            lines.append(
+                f"| {name} | {len(s['trials'])} | {s['winner']['label']} | {s['winner']['validation_loss']:.4f} | {s['winner']['validation_accuracy']:.4f} |"
+            )
         lines.append("")
-    lines += ["## Recommendation", "", *report["recommendation"]["text"], "", f"![quality against cost]({chart_src})", "", f"Chart: `{report['chart']}`", ""]
+    lines += [
+        "## Recommendation",
+        "",
+        *report["recommendation"]["text"],
+        "",
+        f"![quality against cost]({chart_src})",
+        "",
+        f"Chart: `{report['chart']}`",
+        "",
+    ]
     return "\n".join(lines)
 
 

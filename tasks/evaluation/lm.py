@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Any, Sequence
 
 import torch
@@ -109,7 +108,9 @@ def masked_lm_loss(model, tokenizer, rows: Sequence[dict], probability: float, s
             labels[mask == 0] = IGNORE
             device = _device(model)
             logits = model(input_ids=inputs.to(device), attention_mask=mask.to(device)).logits.float()
-            nll = torch.nn.functional.cross_entropy(logits.reshape(-1, logits.size(-1)), labels.to(device).reshape(-1), ignore_index=IGNORE, reduction="sum")
+            nll = torch.nn.functional.cross_entropy(
+                logits.reshape(-1, logits.size(-1)), labels.to(device).reshape(-1), ignore_index=IGNORE, reduction="sum"
+            )
             total += nll.item()
             count += int((labels != IGNORE).sum())
     model.train(was_training)
@@ -150,8 +151,17 @@ def rouge_l(prediction: str, reference: str) -> float:
     return 2 * precision * recall / (precision + recall)
 
 
-def generate(model, tokenizer, prompts_ids: Sequence[Sequence[int]], *, max_new_tokens: int, do_sample: bool = False,
-             temperature: float = 1.0, top_p: float = 1.0, batch_size: int = 8) -> list[str]:
+def generate(
+    model,
+    tokenizer,
+    prompts_ids: Sequence[Sequence[int]],
+    *,
+    max_new_tokens: int,
+    do_sample: bool = False,
+    temperature: float = 1.0,
+    top_p: float = 1.0,
+    batch_size: int = 8,
+) -> list[str]:
     """Continuations of already tokenized prompts (left-padded in batches), decoded without special tokens."""
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     outputs: list[str] = []
@@ -164,7 +174,12 @@ def generate(model, tokenizer, prompts_ids: Sequence[Sequence[int]], *, max_new_
             width = max(len(p) for p in chunk)
             ids = torch.tensor([[pad_id] * (width - len(p)) + p for p in chunk], device=device)
             mask = torch.tensor([[0] * (width - len(p)) + [1] * len(p) for p in chunk], device=device)
-            kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens, "do_sample": do_sample, "pad_token_id": pad_id, "eos_token_id": tokenizer.eos_token_id}
+            kwargs: dict[str, Any] = {
+                "max_new_tokens": max_new_tokens,
+                "do_sample": do_sample,
+                "pad_token_id": pad_id,
+                "eos_token_id": tokenizer.eos_token_id,
+            }
             if do_sample:
                 kwargs.update(temperature=temperature, top_p=top_p)
             out = model.generate(input_ids=ids, attention_mask=mask, **kwargs)

@@ -18,11 +18,20 @@ import torch
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
-from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.data.lm import Conversation, load_lm_tokenizer, prompt_text
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.evaluation.lm import generate
+from adaptflow.tasks.inference.predict import (
+    PREVIEW_ROWS,
+    Progress,
+    _Reporter,
+    default_cache_dir,
+    output_format,
+    read_rows,
+    verified_base_model,
+    write_predictions,
+)
 from adaptflow.tasks.modeling import META_FILE
-from adaptflow.tasks.inference.predict import PREVIEW_ROWS, Progress, _Reporter, default_cache_dir, output_format, read_rows, verified_base_model, write_predictions
 from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -65,7 +74,9 @@ def load_causal_lm(folder: Path, base_dir: Path | None = None):
         from peft import PeftModel  # peft loads slowly: imported for LoRA models only
 
         if base_dir is None:
-            raise ModelError(Problem(str(folder), "is a LoRA adapter and needs its base model", f"the base model is {meta.get('base_model')!r}"))
+            raise ModelError(
+                Problem(str(folder), "is a LoRA adapter and needs its base model", f"the base model is {meta.get('base_model')!r}")
+            )
         model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True), folder / "adapter")
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
@@ -109,10 +120,22 @@ def generate_file(
         lambda: read_rows(settings, data, cache_dir), lambda: output_format(output), check_sampling, lambda: resolve_ref(settings, ref)
     )
     if prompt_column not in table.frame.columns:
-        raise DataError(Problem(data, f"has no column {prompt_column!r} (columns: {', '.join(map(str, table.frame.columns))})", "name it with --prompt-column"))
+        raise DataError(
+            Problem(
+                data,
+                f"has no column {prompt_column!r} (columns: {', '.join(map(str, table.frame.columns))})",
+                "name it with --prompt-column",
+            )
+        )
     folder = pull_version(settings, name, version)
     if version_kind(folder) != "causal_lm":
-        raise ModelError(Problem(f"model {name}:{version}", f"is a {version_kind(folder)} model, not a causal LM", "generation needs a version trained with --task causal_lm"))
+        raise ModelError(
+            Problem(
+                f"model {name}:{version}",
+                f"is a {version_kind(folder)} model, not a causal LM",
+                "generation needs a version trained with --task causal_lm",
+            )
+        )
     manifest = json.loads((folder / MANIFEST).read_text())
     meta = json.loads((folder / META_FILE).read_text())
     base_dir = verified_base_model(settings, manifest, f"{name}:{version}", cache_dir) if meta.get("weights") == "adapter" else None
@@ -122,8 +145,16 @@ def generate_file(
     torch.manual_seed(sampling.seed)
     answers: list[str] = []
     for start in range(0, len(ids), batch_size):
-        answers += generate(model, tokenizer, ids[start : start + batch_size], max_new_tokens=sampling.max_new_tokens,
-                            do_sample=sampling.do_sample, temperature=sampling.temperature, top_p=sampling.top_p, batch_size=batch_size)
+        answers += generate(
+            model,
+            tokenizer,
+            ids[start : start + batch_size],
+            max_new_tokens=sampling.max_new_tokens,
+            do_sample=sampling.do_sample,
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            batch_size=batch_size,
+        )
         if on_progress is not None:
             on_progress(len(answers), len(ids))
     frame = table.frame.reset_index(drop=True).copy()
@@ -134,10 +165,20 @@ def generate_file(
 
 
 @task(name="generate", cache_policy=NO_CACHE)
-def generate_task(ref: str, data: str, output: str, prompt_column: str = "prompt", sampling: Sampling = Sampling(), batch_size: int = 8) -> GenerationResult:
+def generate_task(
+    ref: str, data: str, output: str, prompt_column: str = "prompt", sampling: Sampling = Sampling(), batch_size: int = 8
+) -> GenerationResult:
     """Generate for every prompt of ``data`` with a registered causal LM version; write ``output``."""
-    result = generate_file(S3Settings.resolve(), ref, data, output, prompt_column=prompt_column, sampling=sampling,
-                           batch_size=batch_size, on_progress=_Reporter(f"Generating for {data} with {ref}"))
+    result = generate_file(
+        S3Settings.resolve(),
+        ref,
+        data,
+        output,
+        prompt_column=prompt_column,
+        sampling=sampling,
+        batch_size=batch_size,
+        on_progress=_Reporter(f"Generating for {data} with {ref}"),
+    )
     get_run_logger().info(f"{result.model}: {result.rows} prompts from {data} -> {result.output} in {result.wall_s:.1f} s")
     return result
 

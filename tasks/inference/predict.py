@@ -44,7 +44,9 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.tasks.config import adaptflow_home
-from adaptflow.tasks.data import Table, label_ids_of, read_data_file, text_column_of, texts_of
+from adaptflow.tasks.data.columns import text_column_of, texts_of
+from adaptflow.tasks.data.labels import label_ids_of
+from adaptflow.tasks.data.readers import Table, read_data_file
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.evaluation.classification import classification_metrics
 from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
@@ -116,7 +118,11 @@ def verified_base_model(settings: S3Settings, manifest: dict[str, Any], where: s
     ref, expected = base.get("ref"), base.get("sha256")
     if not ref or not expected:
         raise ModelError(
-            Problem(f"model {where}", "is a LoRA adapter but its manifest names no base model (base_model.ref and sha256)", "register it again with AdaptFlow")
+            Problem(
+                f"model {where}",
+                "is a LoRA adapter but its manifest names no base model (base_model.ref and sha256)",
+                "register it again with AdaptFlow",
+            )
         )
     path = resolve_model(ref, cache_dir, lambda uri, dest: download_prefix(settings, uri, dest))
     actual = folder_digest(path)
@@ -347,10 +353,20 @@ class _Reporter:
 
 
 @task(name="predict", cache_policy=NO_CACHE)
-def predict_task(ref: str, data: str, output: str, text_column: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE) -> PredictionResult:
+def predict_task(
+    ref: str, data: str, output: str, text_column: str | None = None, batch_size: int = DEFAULT_BATCH_SIZE
+) -> PredictionResult:
     """Predict every row of ``data`` with a registered version; write ``output``."""
     result = predict_file(
-        S3Settings.resolve(), ref, data, output, text_column=text_column, batch_size=batch_size, on_progress=_Reporter(f"Predicting {data} with {ref}")
+        S3Settings.resolve(),
+        ref,
+        data,
+        output,
+        text_column=text_column,
+        batch_size=batch_size,
+        on_progress=_Reporter(f"Predicting {data} with {ref}"),
     )
-    get_run_logger().info(f"{result.model}: {result.rows} rows from {data} -> {result.output} in {result.wall_s:.1f} s ({result.label_counts})")
+    get_run_logger().info(
+        f"{result.model}: {result.rows} rows from {data} -> {result.output} in {result.wall_s:.1f} s ({result.label_counts})"
+    )
     return result

@@ -5,7 +5,6 @@ from __future__ import annotations
 import platform
 import subprocess
 from importlib import metadata
-from pathlib import Path
 
 import yaml
 
@@ -29,7 +28,9 @@ def code_version() -> str:
     root = project_root()
     try:
         sha = subprocess.run(["git", "rev-parse", "HEAD"], cwd=root, capture_output=True, text=True, check=True, timeout=10).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(
+            ["git", "status", "--porcelain", "--untracked-files=no"], cwd=root, capture_output=True, text=True, timeout=10
+        ).stdout.strip()
         return sha + ("-dirty" if dirty else "")
     except (OSError, subprocess.SubprocessError):
         return "adaptflow " + package_versions()["adaptflow"]
@@ -75,7 +76,7 @@ def model_card(name: str, manifest: dict, data_manifest: dict, evaluation: dict,
 
 # {name}
 
-A text classifier adapted from `{config['model']}` with AdaptFlow's **{strategy}** strategy.
+A text classifier adapted from `{config["model"]}` with AdaptFlow's **{strategy}** strategy.
 Labels: {labels}.
 
 ## Intended use
@@ -83,26 +84,26 @@ Classifying short texts into the labels above, for data like the training data b
 Check it on your own data before relying on it; it was not evaluated for other domains or languages.
 
 ## Training data
-Source: `{config['data']['data']}` (fingerprint `{data_manifest.get('key', '?')}`).
+Source: `{config["data"]["data"]}` (fingerprint `{data_manifest.get("key", "?")}`).
 
 | split | label balance |
 |---|---|
 {balance_rows}
 
-Rows dropped while cleaning: `{data_manifest.get('dropped', {})}`.
+Rows dropped while cleaning: `{data_manifest.get("dropped", {})}`.
 
 ## Training
-Trainable parameters: {training.get('trainable_params', '?'):,} of {training.get('total_params', '?'):,};
-train time {training.get('train_runtime_s', 0):.1f} s on {training.get('num_processes', 1)} process(es) ({training.get('device', '?')}).
+Trainable parameters: {training.get("trainable_params", "?"):,} of {training.get("total_params", "?"):,};
+train time {training.get("train_runtime_s", 0):.1f} s on {training.get("num_processes", 1)} process(es) ({training.get("device", "?")}).
 The resolved configuration is in `manifest.json`.
 
 ## Evaluation
 {metrics_markdown}
 
 ## Limitations
-- Trained on {sum(data_manifest.get('splits', {}).get(s, 0) for s in ('train',))} examples; quality on other text distributions is unknown.
-- Inherits the biases and limitations of the base model `{config['model']}`.
-- Texts longer than {config['data']['max_length']} tokens are truncated.
+- Trained on {sum(data_manifest.get("splits", {}).get(s, 0) for s in ("train",))} examples; quality on other text distributions is unknown.
+- Inherits the biases and limitations of the base model `{config["model"]}`.
+- Texts longer than {config["data"]["max_length"]} tokens are truncated.
 
 ## How to load
 `adaptflow models pull` (or any S3 client) gives this folder; `adaptflow.tasks.modeling.load_classifier(folder)` loads it.

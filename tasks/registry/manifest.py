@@ -6,6 +6,9 @@ layout, or only the adapter for LoRA, plus head and tokenizer), ``metrics.json``
 ``manifest.json`` (written last by the registry, the commit marker) carries the lineage:
 resolved config, data fingerprint, base model and its digest, strategy, metrics,
 package versions, code version and the Prefect flow run.
+
+:func:`version_manifest` and :func:`assemble_version_folder` build every version, the
+language-model ones too (tasks/registry/lm_manifest.py passes in its task, metrics and files).
 """
 
 from __future__ import annotations
@@ -19,36 +22,50 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
-from adaptflow.tasks.registry.card import code_version, model_card, package_versions
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
 from adaptflow.tasks.modeling import folder_digest
+from adaptflow.tasks.registry.card import code_version, model_card, package_versions
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import S3Settings
 
-TRAINING_KEYS = ("train_runtime_s", "samples_per_s", "peak_memory_mb", "trainable_params", "total_params", "steps", "examples_seen", "num_processes", "device", "mixed_precision")
+TRAINING_KEYS = (
+    "train_runtime_s",
+    "samples_per_s",
+    "peak_memory_mb",
+    "trainable_params",
+    "total_params",
+    "steps",
+    "examples_seen",
+    "num_processes",
+    "device",
+    "mixed_precision",
+)
 
 
-def lineage_manifest(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation: dict) -> dict[str, Any]:
-    metrics = json.loads((run_dir / METRICS_FILE).read_text())
+def version_manifest(
+    cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, *, task: str, label_names: list[str], metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """The lineage manifest of every registered version; what differs by kind of run is passed in.
+
+    ``task`` names what the model does, ``label_names`` its classes (none for a language
+    model), ``metrics`` its headline scores. The training figures come from the run's
+    ``metrics.json`` (``TRAINING_KEYS``), the same for every kind.
+    """
+    trained = json.loads((run_dir / METRICS_FILE).read_text())
     return {
         "strategy": cfg.strategy.name,
-        "task": "sequence_classification",
+        "task": task,
         "base_model": {"ref": cfg.model, "sha256": folder_digest(model_path)},
         "config": cfg.model_dump(mode="json"),
         "data": {
             "key": data_manifest["key"],
             "source": data_manifest["source"],
-            "label_names": data_manifest["label_names"],
+            "label_names": label_names,
             "splits": data_manifest["splits"],
         },
-        "metrics": {
-            "accuracy": evaluation["metrics"]["accuracy"],
-            "macro_f1": evaluation["metrics"]["macro_f1"],
-            "eval_loss": evaluation["eval_loss"],
-            "overfitting": evaluation["overfitting"]["overfitting"],
-        },
-        "training": {k: metrics.get(k) for k in TRAINING_KEYS},
+        "metrics": metrics,
+        "training": {k: trained.get(k) for k in TRAINING_KEYS},
         "package_versions": package_versions(),
         "code_version": code_version(),
         "prefect": {
@@ -59,19 +76,47 @@ def lineage_manifest(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model
     }
 
 
-def build_version_folder(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str) -> tuple[Path, dict]:
-    """Assemble ``run_dir/version`` (what gets uploaded) and its lineage manifest."""
-    evaluation = json.loads((run_dir / EVALUATION_FILE).read_text())
-    manifest = lineage_manifest(cfg, run_dir, data_manifest, model_path, evaluation)
+def lineage_manifest(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation: dict) -> dict[str, Any]:
+    """The manifest of a classification version: its metrics come from ``evaluation.json``."""
+    metrics = {
+        "accuracy": evaluation["metrics"]["accuracy"],
+        "macro_f1": evaluation["metrics"]["macro_f1"],
+        "eval_loss": evaluation["eval_loss"],
+        "overfitting": evaluation["overfitting"]["overfitting"],
+    }
+    return version_manifest(
+        cfg, run_dir, data_manifest, model_path, task="sequence_classification", label_names=data_manifest["label_names"], metrics=metrics
+    )
+
+
+def assemble_version_folder(
+    run_dir: Path, data_manifest: dict, card: str, files: tuple[str, ...], optional: tuple[str, ...] = (), folders: tuple[str, ...] = ()
+) -> Path:
+    """``run_dir/version``: the saved model, the run's ``files`` (and ``optional`` ones when present),
+    ``folders``, the data manifest and the model card. This is what gets uploaded."""
     folder = run_dir / "version"
     if folder.exists():
         shutil.rmtree(folder)
     shutil.copytree(run_dir / "model", folder)
-    for name in (METRICS_FILE, EVALUATION_FILE, "config.json"):
+    for name in files + tuple(n for n in optional if (run_dir / n).is_file()):
         shutil.copy(run_dir / name, folder / name)
-    shutil.copytree(run_dir / PLOTS_DIR, folder / PLOTS_DIR)
+    for name in folders:
+        shutil.copytree(run_dir / name, folder / name)
     (folder / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2))
-    (folder / "README.md").write_text(model_card(cfg.model_name(), manifest, data_manifest, evaluation, evaluation_markdown))
+    (folder / "README.md").write_text(card)
+    return folder
+
+
+def build_version_folder(
+    cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str
+) -> tuple[Path, dict]:
+    """Assemble ``run_dir/version`` (what gets uploaded) and its lineage manifest."""
+    evaluation = json.loads((run_dir / EVALUATION_FILE).read_text())
+    manifest = lineage_manifest(cfg, run_dir, data_manifest, model_path, evaluation)
+    card = model_card(cfg.model_name(), manifest, data_manifest, evaluation, evaluation_markdown)
+    folder = assemble_version_folder(
+        run_dir, data_manifest, card, files=(METRICS_FILE, EVALUATION_FILE, "config.json"), folders=(PLOTS_DIR,)
+    )
     return folder, manifest
 
 

@@ -104,7 +104,11 @@ def export_eval_split(dataset_path: Path, label_names: list[str], dest: Path) ->
     split = load_from_disk(str(dataset_path))["eval"]
     if "text_pair" in split.column_names:
         raise ConfigError(
-            Problem("data.text_pair_column", "the retrain gate scores single-text classification only", "promote sentence-pair models with `adaptflow models promote`")
+            Problem(
+                "data.text_pair_column",
+                "the retrain gate scores single-text classification only",
+                "promote sentence-pair models with `adaptflow models promote`",
+            )
         )
     dest.parent.mkdir(parents=True, exist_ok=True)
     with dest.open("w", newline="", encoding="utf-8") as handle:

@@ -240,9 +240,7 @@ def decisions_key(settings: S3Settings, name: str) -> str:
 
 
 # ---- registering --------------------------------------------------------------------
-def register_version(
-    settings: S3Settings, name: str, source_dir: Path, manifest: dict[str, Any], client: Any = None
-) -> RegisteredVersion:
+def register_version(settings: S3Settings, name: str, source_dir: Path, manifest: dict[str, Any], client: Any = None) -> RegisteredVersion:
     """Upload ``source_dir`` as the next version of ``name`` and commit it with a manifest.
 
     Every file under ``source_dir`` is registered (sub-folders kept) except a top-level
@@ -273,9 +271,7 @@ def register_version(
         written.append(folder + MANIFEST)  # before the call: a timed-out write may still have landed
         if not _put_new(settings, client, folder + MANIFEST, _serialize(settings, document), "write the manifest"):
             written.pop()  # not ours: never delete another writer's manifest
-            raise StorageError(
-                Problem(settings.uri(folder), "another writer committed this version folder", "register again")
-            )
+            raise StorageError(Problem(settings.uri(folder), "another writer committed this version folder", "register again"))
     except BaseException:
         _roll_back(settings, client, folder, written)
         raise
@@ -315,9 +311,7 @@ def _hash_file(path: Path) -> tuple[int, str]:
                 digest.update(chunk)
                 size += len(chunk)
     except OSError as exc:
-        raise StorageError(
-            Problem(str(path), f"cannot read ({exc.strerror or exc})", "check the file's permissions")
-        ) from exc
+        raise StorageError(Problem(str(path), f"cannot read ({exc.strerror or exc})", "check the file's permissions")) from exc
     return size, digest.hexdigest()
 
 
@@ -331,9 +325,7 @@ def claim_next_version(settings: S3Settings, name: str, client: Any) -> int:
         if _put_new(settings, client, key, body, "claim a version number"):
             return version
         version += 1  # another writer has it
-    raise StorageError(
-        Problem(settings.uri(versions_key(settings, name)), f"no free version after {MAX_CLAIM_ATTEMPTS} tries")
-    )
+    raise StorageError(Problem(settings.uri(versions_key(settings, name)), f"no free version after {MAX_CLAIM_ATTEMPTS} tries"))
 
 
 def _highest_version_folder(settings: S3Settings, name: str, client: Any) -> int:
@@ -413,9 +405,7 @@ def _put_new(settings: S3Settings, client: Any, key: str, body: bytes, action: s
     """PutObject only if ``key`` does not exist yet; ``False`` when it does."""
     with storage_errors(action, settings.uri(key), settings.endpoint_url):
         try:
-            client.put_object(
-                Bucket=settings.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*"
-            )
+            client.put_object(Bucket=settings.bucket, Key=key, Body=body, ContentType="application/json", IfNoneMatch="*")
         except ClientError as exc:
             if _status(exc) == 412:
                 return False
@@ -434,9 +424,7 @@ def _serialize(settings: S3Settings, document: dict[str, Any]) -> bytes:
     text = json.dumps(document, indent=2, sort_keys=True)
     for secret in (settings.secret_access_key, settings.session_token):
         if secret and secret in text:
-            raise StorageError(
-                Problem("manifest", "contains the S3 secret key", "keep credentials out of the manifest and config")
-            )
+            raise StorageError(Problem("manifest", "contains the S3 secret key", "keep credentials out of the manifest and config"))
     return text.encode()
 
 
@@ -575,9 +563,7 @@ def pull_cache_dir() -> Path:
     return adaptflow_home() / "cache" / "pulled"
 
 
-def pull_version(
-    settings: S3Settings, name: str, version: int, dest_dir: Path | None = None, client: Any = None
-) -> Path:
+def pull_version(settings: S3Settings, name: str, version: int, dest_dir: Path | None = None, client: Any = None) -> Path:
     """A local folder holding a committed version's files and manifest, each sha256-checked.
 
     The version is downloaded once into the pull cache (:func:`pull_cache_dir`); later
@@ -594,9 +580,7 @@ def pull_version(
     return cached if dest_dir is None else _copy_out(cached, Path(dest_dir), manifest)
 
 
-def _cached_version(
-    settings: S3Settings, name: str, version: int, raw: bytes, manifest: dict[str, Any], client: Any
-) -> Path:
+def _cached_version(settings: S3Settings, name: str, version: int, raw: bytes, manifest: dict[str, Any], client: Any) -> Path:
     folder = pull_cache_dir() / hashlib.sha256(raw).hexdigest()
     if folder.is_dir():
         if _cache_intact(folder, manifest):
@@ -742,9 +726,7 @@ def set_alias(
     )
 
 
-def delete_alias(
-    settings: S3Settings, name: str, alias: str, *, expected_etag: str | None = None, client: Any = None
-) -> None:
+def delete_alias(settings: S3Settings, name: str, alias: str, *, expected_etag: str | None = None, client: Any = None) -> None:
     """Remove ``name@alias``, only if it still has ``expected_etag`` (default: the etag read now)."""
     key = alias_key(settings, name, alias)
     client = client or make_client(settings)
@@ -813,9 +795,7 @@ def list_decisions(settings: S3Settings, name: str, client: Any = None) -> list[
 
 
 # ---- deleting and garbage collection ------------------------------------------------
-def delete_version(
-    settings: S3Settings, name: str, version: int, *, force: bool = False, client: Any = None
-) -> list[str]:
+def delete_version(settings: S3Settings, name: str, version: int, *, force: bool = False, client: Any = None) -> list[str]:
     """Delete a committed version; returns the aliases removed with it (only with ``force``).
 
     Refused while an alias points at the version, unless ``force`` (the aliases are then
@@ -842,13 +822,13 @@ def delete_version(
     _put_new(settings, client, folder + TOMBSTONE, json.dumps(record).encode(), "record the deletion")
     _delete_keys(settings, client, [folder + MANIFEST], "delete the manifest")
     rest = [obj["Key"] for obj in iter_objects(settings, settings.bucket, folder, client)]
-    _delete_keys(settings, client, [key for key in rest if not key.endswith((TOMBSTONE, CLAIM))] + [folder + CLAIM], "delete the version folder")
+    _delete_keys(
+        settings, client, [key for key in rest if not key.endswith((TOMBSTONE, CLAIM))] + [folder + CLAIM], "delete the version folder"
+    )
     return [info.alias for info in pointing]
 
 
-def gc(
-    settings: S3Settings, name: str | None = None, grace_seconds: float = 3600, dry_run: bool = False
-) -> GcReport:
+def gc(settings: S3Settings, name: str | None = None, grace_seconds: float = 3600, dry_run: bool = False) -> GcReport:
     """Remove abandoned registrations and unreferenced blobs older than ``grace_seconds``.
 
     One model (``name``) or all of them. Never removes a blob a committed version needs,

@@ -1,8 +1,7 @@
-"""S3 settings, client and transfers, with errors a user can act on.
+"""S3 client and transfers, with errors a user can act on.
 
-Settings come from the environment (or, when nothing is set, from the local stack
-started by ``adaptflow stack up``), never from flow parameters, and the secret key
-never appears in a repr, a log line or an error message. Every S3 call goes through
+Where the settings come from is :mod:`adaptflow.tasks.storage.settings` (the environment,
+a Prefect block, or the local stack started by ``adaptflow stack up``). Every S3 call goes through
 :func:`storage_errors`, which turns botocore's many exception types into one
 :class:`~adaptflow.tasks.errors.StorageError` naming the endpoint, the object and the fix.
 
@@ -16,7 +15,6 @@ import os
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field, replace
 from pathlib import Path, PurePosixPath
 from typing import Any
 
@@ -35,18 +33,16 @@ from botocore.exceptions import (
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
 from adaptflow.tasks.errors import Problem, StorageError
+from adaptflow.tasks.storage.settings import (
+    DEFAULT_BUCKET,
+    ENDPOINT_VARS,  # noqa: F401  (re-exported: importers name it from here)
+    S3Settings,
+)
 
 log = logging.getLogger(__name__)
 
-DEFAULT_BUCKET = "adaptflow"
-DEFAULT_REGION = "us-east-1"
-ENDPOINT_VARS = ("ADAPTFLOW_S3_ENDPOINT_URL", "AWS_ENDPOINT_URL_S3", "AWS_ENDPOINT_URL")
 KEYS_FIX = "check AWS_ACCESS_KEY_ID / AWS_SECRET_ACCESS_KEY (unset both to use the local stack's keys)"
 UNREACHABLE_FIX = "is the server up? run `adaptflow stack up`, or check ADAPTFLOW_S3_ENDPOINT_URL"
-NOTHING_CONFIGURED_FIX = (
-    "run `adaptflow stack up` for a local S3 server, or set ADAPTFLOW_S3_ENDPOINT_URL, "
-    "AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY"
-)
 
 _REJECTED_KEY_CODES = {
     "InvalidAccessKeyId",
@@ -64,110 +60,7 @@ TRANSFER_CONFIG = TransferConfig(multipart_threshold=16 * _MIB, multipart_chunks
 """Every file transfer: multipart above 16 MiB, 8 MiB parts, 4 parts in flight per file."""
 
 
-@dataclass(frozen=True)
-class S3Settings:
-    """Where the S3 objects of AdaptFlow live and how to sign requests to them."""
-
-    endpoint_url: str | None
-    """S3 API address, e.g. ``http://127.0.0.1:8333``; ``None`` means AWS S3 itself."""
-    bucket: str = DEFAULT_BUCKET
-    """Bucket holding the registry and run artifacts."""
-    prefix: str = ""
-    """Key prefix (a folder) inside the bucket, without leading or trailing '/'."""
-    region: str = DEFAULT_REGION
-    """Signing region."""
-    access_key_id: str | None = None
-    """Access key id; ``None`` lets boto3 use its own credential chain (profile, role)."""
-    secret_access_key: str | None = field(default=None, repr=False)
-    """Secret key: never printed."""
-    session_token: str | None = field(default=None, repr=False)
-    """Temporary-credential token (AWS STS), if any: never printed."""
-    source: str = "environment"
-    """Where these settings came from, for messages: 'environment' or 'local stack'."""
-
-    def __post_init__(self) -> None:
-        object.__setattr__(self, "prefix", self.prefix.strip("/"))
-
-    # ---- construction ---------------------------------------------------------
-    @classmethod
-    def resolve(cls) -> S3Settings:
-        """Settings from the environment, else from the running local stack.
-
-        Environment variables win: ``ADAPTFLOW_S3_ENDPOINT_URL`` (or
-        ``AWS_ENDPOINT_URL_S3`` / ``AWS_ENDPOINT_URL``), ``ADAPTFLOW_S3_BUCKET``,
-        ``ADAPTFLOW_S3_PREFIX``, ``AWS_ACCESS_KEY_ID``, ``AWS_SECRET_ACCESS_KEY``,
-        ``AWS_SESSION_TOKEN``, ``AWS_DEFAULT_REGION``. When neither an endpoint nor
-        credentials (keys or ``AWS_PROFILE``) are set, the endpoint and keys of the
-        local stack (``adaptflow stack up``) are used if it is running.
-        """
-        from adaptflow.tasks.storage.credentials import settings_from_block  # imports this module: import here
-
-        block = settings_from_block()  # a Prefect block named by ADAPTFLOW_S3_BLOCK wins when set
-        if block is not None:
-            return block
-        env = {name: value for name, value in os.environ.items() if value}
-        endpoint = next((env[name] for name in ENDPOINT_VARS if name in env), None)
-        access_key, secret_key = env.get("AWS_ACCESS_KEY_ID"), env.get("AWS_SECRET_ACCESS_KEY")
-        if bool(access_key) != bool(secret_key):
-            missing = "AWS_SECRET_ACCESS_KEY" if access_key else "AWS_ACCESS_KEY_ID"
-            raise StorageError(Problem("environment", f"{missing} is not set", "set both keys or neither"))
-        settings = cls(
-            endpoint_url=endpoint,
-            bucket=env.get("ADAPTFLOW_S3_BUCKET", DEFAULT_BUCKET),
-            prefix=env.get("ADAPTFLOW_S3_PREFIX", ""),
-            region=env.get("AWS_DEFAULT_REGION", env.get("AWS_REGION", DEFAULT_REGION)),
-            access_key_id=access_key,
-            secret_access_key=secret_key,
-            session_token=env.get("AWS_SESSION_TOKEN"),
-        )
-        if endpoint or access_key or "AWS_PROFILE" in env:
-            return settings
-        return _from_local_stack(settings)
-
-    # ---- derived values -------------------------------------------------------
-    def key(self, *parts: str) -> str:
-        """The object key for ``parts`` under this settings' prefix."""
-        return "/".join(p.strip("/") for p in (self.prefix, *parts) if p.strip("/"))
-
-    def uri(self, key: str) -> str:
-        return f"s3://{self.bucket}/{key}"
-
-    def endpoint_label(self) -> str:
-        return self.endpoint_url or "AWS S3"
-
-    def redacted(self) -> dict[str, Any]:
-        """A dict safe to log: the secret and the session token are masked."""
-        return {
-            "endpoint_url": self.endpoint_url,
-            "bucket": self.bucket,
-            "prefix": self.prefix,
-            "region": self.region,
-            "access_key_id": self.access_key_id,
-            "secret_access_key": "***" if self.secret_access_key else None,
-            "session_token": "***" if self.session_token else None,
-            "source": self.source,
-        }
-
-
-def _from_local_stack(settings: S3Settings) -> S3Settings:
-    from adaptflow.infra.stack import LocalS3Stack  # infra depends on tasks; import here, not at module level
-
-    stack = LocalS3Stack()
-    if stack.status() is None:
-        raise StorageError(Problem("S3 settings", "no S3 endpoint or credentials configured", NOTHING_CONFIGURED_FIX))
-    env = stack.env()
-    return replace(
-        settings,
-        endpoint_url=env["ADAPTFLOW_S3_ENDPOINT_URL"],
-        access_key_id=env["AWS_ACCESS_KEY_ID"],
-        secret_access_key=env["AWS_SECRET_ACCESS_KEY"],
-        source="local stack",
-    )
-
-
-def make_client(
-    settings: S3Settings, *, connect_timeout: float = 5.0, read_timeout: float = 60.0, max_attempts: int = 3
-) -> Any:
+def make_client(settings: S3Settings, *, connect_timeout: float = 5.0, read_timeout: float = 60.0, max_attempts: int = 3) -> Any:
     """A boto3 S3 client: path-style addressing, short connect timeout, a few retries.
 
     Each call builds its own boto3 session, so clients can be made from several threads.
@@ -238,9 +131,7 @@ def _client_error_problem(exc: ClientError, action: str, target: str, where: str
     if code in _REJECTED_KEY_CODES:
         return Problem(where, f"cannot {action}: the S3 server rejected the credentials ({code})", KEYS_FIX)
     if code in _DENIED_CODES or status == 403:
-        return Problem(
-            where, f"cannot {action}: access denied (wrong keys, or no permission for this bucket/action)", KEYS_FIX
-        )
+        return Problem(where, f"cannot {action}: access denied (wrong keys, or no permission for this bucket/action)", KEYS_FIX)
     if code == "NoSuchBucket" or (not key and (code in _NOT_FOUND_CODES or status == 404)):
         return Problem(
             where,
@@ -370,9 +261,7 @@ def download_prefix(settings: S3Settings, uri: str, dest_dir: Path, client: Any 
         download_file(settings, f"s3://{bucket}/{obj['Key']}", dest_dir / safe_relative_path(relative, uri), client)
         count += 1
     if count == 0:
-        raise StorageError(
-            Problem(f"{uri} at {settings.endpoint_label()}", "no objects under this prefix", "check the URI")
-        )
+        raise StorageError(Problem(f"{uri} at {settings.endpoint_label()}", "no objects under this prefix", "check the URI"))
     return dest_dir
 
 

@@ -59,7 +59,11 @@ def check_against_model(cfg: "AdaptConfig", info: "ModelInfo") -> list[Problem]:
     problems = list(get_strategy(cfg.strategy.name).check_model(cfg, info))
     if info.max_positions and cfg.data.max_length > info.max_positions:
         problems.append(
-            Problem("data.max_length", f"is {cfg.data.max_length} but the model reads at most {info.max_positions} tokens", f"use at most {info.max_positions}")
+            Problem(
+                "data.max_length",
+                f"is {cfg.data.max_length} but the model reads at most {info.max_positions} tokens",
+                f"use at most {info.max_positions}",
+            )
         )
     pooling = info.resolve_pooling(cfg.strategy.pooling)
     if pooling == "last" and not info.is_decoder:
@@ -70,8 +74,29 @@ def check_against_model(cfg: "AdaptConfig", info: "ModelInfo") -> list[Problem]:
 
 
 __all__ = [
-    "POOLING_HELP", "STRATEGIES", "STRATEGY_CLASSES", "STRATEGY_FIELDS", "STRATEGY_NAMES", "STRICT", "TASK_STRATEGY_NAMES",
-    "DomainAdaptation", "FullFineTuning", "Lora", "PartialFineTuning", "Pooling", "Strategy", "StrategyConfig",
-    "StrategyParams", "TaskStrategyName", "TransferLearning", "check_against_model", "check_config", "get_strategy",
-    "transfer_learning", "partial_fine_tuning", "full_fine_tuning", "lora", "domain_adaptation",
+    "POOLING_HELP",
+    "STRATEGIES",
+    "STRATEGY_CLASSES",
+    "STRATEGY_FIELDS",
+    "STRATEGY_NAMES",
+    "STRICT",
+    "TASK_STRATEGY_NAMES",
+    "DomainAdaptation",
+    "FullFineTuning",
+    "Lora",
+    "PartialFineTuning",
+    "Pooling",
+    "Strategy",
+    "StrategyConfig",
+    "StrategyParams",
+    "TaskStrategyName",
+    "TransferLearning",
+    "check_against_model",
+    "check_config",
+    "get_strategy",
+    "transfer_learning",
+    "partial_fine_tuning",
+    "full_fine_tuning",
+    "lora",
+    "domain_adaptation",
 ]

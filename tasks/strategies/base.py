@@ -145,5 +145,7 @@ def transformer_layers(backbone: nn.Module) -> nn.ModuleList:
         if isinstance(obj, nn.ModuleList):
             return obj
     raise ConfigError(
-        Problem("strategy", f"cannot find the transformer layers of {type(backbone).__name__}", "use full_fine_tuning or lora for this model")
+        Problem(
+            "strategy", f"cannot find the transformer layers of {type(backbone).__name__}", "use full_fine_tuning or lora for this model"
+        )
     )

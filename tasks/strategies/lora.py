@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Callable, ClassVar, Literal
 
 from pydantic import Field
+
 from adaptflow.tasks.strategies.base import Strategy, StrategyParams, register, set_trainable
 
 if TYPE_CHECKING:
@@ -59,8 +60,12 @@ def configure_decoder(model: nn.Module, cfg: "AdaptConfig") -> nn.Module:
     if s.qlora:
         model = prepare_model_for_kbit_training(model)
     lora_config = LoraConfig(
-        task_type="CAUSAL_LM", r=s.lora_r, lora_alpha=s.lora_alpha, lora_dropout=s.lora_dropout,
-        target_modules=s.lora_target_modules or "all-linear", bias="none",
+        task_type="CAUSAL_LM",
+        r=s.lora_r,
+        lora_alpha=s.lora_alpha,
+        lora_dropout=s.lora_dropout,
+        target_modules=s.lora_target_modules or "all-linear",
+        bias="none",
     )
     return get_peft_model(model, lora_config)
 
@@ -71,9 +76,7 @@ def check_config(cfg: "AdaptConfig", cuda_available: Callable[[], bool]) -> list
         if cfg.task != "causal_lm":
             problems.append("strategy.qlora (--qlora) is for --task causal_lm only")
         if not cuda_available():
-            problems.append(
-                "strategy.qlora (--qlora) needs a CUDA GPU (4-bit bitsandbytes kernels); on CPU use plain lora (--no-qlora)"
-            )
+            problems.append("strategy.qlora (--qlora) needs a CUDA GPU (4-bit bitsandbytes kernels); on CPU use plain lora (--no-qlora)")
     return problems
 
 

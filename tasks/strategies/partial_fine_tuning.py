@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
+
 from adaptflow.tasks.errors import Problem
 from adaptflow.tasks.strategies.base import Strategy, StrategyParams, final_norms, register, set_trainable, transformer_layers
 

@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field
+
 from adaptflow.tasks.strategies.base import Strategy, StrategyParams, register, set_trainable
 
 if TYPE_CHECKING:
@@ -51,6 +52,4 @@ def configure_decoder(model: nn.Module, cfg: "AdaptConfig") -> nn.Module:
     return model
 
 
-STRATEGY = register(
-    Strategy("transfer_learning", TransferLearning, configure_classifier, configure_decoder, uses_cached_features=True)
-)
+STRATEGY = register(Strategy("transfer_learning", TransferLearning, configure_classifier, configure_decoder, uses_cached_features=True))

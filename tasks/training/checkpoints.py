@@ -13,7 +13,7 @@ import re
 from pathlib import Path
 
 from adaptflow.tasks.storage.s3 import S3Settings, download_prefix, iter_objects, make_client, parse_s3_uri, storage_errors, upload_file
-from adaptflow.tasks.training.worker import CHECKPOINTS, LOOP_STATE, latest_checkpoint
+from adaptflow.tasks.training.engine import CHECKPOINTS, LOOP_STATE, latest_checkpoint
 
 _STEP = re.compile(r"(step-\d{7})/")
 

@@ -18,7 +18,7 @@ import sys
 import time
 from collections import deque
 from pathlib import Path
-from typing import TYPE_CHECKING, Callable
+from typing import Callable
 
 import torch
 import yaml
@@ -31,10 +31,9 @@ from adaptflow.tasks.assets import asset
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.errors import ConfigError, Problem, TrainingError
 from adaptflow.tasks.modeling import cpu_threads_per_process
-from adaptflow.tasks.training.worker import EVENT_PREFIX, RunSpec
-
-if TYPE_CHECKING:
-    from adaptflow.tasks.training.checkpoints import CheckpointMirror
+from adaptflow.tasks.storage.s3 import S3Settings
+from adaptflow.tasks.training.checkpoints import CheckpointMirror
+from adaptflow.tasks.training.engine import EVENT_PREFIX, RunSpec
 
 Event = dict
 EventSink = Callable[[Event], None]
@@ -63,32 +62,60 @@ def accelerate_config_path(name_or_path: str) -> Path:
     if shipped.is_file():
         return shipped
     names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-    raise ConfigError(Problem("launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"))
+    raise ConfigError(
+        Problem(
+            "launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"
+        )
+    )
 
 
+# One worker for every run: it picks the language-model or the classification task from the config.
 WORKER_MODULE = "adaptflow.tasks.training.worker"
-LM_WORKER_MODULE = "adaptflow.tasks.training.lm_worker"
 
 
 def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None, module: str = WORKER_MODULE) -> list[str]:
     """The command that starts this node's training processes (``node_rank`` overrides the config's).
 
-    ``module`` is the worker to run: the classification worker, or the language-model one.
+    ``module`` is the worker module to run (tests and benchmarks substitute their own).
     """
     launch = cfg.launch
     rank = launch.node_rank if node_rank is None else node_rank
     worker = ["-m", module, str(spec_path)]
     multinode = launch.launcher == "multinode"
     if launch.accelerate_config:
-        command = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(accelerate_config_path(launch.accelerate_config))]
+        command = [
+            sys.executable,
+            "-m",
+            "accelerate.commands.launch",
+            "--config_file",
+            str(accelerate_config_path(launch.accelerate_config)),
+        ]
         command += ["--num_processes", str(launch.num_processes * launch.nnodes)]
         if multinode:
-            command += ["--num_machines", str(launch.nnodes), "--machine_rank", str(rank), "--main_process_ip", str(launch.master_addr), "--main_process_port", str(launch.master_port)]
+            command += [
+                "--num_machines",
+                str(launch.nnodes),
+                "--machine_rank",
+                str(rank),
+                "--main_process_ip",
+                str(launch.master_addr),
+                "--main_process_port",
+                str(launch.master_port),
+            ]
         return command + worker
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.num_processes)]
     if multinode:
         # Static rendezvous: node ranks are fixed, so node 0 (where the flow runs) holds global rank 0.
-        rendezvous = ["--nnodes", str(launch.nnodes), "--node-rank", str(rank), "--master-addr", str(launch.master_addr), "--master-port", str(launch.master_port)]
+        rendezvous = [
+            "--nnodes",
+            str(launch.nnodes),
+            "--node-rank",
+            str(rank),
+            "--master-addr",
+            str(launch.master_addr),
+            "--master-port",
+            str(launch.master_port),
+        ]
         return torchrun + rendezvous + ["--max-restarts", "0"] + worker
     if launch.num_processes == 1:
         return [sys.executable, *worker]
@@ -144,9 +171,17 @@ class PyTorchJob:
         try:
             done = subprocess.run(["kubectl", "-n", self.namespace, *args], input=stdin, capture_output=True, text=True, timeout=120)
         except FileNotFoundError:
-            raise TrainingError(Problem("launch.launcher", "'pytorchjob' needs kubectl on the PATH", "install kubectl and configure access to the cluster")) from None
+            raise TrainingError(
+                Problem("launch.launcher", "'pytorchjob' needs kubectl on the PATH", "install kubectl and configure access to the cluster")
+            ) from None
         if done.returncode != 0:
-            raise TrainingError(Problem(f"kubectl {args[0]} {self.name}", done.stderr.strip() or done.stdout.strip(), "check the cluster, the namespace and the training operator"))
+            raise TrainingError(
+                Problem(
+                    f"kubectl {args[0]} {self.name}",
+                    done.stderr.strip() or done.stdout.strip(),
+                    "check the cluster, the namespace and the training operator",
+                )
+            )
         return done.stdout.strip()
 
     def submit(self) -> None:
@@ -159,17 +194,29 @@ class PyTorchJob:
             if value in done:
                 return value
             time.sleep(self.poll_s)
-        raise TrainingError(Problem(f"PyTorchJob {self.name}", f"{what} did not happen within {self.timeout_s:.0f} s", "look at `kubectl describe pytorchjob`"))
+        raise TrainingError(
+            Problem(
+                f"PyTorchJob {self.name}", f"{what} did not happen within {self.timeout_s:.0f} s", "look at `kubectl describe pytorchjob`"
+            )
+        )
 
     def wait_for_master(self) -> None:
-        self._poll(lambda: self._kubectl("get", "pod", f"{self.name}-master-0", "--ignore-not-found", "-o", "jsonpath={.status.phase}"), {"Running", "Succeeded", "Failed"}, "the master pod starting")
+        self._poll(
+            lambda: self._kubectl("get", "pod", f"{self.name}-master-0", "--ignore-not-found", "-o", "jsonpath={.status.phase}"),
+            {"Running", "Succeeded", "Failed"},
+            "the master pod starting",
+        )
 
     def logs_command(self) -> list[str]:
         return ["kubectl", "-n", self.namespace, "logs", "-f", f"{self.name}-master-0"]
 
     def outcome(self) -> int:
         """0 when the job succeeded, 1 when it failed."""
-        state = self._poll(lambda: self._kubectl("get", "pytorchjob", self.name, "-o", "jsonpath={.status.conditions[-1:].type}"), {"Succeeded", "Failed"}, "the job finishing")
+        state = self._poll(
+            lambda: self._kubectl("get", "pytorchjob", self.name, "-o", "jsonpath={.status.conditions[-1:].type}"),
+            {"Succeeded", "Failed"},
+            "the job finishing",
+        )
         return 0 if state == "Succeeded" else 1
 
 
@@ -186,7 +233,11 @@ def other_node_commands(cfg: AdaptConfig, spec_path: Path, module: str = WORKER_
         return []
     env = worker_env(cfg)
     prefix = ["env"] + [f"{k}={env[k]}" for k in NODE_ENV if k in env]
-    return [shlex.join(prefix + launch_command(cfg, spec_path, node_rank=r, module=module)) for r in range(cfg.launch.nnodes) if r != cfg.launch.node_rank]
+    return [
+        shlex.join(prefix + launch_command(cfg, spec_path, node_rank=r, module=module))
+        for r in range(cfg.launch.nnodes)
+        if r != cfg.launch.node_rank
+    ]
 
 
 def worker_env(cfg: AdaptConfig) -> dict[str, str]:
@@ -240,9 +291,10 @@ def run_training(
         on_line(f"waiting for {len(others)} other node(s); on each, run the line for its rank from {run_dir / 'node_commands.txt'}")
     tail: deque[str] = deque(maxlen=30)
     worker_error: Event | None = None
-    with open(run_dir / "worker.log", "w") as log, subprocess.Popen(
-        command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=worker_env(cfg)
-    ) as proc:
+    with (
+        open(run_dir / "worker.log", "w") as log,
+        subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=worker_env(cfg)) as proc,
+    ):
         assert proc.stdout is not None
         for raw in proc.stdout:
             line = raw.rstrip("\n")
@@ -258,7 +310,11 @@ def run_training(
                     on_line(event["message"])
                 if event["type"] == "checkpoint" and mirror is not None:
                     mirrored = mirror.upload(Path(event["path"]))
-                    on_line(f"checkpoint mirrored to {mirrored}" if mirrored else f"checkpoint {Path(event['path']).name} superseded before its upload; skipped")
+                    on_line(
+                        f"checkpoint mirrored to {mirrored}"
+                        if mirrored
+                        else f"checkpoint {Path(event['path']).name} superseded before its upload; skipped"
+                    )
                 continue
             tail.append(line)
             on_line(line)
@@ -310,13 +366,21 @@ def describe_event(event: Event) -> str | None:
             f"loss {event['train_loss']:.4f} lr {event['learning_rate']:.2e}"
         )
     if event["type"] == "eval":
-        return f"eval at step {event['step']} on {event['split']}: loss {event['eval_loss']:.4f} accuracy {event['accuracy']:.4f}"
+        line = f"eval at step {event['step']} on {event['split']}: loss {event['eval_loss']:.4f}"
+        return line + (f" accuracy {event['accuracy']:.4f}" if "accuracy" in event else "")  # language-model runs have no accuracy
     return None
 
 
 def retry_after_crash(task, task_run, state) -> bool:
     """Retry a training whose processes crashed (it resumes from its checkpoint); not one rejected as bad input."""
     return isinstance(state.data, TrainingError)
+
+
+def checkpoint_mirror(cfg: AdaptConfig) -> CheckpointMirror | None:
+    """Where the run's checkpoints are mirrored: ``training.checkpoint_uri``, or nowhere."""
+    if not cfg.training.checkpoint_uri:
+        return None
+    return CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=2, retry_condition_fn=retry_after_crash)
@@ -331,10 +395,6 @@ def train_task(cfg: AdaptConfig, prepared_path: Path, model_path: Path, run_dir:
         if line:
             logger.info(line)
 
-    mirror = None
-    if cfg.training.checkpoint_uri:
-        from adaptflow.tasks.training.checkpoints import CheckpointMirror
-        from adaptflow.tasks.storage.s3 import S3Settings
-
-        mirror = CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
-    return run_training(cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=mirror, module=module)
+    return run_training(
+        cfg, prepared_path, model_path, run_dir, on_event=on_event, on_line=logger.info, mirror=checkpoint_mirror(cfg), module=module
+    )

@@ -33,7 +33,9 @@ def write_reviews(path: Path, rows: int = 120, seed: int = 0) -> Path:
         while len(seen) < rows:
             label = rng.choice(["positive", "negative"])
             word = rng.choice(POSITIVE if label == "positive" else NEGATIVE)
-            text = f"the {rng.choice(THINGS)} was {word} {rng.choice(['really', 'truly', 'quite', ''])} {rng.randint(0, 9999)}".replace("  ", " ")
+            text = f"the {rng.choice(THINGS)} was {word} {rng.choice(['really', 'truly', 'quite', ''])} {rng.randint(0, 9999)}".replace(
+                "  ", " "
+            )
             if text not in seen:
                 seen.add(text)
                 writer.writerow([text, label])

@@ -53,7 +53,12 @@ def test_a_promotion_waits_for_a_person_and_follows_the_answer(prefect_api, s3_e
         assert flow_run_artifacts(api.url, paused["id"])["promotion-approval"]["data"] == question
         api.resume(paused, {"approve": False, "note": "wait for | the audit", "reviewer": "bob"})
         rejected = future.result(timeout=PAUSE_WAIT_S)
-        assert (rejected["status"], rejected["trained"], rejected["candidate_version"], rejected["champion_after"]) == ("not_promoted", True, 1, None)
+        assert (rejected["status"], rejected["trained"], rejected["candidate_version"], rejected["champion_after"]) == (
+            "not_promoted",
+            True,
+            1,
+            None,
+        )
         assert get_alias(s3_env, name, "champion") is None and api.state(paused)["type"] == "COMPLETED"
         decision = flow_run_artifacts(api.url, paused["id"])["retrain-decision"]["data"]
         assert "not promoted" in decision and "| approval | rejected by bob: wait for \\| the audit |" in decision
@@ -68,7 +73,19 @@ def test_a_promotion_waits_for_a_person_and_follows_the_answer(prefect_api, s3_e
         # The same retrain from the CLI: version 1 is reused (nothing trains); nobody answers within 2 s.
         started = time.monotonic()
         outcome = CliRunner().invoke(
-            app, ["retrain", "--data", str(data), "--model-name", name, "--config", str(config_file), "--require-approval", "--approval-timeout", "2"],
+            app,
+            [
+                "retrain",
+                "--data",
+                str(data),
+                "--model-name",
+                name,
+                "--config",
+                str(config_file),
+                "--require-approval",
+                "--approval-timeout",
+                "2",
+            ],
             env={"COLUMNS": "300"},
         )
         print(f"retrain whose approval timed out: {time.monotonic() - started:.1f} s")
@@ -84,18 +101,33 @@ def test_a_promotion_waits_for_a_person_and_follows_the_answer(prefect_api, s3_e
         tag, future = start(pool, **parameters)
         paused = api.wait_for_pause(tag, future)
         _, question = api.what_the_ui_shows(paused)
-        for shown in (f"| version | `{name}:1` | `{name}:{wrong}` |", "versions/000001/", f"versions/{wrong:06d}/", "| **macro_f1** (gate) |", "| 0.0000 |"):
+        for shown in (
+            f"| version | `{name}:1` | `{name}:{wrong}` |",
+            "versions/000001/",
+            f"versions/{wrong:06d}/",
+            "| **macro_f1** (gate) |",
+            "| 0.0000 |",
+        ):
             assert shown in question, question
         api.resume(paused, {"approve": True, "note": "beats the champion", "reviewer": "alice"})
         approved = future.result(timeout=PAUSE_WAIT_S)
-    assert (approved["status"], approved["trained"], approved["champion_before"], approved["champion_after"]) == ("promoted", False, wrong, 1)
-    assert approved["champion_metrics"]["macro_f1"] == 0.0 and approved["candidate_metrics"]["n"] == approved["champion_metrics"]["n"] == len(rows)
+    assert (approved["status"], approved["trained"], approved["champion_before"], approved["champion_after"]) == (
+        "promoted",
+        False,
+        wrong,
+        1,
+    )
+    assert approved["champion_metrics"]["macro_f1"] == 0.0 and approved["candidate_metrics"]["n"] == approved["champion_metrics"][
+        "n"
+    ] == len(rows)
     assert approved["explanation"].endswith("approved by alice: beats the champion.")
     assert get_alias(s3_env, name, "champion").version == 1 and api.state(paused)["type"] == "COMPLETED"
     assert [v.version for v in list_versions(s3_env, name)] == [1, wrong]
     records = list_decisions(s3_env, name)
     assert [(r["promoted"], r["approval"]["outcome"], r["approval"]["note"]) for r in records] == [
-        (False, "rejected", "wait for | the audit"), (False, "timed_out", ""), (True, "approved", "beats the champion"),
+        (False, "rejected", "wait for | the audit"),
+        (False, "timed_out", ""),
+        (True, "approved", "beats the champion"),
     ]
 
 
@@ -150,5 +182,7 @@ class Api:
         return [state["type"] for state in self.call("GET", "/flow_run_states/", params={"flow_run_id": run["id"]})]
 
     def latest_run(self, matches: Callable[[dict], bool]) -> dict:
-        runs = self.call("POST", "/flow_runs/filter", json={"flows": {"name": {"any_": ["retrain"]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 20})
+        runs = self.call(
+            "POST", "/flow_runs/filter", json={"flows": {"name": {"any_": ["retrain"]}}, "sort": "EXPECTED_START_TIME_DESC", "limit": 20}
+        )
         return next(run for run in runs if matches(run))

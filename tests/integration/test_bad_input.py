@@ -45,10 +45,19 @@ DATA_CASES = {
     "missing file": (lambda d: d / "nope.csv", ["nope.csv", "no such file", "--data"]),
     "empty file": (lambda d: _write(d / "empty.csv", ""), ["empty.csv", "empty"]),
     "malformed csv": (lambda d: _write(d / "bad.csv", 'text,label\n"an open quote,positive\nfine,negative\n'), ["bad.csv"]),
-    "non-utf8": (lambda d: _write(d / "latin1.csv", "text,label\ngood,positive\ncaf\xe9 bad,negative\n".encode("latin-1")), ["latin1.csv", "line 3", "UTF-8"]),
-    "missing label column": (lambda d: _write(d / "nolabel.csv", "text,sentiment\nnice,positive\nbad,negative\n"), ["nolabel.csv", "label", "sentiment"]),
+    "non-utf8": (
+        lambda d: _write(d / "latin1.csv", "text,label\ngood,positive\ncaf\xe9 bad,negative\n".encode("latin-1")),
+        ["latin1.csv", "line 3", "UTF-8"],
+    ),
+    "missing label column": (
+        lambda d: _write(d / "nolabel.csv", "text,sentiment\nnice,positive\nbad,negative\n"),
+        ["nolabel.csv", "label", "sentiment"],
+    ),
     "empty after cleaning": (lambda d: _write(d / "blank.csv", 'text,label\n"  ",positive\n"",negative\n'), ["blank.csv"]),
-    "single class": (lambda d: _write(d / "one.csv", "text,label\n" + "".join(f"nice thing {i},positive\n" for i in range(20))), ["one.csv", "class"]),
+    "single class": (
+        lambda d: _write(d / "one.csv", "text,label\n" + "".join(f"nice thing {i},positive\n" for i in range(20))),
+        ["one.csv", "class"],
+    ),
 }
 
 
@@ -161,4 +170,16 @@ def test_cli_unreachable_s3_exits_with_storage_code(cli_env, tiny_bert_dir, tmp_
     output = result.stdout + result.stderr
     assert result.returncode == 3, output
     assert "S3 storage problem" in output and "Traceback" not in output
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_cli_reports_language_model_settings_before_prefect(cli_env, tiny_bert_dir, tmp_path):
+    """The model-dependent LM checks are part of the one preflight: reported before a Prefect server is involved."""
+    data = _write(tmp_path / "sft.jsonl", b'{"prompt": "hi", "response": "hello"}\n')
+    args = ["--task", "causal_lm", "--strategy", "lora", "--launcher", "pytorchjob", "--model", str(tiny_bert_dir), "--data", str(data)]
+    result = _cli([*args, "--work-dir", str(tmp_path / "w"), "--no-register-model"], cli_env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "is an encoder" in output and "'pytorchjob' does not run language-model training yet" in output
+    assert "Prefect server:" not in output and "Traceback" not in output
     assert not (tmp_path / "w" / "runs").exists()

@@ -49,7 +49,13 @@ def _config_file(tmp_path: Path, tiny_bert_dir: Path) -> Path:
 
 def _run_at_once(config: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
     procs = [
-        subprocess.Popen([sys.executable, "-m", "adaptflow.flows.cli", "run", "--config", str(config)], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        subprocess.Popen(
+            [sys.executable, "-m", "adaptflow.flows.cli", "run", "--config", str(config)],
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         for _ in range(RUNS)
     ]
     done = []
@@ -110,7 +116,13 @@ def test_bad_input_fails_fast_once_without_a_traceback(tmp_path, args, expected)
     env = {k: v for k, v in os.environ.items() if k != "PREFECT_API_URL"}
     env.update(ADAPTFLOW_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), COLUMNS="200")
     started = time.monotonic()
-    result = subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "run", "--no-register-model", *args], env=env, capture_output=True, text=True, timeout=120)
+    result = subprocess.run(
+        [sys.executable, "-m", "adaptflow.flows.cli", "run", "--no-register-model", *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     elapsed = time.monotonic() - started
     print(f"{args}: exit {result.returncode} after {elapsed:.1f} s")
     assert result.returncode == 2, result.stderr[-2000:]

@@ -21,7 +21,11 @@ def _adaptflow(args: list[str], env: dict[str, str], timeout: int = 600) -> subp
 
 @pytest.fixture
 def user_env(tmp_path, prefect_api, weed_binary) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if k not in (*ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ADAPTFLOW_S3_PREFIX", "ADAPTFLOW_S3_BUCKET")}
+    env = {
+        k: v
+        for k, v in os.environ.items()
+        if k not in (*ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "ADAPTFLOW_S3_PREFIX", "ADAPTFLOW_S3_BUCKET")
+    }
     env.update(ADAPTFLOW_HOME=str(tmp_path / "home"), PREFECT_API_URL=prefect_api, COLUMNS="160")
     return env
 
@@ -63,5 +67,14 @@ def test_help_explains_every_command(user_env):
         assert result.returncode == 0, result.stderr
         assert "Usage" in result.stdout
     run_help = _adaptflow(["run", "--help"], user_env, timeout=120).stdout
-    for flag in ("--strategy", "--data", "--eval-data", "--max-train-samples", "--last-n-layers", "--lora-r", "--num-processes", "--mixed-precision"):
+    for flag in (
+        "--strategy",
+        "--data",
+        "--eval-data",
+        "--max-train-samples",
+        "--last-n-layers",
+        "--lora-r",
+        "--num-processes",
+        "--mixed-precision",
+    ):
         assert flag in run_help

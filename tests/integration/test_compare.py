@@ -11,9 +11,9 @@ from datasets import load_from_disk
 from prefect import flow
 
 from adaptflow.flows.compare import compare, search
-from adaptflow.tasks.evaluation.compare import load_compare_config, with_budget
-from adaptflow.tasks.data import prepare_data
 from adaptflow.tasks.config import Lora
+from adaptflow.tasks.data.prepare import prepare_data
+from adaptflow.tasks.evaluation.compare import load_compare_config, with_budget
 from tests.integration.test_pipeline import artifact_keys
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -31,9 +31,12 @@ def _compare_config(model_dir, data, work_dir, **extra) -> dict:
 
 def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir, reviews_csv, tmp_path, prefect_api):
     raw = _compare_config(
-        tiny_bert_dir, reviews_csv, tmp_path / "work",
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
         strategies=[{"name": "transfer_learning", "pooling": "mean"}, {"name": "lora", "lora_r": 2}],
-        budget_examples=48, max_train_seconds=3600,
+        budget_examples=48,
+        max_train_seconds=3600,
     )
     report = compare(config=load_compare_config(raw))
 
@@ -67,7 +70,9 @@ def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir
 
 
 def test_search_never_reads_the_evaluation_split(tiny_bert_dir, reviews_csv, tmp_path):
-    cc = load_compare_config(_compare_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategies=[{"name": "transfer_learning"}], search_lr_factors=[1, 4]))
+    cc = load_compare_config(
+        _compare_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategies=[{"name": "transfer_learning"}], search_lr_factors=[1, 4])
+    )
     prepared = prepare_data(cc.data, tiny_bert_dir, tmp_path / "work")
     eval_texts = set(load_from_disk(str(prepared.dataset_path / "eval"))["text"])
     validation_texts = load_from_disk(str(prepared.dataset_path / "validation"))["text"]

@@ -28,7 +28,7 @@ from safetensors.torch import load_file
 
 from adaptflow.flows.adapt import adapt
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.registry.store import list_versions
 from adaptflow.tasks.training.launch import run_training
 from tests.integration.conftest import tiny_config
@@ -81,7 +81,14 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     model = build_tiny_model(tmp_path / "model", layers=4, hidden=256)  # slow enough to be killed mid-run
     sections = {
         "strategy": {"name": "full_fine_tuning"},
-        "training": {"max_steps": 40, "checkpoint_every": 5, "batch_size": 8, "log_every": 5, "learning_rate": 3e-4, "mixed_precision": "no"},
+        "training": {
+            "max_steps": 40,
+            "checkpoint_every": 5,
+            "batch_size": 8,
+            "log_every": 5,
+            "learning_rate": 3e-4,
+            "mixed_precision": "no",
+        },
         "launch": {"num_processes": 2, "retries": 1},
     }
     work = tmp_path / "work"
@@ -110,7 +117,9 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     assert "resuming from checkpoint" in (run_dir / "worker.log").read_text()
     assert [v.version for v in list_versions(s3_env, "killed")] == [1]
 
-    reference = load_config({**tiny_config(model, reviews_csv, tmp_path / "work-ref"), **sections, "registry": {"model_name": "uninterrupted"}})
+    reference = load_config(
+        {**tiny_config(model, reviews_csv, tmp_path / "work-ref"), **sections, "registry": {"model_name": "uninterrupted"}}
+    )
     ref_summary = adapt(config=reference)
     ref_metrics = json.loads((Path(ref_summary["run_dir"]) / "metrics.json").read_text())
     assert ref_metrics["resumed_from_step"] is None
@@ -169,7 +178,13 @@ def test_two_node_run_completes_and_registers_one_version(second_host, s3_env, t
         tiny_bert_dir,
         reviews_csv,
         tmp_path / "work",
-        launch={"launcher": "multinode", "nnodes": 2, "num_processes": 1, "master_addr": second_host["host_addr"], "master_port": _free_port()},
+        launch={
+            "launcher": "multinode",
+            "nnodes": 2,
+            "num_processes": 1,
+            "master_addr": second_host["host_addr"],
+            "master_port": _free_port(),
+        },
         registry={"model_name": "two-nodes"},
     )
     outcome: dict = {}

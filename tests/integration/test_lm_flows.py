@@ -23,7 +23,10 @@ TERMS = ["patient", "dose", "tablet", "symptom", "clinic", "diagnosis", "therapy
 
 
 def write_domain_text(path: Path, lines: int = 40) -> Path:
-    path.write_text("\n".join(f"The {TERMS[i % 10]} note {i} mentions the {TERMS[(3 * i) % 10]} and the {TERMS[(7 * i) % 10]}." for i in range(lines)) + "\n")
+    path.write_text(
+        "\n".join(f"The {TERMS[i % 10]} note {i} mentions the {TERMS[(3 * i) % 10]} and the {TERMS[(7 * i) % 10]}." for i in range(lines))
+        + "\n"
+    )
     return path
 
 
@@ -38,7 +41,12 @@ def test_domain_adaptation_then_classification_on_minilm(prefect_api, minilm_dir
     cfg = load_config(
         {
             "model": str(minilm_dir),
-            "strategy": {"name": "domain_adaptation", "domain_max_steps": 2, "then": "transfer_learning", "task_data": str(write_reviews(tmp_path / "reviews.csv", rows=80))},
+            "strategy": {
+                "name": "domain_adaptation",
+                "domain_max_steps": 2,
+                "then": "transfer_learning",
+                "task_data": str(write_reviews(tmp_path / "reviews.csv", rows=80)),
+            },
             "data": {"data": str(write_domain_text(tmp_path / "notes.txt")), "max_length": 32},
             "training": {"batch_size": 8, "log_every": 1},
             "registry": {"register_model": False},
@@ -80,7 +88,14 @@ def test_causal_lora_sft_registers_and_generates(prefect_api, s3_env, tiny_gpt2_
 
     assert summary["objective"] == "sft" and summary["version"] == 1
     m = summary["metrics"]
-    for key in ("eval_perplexity", "eval_perplexity_before", "reference_perplexity", "reference_perplexity_before", "exact_match", "rouge_l"):
+    for key in (
+        "eval_perplexity",
+        "eval_perplexity_before",
+        "reference_perplexity",
+        "reference_perplexity_before",
+        "exact_match",
+        "rouge_l",
+    ):
         assert math.isfinite(m[key]), key
     assert len(json.loads((Path(summary["run_dir"]) / "generations.json").read_text())) == 2
 
@@ -91,7 +106,9 @@ def test_causal_lora_sft_registers_and_generates(prefect_api, s3_env, tiny_gpt2_
     assert not (folder / "model.safetensors").exists()  # the base is recorded, not copied
 
     prompts = tmp_path / "prompts.jsonl"
-    pd.DataFrame({"id": [1, 2, 3], "prompt": ["Which word goes with 3?", "Which word goes with 5?", "hello"]}).to_json(prompts, orient="records", lines=True)
+    pd.DataFrame({"id": [1, 2, 3], "prompt": ["Which word goes with 3?", "Which word goes with 5?", "hello"]}).to_json(
+        prompts, orient="records", lines=True
+    )
     out = tmp_path / "answers.jsonl"
     result = predict(model="sft-tiny", data=str(prompts), output=str(out), max_new_tokens=3, do_sample=True, temperature=0.8, seed=1)
     assert result["rows"] == 3 and result["task"] == "causal_lm"
@@ -99,4 +116,6 @@ def test_causal_lora_sft_registers_and_generates(prefect_api, s3_env, tiny_gpt2_
     assert list(written["id"]) == [1, 2, 3] and written["generated"].map(lambda s: isinstance(s, str)).all()
     again = tmp_path / "again.jsonl"
     predict(model="sft-tiny:1", data=str(prompts), output=str(again), max_new_tokens=3, do_sample=True, temperature=0.8, seed=1)
-    assert list(pd.read_json(again, lines=True, dtype=False)["generated"]) == list(written["generated"])  # the seed makes sampling repeatable
+    assert list(pd.read_json(again, lines=True, dtype=False)["generated"]) == list(
+        written["generated"]
+    )  # the seed makes sampling repeatable

@@ -15,7 +15,11 @@ from adaptflow.flows.cli.app import app
 from adaptflow.tasks.registry import store as registry
 from adaptflow.tasks.storage.s3 import S3Settings
 
-FILES = {"adaptflow_model.json": b'{"weights": "backbone"}', "backbone/model.safetensors": os.urandom(50_000), "vocab.txt": b"[PAD]\nhello\n"}
+FILES = {
+    "adaptflow_model.json": b'{"weights": "backbone"}',
+    "backbone/model.safetensors": os.urandom(50_000),
+    "vocab.txt": b"[PAD]\nhello\n",
+}
 
 
 def manifest(strategy: str, accuracy: float) -> dict:
@@ -23,7 +27,12 @@ def manifest(strategy: str, accuracy: float) -> dict:
         "strategy": strategy,
         "task": "sequence_classification",
         "base_model": {"ref": "sentence-transformers/all-MiniLM-L6-v2", "sha256": "ab" * 32},
-        "data": {"key": "reviews-3f2a", "source": {"data": {"uri": "s3://data/reviews.csv", "sha256": "cd" * 32}}, "label_names": ["negative", "positive"], "splits": {"train": 96, "eval": 24}},
+        "data": {
+            "key": "reviews-3f2a",
+            "source": {"data": {"uri": "s3://data/reviews.csv", "sha256": "cd" * 32}},
+            "label_names": ["negative", "positive"],
+            "splits": {"train": 96, "eval": 24},
+        },
         "metrics": {"accuracy": accuracy, "macro_f1": accuracy - 0.01},
         "training": {"trainable_params": 1000, "total_params": 20000, "train_runtime_s": 12.5, "device": "cpu"},
         "code_version": "0123abc",
@@ -68,11 +77,26 @@ def test_list_show_promote_pull(models: S3Settings, tmp_path: Path) -> None:
 
     shown = models_cli("show", "reviews@champion")
     assert shown.exit_code == 0, shown.output
-    for text in ("reviews:2", "aliases: champion", "lora", "sentence-transformers/all-MiniLM-L6-v2", "reviews-3f2a", "accuracy 0.9200", "5.00%", "0123abc", "torch 2.13.0", "backbone/model.safetensors", "3 files"):
+    for text in (
+        "reviews:2",
+        "aliases: champion",
+        "lora",
+        "sentence-transformers/all-MiniLM-L6-v2",
+        "reviews-3f2a",
+        "accuracy 0.9200",
+        "5.00%",
+        "0123abc",
+        "torch 2.13.0",
+        "backbone/model.safetensors",
+        "3 files",
+    ):
         assert text in shown.stdout, text
 
     decisions = registry.list_decisions(models, "reviews")
-    assert [(d["candidate_version"], d["previous_version"], d["reason"]) for d in decisions] == [(1, None, "first good one"), (2, 1, "manual promotion")]
+    assert [(d["candidate_version"], d["previous_version"], d["reason"]) for d in decisions] == [
+        (1, None, "first good one"),
+        (2, 1, "manual promotion"),
+    ]
 
     pulled = models_cli("pull", "reviews@champion", "--output", str(tmp_path / "pulled"))
     assert pulled.exit_code == 0, pulled.output
@@ -129,7 +153,13 @@ def test_errors_are_one_message_with_an_exit_code(models: S3Settings) -> None:
 
 
 def test_models_command_runs_as_a_module(models: S3Settings) -> None:
-    """`python -m adaptflow.flows.cli.app models ...` (adaptflow.flows.cli.app and adaptflow.flows.cli.models import each other)."""
-    result = subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "models", "list", "reviews"], capture_output=True, text=True, timeout=120, env={**os.environ, "COLUMNS": "160"})
+    """`python -m adaptflow.flows.cli models ...`: the app root registers the subcommands, which never import it back."""
+    result = subprocess.run(
+        [sys.executable, "-m", "adaptflow.flows.cli", "models", "list", "reviews"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        env={**os.environ, "COLUMNS": "160"},
+    )
     assert result.returncode == 0, result.stderr
     assert "Versions of reviews" in result.stdout

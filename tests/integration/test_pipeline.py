@@ -34,7 +34,17 @@ def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, re
     # the run folder holds everything a person or the registry needs
     run_dir = tmp_path / "work" / "runs" / "reviews-e2e"
     (run,) = list(run_dir.iterdir())
-    for name in ("config.json", "metrics.json", "predictions.json", "evaluation.json", "worker.log", "plots/loss_curves.png", "plots/confusion_matrix.png", "model/head.safetensors", "model/backbone/model.safetensors"):
+    for name in (
+        "config.json",
+        "metrics.json",
+        "predictions.json",
+        "evaluation.json",
+        "worker.log",
+        "plots/loss_curves.png",
+        "plots/confusion_matrix.png",
+        "model/head.safetensors",
+        "model/backbone/model.safetensors",
+    ):
         assert (run / name).is_file(), name
     metrics = json.loads((run / "metrics.json").read_text())
     assert metrics["steps"] == 6 and metrics["trainable_params"] > 0.99 * metrics["total_params"]
@@ -45,7 +55,17 @@ def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, re
     assert summary["version"] == version.version == 1 and summary["version_uri"] == version.uri
     manifest = get_manifest(s3_env, "reviews-e2e", 1)
     files = {f["path"] for f in manifest["files"]}
-    assert {"adaptflow_model.json", "head.safetensors", "backbone/model.safetensors", "backbone/config.json", "tokenizer.json", "metrics.json", "evaluation.json", "README.md", "plots/confusion_matrix.png"} <= files
+    assert {
+        "adaptflow_model.json",
+        "head.safetensors",
+        "backbone/model.safetensors",
+        "backbone/config.json",
+        "tokenizer.json",
+        "metrics.json",
+        "evaluation.json",
+        "README.md",
+        "plots/confusion_matrix.png",
+    } <= files
     assert manifest["strategy"] == "full_fine_tuning"
     assert manifest["config"]["model"] == str(tiny_bert_dir)
     assert len(manifest["base_model"]["sha256"]) == 64
@@ -86,13 +106,20 @@ def summary_eval_texts(summary: dict) -> list[str]:
     [
         (strategies.transfer_learning, {"name": "transfer_learning", "head_epochs": 2}, {"backbone/model.safetensors"}, set()),
         (strategies.partial_fine_tuning, {"name": "partial_fine_tuning", "last_n_layers": 1}, {"backbone/model.safetensors"}, set()),
-        (strategies.lora, {"name": "lora", "lora_r": 2}, {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"}, {"backbone/model.safetensors"}),
+        (
+            strategies.lora,
+            {"name": "lora", "lora_r": 2},
+            {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"},
+            {"backbone/model.safetensors"},
+        ),
     ],
     ids=["transfer_learning", "partial_fine_tuning", "lora"],
 )
 def test_each_strategy_flow_registers_its_artifact(s3_env, tiny_bert_dir, reviews_csv, tmp_path, flow_fn, strategy, expected_files, absent):
     cfg = load_config(tiny_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategy=strategy))
-    summary = flow_fn(model=cfg.model, strategy=cfg.strategy, data=cfg.data, training=cfg.training, registry=cfg.registry, work_dir=cfg.work_dir)
+    summary = flow_fn(
+        model=cfg.model, strategy=cfg.strategy, data=cfg.data, training=cfg.training, registry=cfg.registry, work_dir=cfg.work_dir
+    )
     assert summary["strategy"] == strategy["name"]
     manifest = get_manifest(s3_env, cfg.model_name(), summary["version"])
     files = {f["path"] for f in manifest["files"]}
@@ -105,7 +132,13 @@ def test_each_strategy_flow_registers_its_artifact(s3_env, tiny_bert_dir, review
 
 
 def test_same_input_reuses_prepared_data(s3_env, tiny_bert_dir, reviews_csv, tmp_path):
-    raw = tiny_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategy={"name": "transfer_learning", "head_epochs": 1}, registry={"register_model": False})
+    raw = tiny_config(
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
+        strategy={"name": "transfer_learning", "head_epochs": 1},
+        registry={"register_model": False},
+    )
     first = adapt(config=load_config(raw))
     second = adapt(config=load_config(raw))
     assert first["data_reused"] is False and second["data_reused"] is True
@@ -134,7 +167,13 @@ def test_data_and_model_can_come_from_s3(s3_env, tiny_bert_dir, reviews_csv, tmp
     model_prefix = s3_env.uri(s3_env.key("inputs", "tiny-bert"))
     for f in tiny_bert_dir.iterdir():
         upload_file(s3_env, f, f"{model_prefix}/{f.name}")
-    raw = tiny_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategy={"name": "transfer_learning", "head_epochs": 1}, registry={"model_name": "from-s3"})
+    raw = tiny_config(
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
+        strategy={"name": "transfer_learning", "head_epochs": 1},
+        registry={"model_name": "from-s3"},
+    )
     raw["model"] = model_prefix
     raw["data"]["data"] = data_uri
     summary = adapt(config=load_config(raw))

@@ -63,7 +63,9 @@ def flow_run_artifacts(api_url: str, flow_run_id: str) -> dict[str, dict]:
 def test_predict_flow_on_a_full_version_repeats_the_runs_predictions(registry, prefect_api, tmp_path):
     settings, runs, _ = registry
     data, texts, expected = eval_split(runs["pred-full"], tmp_path)
-    state = predict(model="pred-full", data=str(data), output=str(tmp_path / "out.csv"), text_column="review", batch_size=5, return_state=True)
+    state = predict(
+        model="pred-full", data=str(data), output=str(tmp_path / "out.csv"), text_column="review", batch_size=5, return_state=True
+    )
     summary = state.result()
 
     out = pd.read_csv(tmp_path / "out.csv")
@@ -85,7 +87,9 @@ def test_predict_a_lora_version_as_json_lines(registry, tmp_path):
     settings, runs, _ = registry
     data, texts, expected = eval_split(runs["pred-lora"], tmp_path)
     seen = []
-    result = predict_file(settings, "pred-lora:1", str(data), tmp_path / "out.jsonl", batch_size=4, on_progress=lambda done, total: seen.append((done, total)))
+    result = predict_file(
+        settings, "pred-lora:1", str(data), tmp_path / "out.jsonl", batch_size=4, on_progress=lambda done, total: seen.append((done, total))
+    )
     rows = [json.loads(line) for line in (tmp_path / "out.jsonl").read_text().splitlines()]
     assert [r["review"] for r in rows] == texts and [r["label"] for r in rows] == expected
     assert all(abs(r["prob_negative"] + r["prob_positive"] - 1) < 1e-6 for r in rows)
@@ -128,13 +132,30 @@ def test_input_problems_are_reported_together_before_loading(registry, tmp_path)
 
 def cli(args: list[str], api_url: str, tmp_path: Path) -> subprocess.CompletedProcess:
     env = {**os.environ, "PREFECT_API_URL": api_url, "COLUMNS": "200"}
-    return subprocess.run([sys.executable, "-m", "adaptflow.flows.cli", "predict", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    return subprocess.run(
+        [sys.executable, "-m", "adaptflow.flows.cli", "predict", *args], cwd=REPO, env=env, capture_output=True, text=True, timeout=300
+    )
 
 
 def test_cli_predicts_a_file(registry, prefect_api, tmp_path):
     _, runs, _ = registry
     data, texts, expected = eval_split(runs["pred-full"], tmp_path)
-    done = cli(["--model", "pred-full:1", "--data", str(data), "--output", str(tmp_path / "out.csv"), "--text-column", "review", "--batch-size", "8"], prefect_api, tmp_path)
+    done = cli(
+        [
+            "--model",
+            "pred-full:1",
+            "--data",
+            str(data),
+            "--output",
+            str(tmp_path / "out.csv"),
+            "--text-column",
+            "review",
+            "--batch-size",
+            "8",
+        ],
+        prefect_api,
+        tmp_path,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == expected
     assert f"{len(texts)} rows predicted with pred-full:1" in done.stdout
@@ -150,7 +171,10 @@ def test_cli_predicts_a_file(registry, prefect_api, tmp_path):
     ids=["missing-model", "no-text-column", "bad-name"],
 )
 def test_cli_errors_are_one_clear_message(registry, prefect_api, tmp_path, model, data, needles):
-    inputs = {"reviews": write_labelled(tmp_path / "reviews.csv", [("the film was great", "positive")]), "numbers": tmp_path / "numbers.csv"}
+    inputs = {
+        "reviews": write_labelled(tmp_path / "reviews.csv", [("the film was great", "positive")]),
+        "numbers": tmp_path / "numbers.csv",
+    }
     pd.DataFrame({"id": [1, 2], "value": [0.5, 0.7]}).to_csv(inputs["numbers"], index=False)
     done = cli(["--model", model, "--data", str(inputs[data]), "--output", str(tmp_path / "out.csv")], prefect_api, tmp_path)
     assert done.returncode not in (0, 1), done.stderr[-3000:]

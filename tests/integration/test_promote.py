@@ -134,7 +134,11 @@ def test_only_an_approved_move_happens_and_an_alias_moved_meanwhile_is_asked_abo
     assert [(d.promoted, d.previous_version) for d in asked] == [(True, champion)] and asked[0].champion_metrics["accuracy"] == 0.5
     assert get_alias(env, "gate", "champion").version == champion
     assert list_decisions(env, "gate")[-1]["approval"] | {"answered_at": ""} == {
-        "outcome": "rejected", "note": "wait for the audit", "reviewer": "bob", "timeout_s": None, "answered_at": "",
+        "outcome": "rejected",
+        "note": "wait for the audit",
+        "reviewer": "bob",
+        "timeout_s": None,
+        "answered_at": "",
     }
 
     # Another promotion lands while the person decides: the approved move loses the compare-and-swap,
@@ -154,12 +158,16 @@ def test_only_an_approved_move_happens_and_an_alias_moved_meanwhile_is_asked_abo
     assert get_alias(env, "gate", "champion").version == candidate
 
     # A candidate that is not better is never put to a person.
-    worse = promote_if_better(env, f"gate:{make('wrong')}", eval_data=eval_csv, approve=lambda d: pytest.fail("asked about a worse candidate"))
+    worse = promote_if_better(
+        env, f"gate:{make('wrong')}", eval_data=eval_csv, approve=lambda d: pytest.fail("asked about a worse candidate")
+    )
     assert not worse.promoted and worse.approval is None
     assert [r["promoted"] for r in list_decisions(env, "gate")] == [True, False, True, False]
 
 
-@pytest.mark.parametrize("start, better, worse", [("constant", "good", "wrong"), (None, "good", "constant")], ids=["with-champion", "no-champion"])
+@pytest.mark.parametrize(
+    "start, better, worse", [("constant", "good", "wrong"), (None, "good", "constant")], ids=["with-champion", "no-champion"]
+)
 def test_concurrent_promotions_end_on_the_better_candidate(env, make, eval_csv, start, better, worse):
     if start is not None:
         promote_if_better(env, f"gate:{make(start)}", eval_data=eval_csv)
@@ -215,7 +223,9 @@ def test_models_promote_cli_is_the_gate_with_if_better_on(env, make, eval_csv):
     first = runner.invoke(app, ["models", "promote", f"gate:{good}", "--if-better-on", eval_csv], env={"COLUMNS": "200"})
     assert first.exit_code == 0, first.output
     assert "promoted" in first.output
-    second = runner.invoke(app, ["models", "promote", f"gate:{wrong}", "--if-better-on", eval_csv, "--metric", "accuracy"], env={"COLUMNS": "200"})
+    second = runner.invoke(
+        app, ["models", "promote", f"gate:{wrong}", "--if-better-on", eval_csv, "--metric", "accuracy"], env={"COLUMNS": "200"}
+    )
     assert second.exit_code == 1 and "not promoted" in second.output
     assert get_alias(env, "gate", "champion").version == good
     assert [d["promoted"] for d in list_decisions(env, "gate")] == [True, False]

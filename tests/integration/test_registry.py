@@ -18,8 +18,8 @@ import pytest
 from botocore.exceptions import EndpointConnectionError
 
 from adaptflow.infra.stack import LocalS3Stack
-from adaptflow.tasks.registry import store as registry
 from adaptflow.tasks.errors import ConfigError, StorageError
+from adaptflow.tasks.registry import store as registry
 from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_file, download_prefix, iter_objects, make_client
 
 MODEL_FILES = {
@@ -181,7 +181,9 @@ def test_unchanged_files_are_uploaded_once(s3_settings: S3Settings, model_dir: P
     assert third.uploaded_bytes == len(changed)
     assert len(_blob_keys(s3_settings, "dedup")) == len(MODEL_FILES) + 1
 
-    assert (registry.pull_version(s3_settings, "dedup", 2, tmp_path / "v2") / "model.safetensors").read_bytes() == MODEL_FILES["model.safetensors"]
+    assert (registry.pull_version(s3_settings, "dedup", 2, tmp_path / "v2") / "model.safetensors").read_bytes() == MODEL_FILES[
+        "model.safetensors"
+    ]
     assert (registry.pull_version(s3_settings, "dedup", 3, tmp_path / "v3") / "model.safetensors").read_bytes() == changed
 
 
@@ -501,8 +503,8 @@ def test_pulled_versions_load_with_transformers_and_peft(s3_settings: S3Settings
     from peft import PeftModel
     from transformers import AutoModel
 
-    from bench.registry_sizes import build_version_folder
     from adaptflow.tasks.modeling import load_backbone, load_classifier
+    from bench.registry_sizes import build_version_folder
 
     for strategy in ("full_fine_tuning", "lora"):
         folder = build_version_folder(tiny_bert_dir, strategy, tmp_path / strategy)
@@ -519,9 +521,7 @@ def test_pulled_versions_load_with_transformers_and_peft(s3_settings: S3Settings
     assert load_classifier(lora, base_model_dir=tiny_bert_dir)[2]["weights"] == "adapter"
 
 
-def test_lora_version_uploads_under_5_percent_of_full_fine_tuning(
-    s3_settings: S3Settings, minilm_dir: Path, tmp_path: Path
-) -> None:
+def test_lora_version_uploads_under_5_percent_of_full_fine_tuning(s3_settings: S3Settings, minilm_dir: Path, tmp_path: Path) -> None:
     from bench.registry_sizes import lora_ratio, measure
 
     rows = measure(s3_settings, minilm_dir, tmp_path)

@@ -15,8 +15,8 @@ import httpx
 from typer.testing import CliRunner
 
 from adaptflow.flows.cli.app import app
-from adaptflow.flows.retrain import model_lock, retrain
 from adaptflow.flows.cli.retrain import NOT_BETTER_EXIT
+from adaptflow.flows.retrain import model_lock, retrain
 from adaptflow.tasks.registry.store import get_alias, list_versions
 from tests.integration.conftest import tiny_config, write_reviews
 

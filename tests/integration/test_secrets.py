@@ -15,12 +15,12 @@ from prefect import flow
 from adaptflow.flows.adapt import adapt
 from adaptflow.flows.predict import predict
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.storage.credentials import settings_from_block
 from adaptflow.tasks.errors import AdaptFlowError, StorageError
 from adaptflow.tasks.inference.predict import predict_file
 from adaptflow.tasks.promotion import promote_task
 from adaptflow.tasks.registry.store import get_alias, get_manifest, register_version, resolve_ref, set_alias
 from adaptflow.tasks.storage.s3 import S3Settings, check_access, iter_objects, make_client
+from adaptflow.tasks.storage.settings import settings_from_block
 from tests.integration.conftest import tiny_config
 from tests.integration.versions import CLEARED_VARS, fit_head, register_head, stack_env, write_labelled
 
@@ -165,7 +165,13 @@ def test_adapt_flow_registers_with_only_a_block_configured(block_only_env, tiny_
     env, creds, _ = block_only_env
     monkeypatch.setenv("ADAPTFLOW_S3_BLOCK", creds)
     assert S3Settings.resolve().source == f"Prefect block aws-credentials/{creds}"
-    cfg = tiny_config(tiny_bert_dir, reviews_csv, tmp_path / "work", strategy={"name": "transfer_learning", "head_epochs": 1}, registry={"model_name": "block-run"})
+    cfg = tiny_config(
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
+        strategy={"name": "transfer_learning", "head_epochs": 1},
+        registry={"model_name": "block-run"},
+    )
     summary = adapt(config=load_config(cfg))
     assert summary["version"] == 1 and resolve_ref(env, "block-run") == ("block-run", 1)
 

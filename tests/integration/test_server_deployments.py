@@ -67,14 +67,19 @@ def served(s3_stack, tmp_path_factory):
     settings = s3_stack.settings(prefix=f"tests/server-deployments-{uuid.uuid4().hex[:8]}")
     stack = PrefectStack(home)
     worker_env = {
-        **s3_stack.env(), "ADAPTFLOW_S3_PREFIX": settings.prefix, "ADAPTFLOW_HOME": str(home),
+        **s3_stack.env(),
+        "ADAPTFLOW_S3_PREFIX": settings.prefix,
+        "ADAPTFLOW_HOME": str(home),
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick a run up at once (default: every 10 s)
     }
     info = stack.up(worker_env=worker_env, timeout=120)
     try:
         env = {
-            **os.environ, "PREFECT_API_URL": info.api_url, "PREFECT_HOME": str(home / "cli-prefect-home"),
-            "ADAPTFLOW_PROJECT_DIR": str(ROOT), "COLUMNS": "250",  # wide enough that rich truncates no name
+            **os.environ,
+            "PREFECT_API_URL": info.api_url,
+            "PREFECT_HOME": str(home / "cli-prefect-home"),
+            "ADAPTFLOW_PROJECT_DIR": str(ROOT),
+            "COLUMNS": "250",  # wide enough that rich truncates no name
         }
         setup = [_cli(shlex.split(command), env) for command in documented_commands()]
         for done in setup:
@@ -108,7 +113,9 @@ def test_prefect_deploy_as_documented_registers_every_deployment(served):
 
     retrain = _api(served, "GET", "/deployments/name/retrain/retrain").json()
     assert retrain["enforce_parameter_schema"] is True
-    stored = json.loads(json.dumps(parameter_schema(load_flow_from_entrypoint(f"{ROOT / 'flows' / 'retrain.py'}:retrain")).model_dump_for_openapi()))
+    stored = json.loads(
+        json.dumps(parameter_schema(load_flow_from_entrypoint(f"{ROOT / 'flows' / 'retrain.py'}:retrain")).model_dump_for_openapi())
+    )
     assert retrain["parameter_openapi_schema"] == stored  # what tests/unit validates against is what the server enforces
     assert [(s["schedule"]["cron"], s["parameters"]["data"]) for s in retrain["schedules"]] == [("0 2 * * *", "sample://reviews")]
     assert retrain["pull_steps"][0]["prefect.deployments.steps.set_working_directory"]["directory"] == str(ROOT)
@@ -158,13 +165,33 @@ def test_a_run_from_the_ui_form_then_cis_prefect_command_then_what_prefect_cli_l
     run = _api(served, "GET", f"/flow_runs/{run_id}").json()
     assert secret not in str(run["parameters"]) and all(secret not in str(a["data"]) for a in artifacts)
 
-    watched = _cli(["prefect", "deployment", "run", "retrain/retrain", "--param", "model_name=served-model", "--param", f"data={data}",
-                    "--watch", "--watch-timeout", str(RUN_TIMEOUT_S)], served.env)
+    watched = _cli(
+        [
+            "prefect",
+            "deployment",
+            "run",
+            "retrain/retrain",
+            "--param",
+            "model_name=served-model",
+            "--param",
+            f"data={data}",
+            "--watch",
+            "--watch-timeout",
+            str(RUN_TIMEOUT_S),
+        ],
+        served.env,
+    )
     cli_run_id = re.search(r"UUID: ([0-9a-f-]{36})", watched.stdout).group(1)
     assert watched.returncode == 0 and "Completed" in watched.stdout, _diagnostics(served, cli_run_id, watched.stdout[-2000:])
     assert [v.version for v in list_versions(served.settings, "served-model")] == [1]  # the same data: up to date
 
-    commands = ["deployment ls", "work-pool ls", "block ls", "artifact ls", "flow-run ls --flow-name retrain --state-type COMPLETED -o json"]
+    commands = [
+        "deployment ls",
+        "work-pool ls",
+        "block ls",
+        "artifact ls",
+        "flow-run ls --flow-name retrain --state-type COMPLETED -o json",
+    ]
     listed = {command: _cli(["prefect", *command.split()], served.env) for command in commands}
     assert all(done.returncode == 0 for done in listed.values()), {c: d.stdout + d.stderr for c, d in listed.items() if d.returncode}
     for path in _deployment_paths(served):
@@ -172,7 +199,9 @@ def test_a_run_from_the_ui_form_then_cis_prefect_command_then_what_prefect_cli_l
     assert re.search(r"adaptflow-k8s-gpu\s*│\s*kubernetes", listed["work-pool ls"].stdout), listed["work-pool ls"].stdout
     assert re.search(r"adaptflow-local\s*│\s*process", listed["work-pool ls"].stdout)
     assert "Blocks" in listed["block ls"].stdout
-    assert all(key in listed["artifact ls"].stdout for key in ("retrain-decision", "adapt-summary", "data-report")), listed["artifact ls"].stdout
+    assert all(key in listed["artifact ls"].stdout for key in ("retrain-decision", "adapt-summary", "data-report")), listed[
+        "artifact ls"
+    ].stdout
     assert {run_id, cli_run_id} <= {r["id"] for r in json.loads(listed[commands[-1]].stdout)}
 
 
@@ -188,7 +217,11 @@ def test_a_schedule_and_the_data_arrived_event_start_retrains_that_the_worker_co
     # just-changed deployments every 5 s), else the first run is an hour later.
     anchor = datetime.now(timezone.utc) + timedelta(seconds=SCHEDULE_LEAD_S)
     (retrain,) = [entry for entry in yaml.safe_load(PREFECT_FILE.read_text())["deployments"] if entry["name"] == "retrain"]
-    soon = {**retrain, "name": "retrain-soon", "schedules": [{"interval": 3600, "anchor_date": anchor.isoformat(), "slug": "soon", "parameters": parameters}]}
+    soon = {
+        **retrain,
+        "name": "retrain-soon",
+        "schedules": [{"interval": 3600, "anchor_date": anchor.isoformat(), "slug": "soon", "parameters": parameters}],
+    }
     soon.pop("triggers")
     prefect_file = tmp_path / "prefect.yaml"
     prefect_file.write_text(yaml.safe_dump({"name": "adaptflow-test", "prefect-version": "3.9.1", "deployments": [soon]}))
@@ -198,10 +231,14 @@ def test_a_schedule_and_the_data_arrived_event_start_retrains_that_the_worker_co
     try:
         runs = _wait_for_runs(served, deployment["id"], "SCHEDULE", timeout=SCHEDULE_LEAD_S)
         first = runs[0]
-        print(f"scheduled run {first['id']} ({first['name']}): created by {first['created_by']['type']} "
-              f"{first['created_by']['display_value']!r}, auto_scheduled={first['auto_scheduled']}, expected start {first['expected_start_time']}")
+        print(
+            f"scheduled run {first['id']} ({first['name']}): created by {first['created_by']['type']} "
+            f"{first['created_by']['display_value']!r}, auto_scheduled={first['auto_scheduled']}, expected start {first['expected_start_time']}"
+        )
         assert first["auto_scheduled"] is True and first["created_by"]["id"] == deployment["schedules"][0]["id"]
-        assert datetime.fromisoformat(first["expected_start_time"]) == anchor, "the scheduler saw the deployment after its anchor: raise SCHEDULE_LEAD_S"
+        assert datetime.fromisoformat(first["expected_start_time"]) == anchor, (
+            "the scheduler saw the deployment after its anchor: raise SCHEDULE_LEAD_S"
+        )
         assert first["parameters"]["model_name"] == "scheduled-model"
         state = _wait_for_final_state(served, first["id"], timeout=RUN_TIMEOUT_S + SCHEDULE_LEAD_S)
         assert state == "COMPLETED", _diagnostics(served, first["id"], state)
@@ -210,11 +247,24 @@ def test_a_schedule_and_the_data_arrived_event_start_retrains_that_the_worker_co
         assert _api(served, "DELETE", f"/deployments/{deployment['id']}").status_code == 204
 
     retrain = _api(served, "GET", "/deployments/name/retrain/retrain").json()
-    emitted = _cli(["prefect", "event", "emit", "adaptflow.data.arrived", "--resource-id", "adaptflow.dataset.scheduled-model",
-                    "--payload", json.dumps({"data": str(data)})], served.env)
+    emitted = _cli(
+        [
+            "prefect",
+            "event",
+            "emit",
+            "adaptflow.data.arrived",
+            "--resource-id",
+            "adaptflow.dataset.scheduled-model",
+            "--payload",
+            json.dumps({"data": str(data)}),
+        ],
+        served.env,
+    )
     assert emitted.returncode == 0, emitted.stdout + emitted.stderr
     (run,) = _wait_for_runs(served, retrain["id"], "AUTOMATION", timeout=60)
-    print(f"event-triggered run {run['id']} ({run['name']}): created by {run['created_by']['type']} {run['created_by']['display_value']!r}, parameters {run['parameters']}")
+    print(
+        f"event-triggered run {run['id']} ({run['name']}): created by {run['created_by']['type']} {run['created_by']['display_value']!r}, parameters {run['parameters']}"
+    )
     assert run["parameters"] == {"model_name": "scheduled-model", "data": str(data)}
     state = _wait_for_final_state(served, run["id"])
     assert state == "COMPLETED", _diagnostics(served, run["id"], state)
@@ -228,7 +278,15 @@ def _cli(args: list[str], env: dict[str, str]) -> subprocess.CompletedProcess:
     """A Prefect CLI command (``prefect ...``) from the repository root, with this interpreter's Prefect."""
     assert args[0] == "prefect"
     started = time.monotonic()
-    done = subprocess.run([sys.executable, "-m", "prefect", *args[1:]], cwd=ROOT, env=env, stdin=subprocess.DEVNULL, capture_output=True, text=True, timeout=RUN_TIMEOUT_S + 60)
+    done = subprocess.run(
+        [sys.executable, "-m", "prefect", *args[1:]],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.DEVNULL,
+        capture_output=True,
+        text=True,
+        timeout=RUN_TIMEOUT_S + 60,
+    )
     print(f"{' '.join(args)[:100]}: exit {done.returncode}, {time.monotonic() - started:.1f} s")
     return done
 
@@ -253,7 +311,11 @@ def _deployment_paths(served: Served) -> set[str]:
 def _runs(served: Served, deployment_id: str, created_by: str) -> list[dict]:
     """The deployment's runs that ``created_by`` (USER, SCHEDULE, AUTOMATION) created, the earliest first."""
     query = {"limit": 50, "sort": "EXPECTED_START_TIME_ASC", "flow_runs": {"deployment_id": {"any_": [deployment_id]}}}
-    return [run for run in _api(served, "POST", "/flow_runs/filter", json=query).json() if (run.get("created_by") or {}).get("type", "USER") == created_by]
+    return [
+        run
+        for run in _api(served, "POST", "/flow_runs/filter", json=query).json()
+        if (run.get("created_by") or {}).get("type", "USER") == created_by
+    ]
 
 
 def _wait_for_runs(served: Served, deployment_id: str, created_by: str, timeout: float) -> list[dict]:

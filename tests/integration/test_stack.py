@@ -117,9 +117,7 @@ def test_resolve_falls_back_to_the_running_stack(s3_stack: LocalS3Stack, monkeyp
     check_access(settings)
 
 
-def test_resolve_without_anything_configured_says_what_to_do(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_resolve_without_anything_configured_says_what_to_do(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     for name in (*ENDPOINT_VARS, "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_PROFILE"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("ADAPTFLOW_HOME", str(tmp_path / "empty-home"))

@@ -8,7 +8,7 @@ import math
 import pytest
 
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.data import prepare_data
+from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.errors import TrainingError
 from adaptflow.tasks.training.launch import run_training
 
@@ -34,8 +34,16 @@ def test_accumulation_schedule_checkpoints_bf16_and_periodic_eval(tiny_bert_dir,
         run_dir,
         strategy={"name": "full_fine_tuning"},
         training={
-            "epochs": 2, "batch_size": 8, "gradient_accumulation_steps": 2, "scheduler": "cosine", "warmup_ratio": 0.2,
-            "mixed_precision": "bf16", "eval_every": 3, "checkpoint_every": 2, "log_every": 1, "learning_rate": 1e-3,
+            "epochs": 2,
+            "batch_size": 8,
+            "gradient_accumulation_steps": 2,
+            "scheduler": "cosine",
+            "warmup_ratio": 0.2,
+            "mixed_precision": "bf16",
+            "eval_every": 3,
+            "checkpoint_every": 2,
+            "log_every": 1,
+            "learning_rate": 1e-3,
         },
     )
     batches_per_epoch = math.ceil(prepared.manifest["splits"]["train"] / 8)
@@ -105,12 +113,19 @@ def test_a_crashing_worker_is_reported_with_its_log(tiny_bert_dir, prepared, tmp
 def test_checkpoints_mirrored_to_s3_restore_on_a_machine_without_them(tiny_bert_dir, prepared, tmp_path, s3_env):
     import shutil
 
-    from adaptflow.tasks.training.checkpoints import CheckpointMirror
     from adaptflow.tasks.storage.s3 import iter_objects
+    from adaptflow.tasks.training.checkpoints import CheckpointMirror
 
     uri = s3_env.uri(s3_env.key("checkpoints", "run-1"))
     training = {"batch_size": 8, "checkpoint_every": 2, "learning_rate": 1e-3, "checkpoint_uri": uri}
-    cfg = load_config({"model": str(tiny_bert_dir), "data": {"max_length": 32}, "strategy": {"name": "full_fine_tuning"}, "training": {**training, "max_steps": 6}})
+    cfg = load_config(
+        {
+            "model": str(tiny_bert_dir),
+            "data": {"max_length": 32},
+            "strategy": {"name": "full_fine_tuning"},
+            "training": {**training, "max_steps": 6},
+        }
+    )
     run_dir = tmp_path / "run"
     run_training(cfg, prepared.path, tiny_bert_dir, run_dir, mirror=CheckpointMirror(s3_env, uri))
     keys = [o["Key"] for o in iter_objects(s3_env, s3_env.bucket, s3_env.key("checkpoints", "run-1") + "/")]

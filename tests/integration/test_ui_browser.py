@@ -37,10 +37,23 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
 CHROMEDRIVER = Path("/usr/bin/chromedriver")
 CHROMIUM_FLAGS = (
-    "--headless=new", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-    "--disable-component-update", "--disable-sync", "--disable-dev-shm-usage", "--window-size=1400,1000",
+    "--headless=new",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--disable-dev-shm-usage",
+    "--window-size=1400,1000",
 )
-STRATEGY_TABS = {"TransferLearning": "transfer_learning", "PartialFineTuning": "partial_fine_tuning", "FullFineTuning": "full_fine_tuning", "Lora": "lora"}
+STRATEGY_TABS = {
+    "TransferLearning": "transfer_learning",
+    "PartialFineTuning": "partial_fine_tuning",
+    "FullFineTuning": "full_fine_tuning",
+    "Lora": "lora",
+}
 PAGE_WAIT_S = 45
 RUNS_WAIT_S = 300
 PLOTS_ARTIFACT = "evaluation-plots"
@@ -49,11 +62,15 @@ SUBMIT_ATTEMPTS = 3
 API_ATTEMPTS = 6
 SHOTS_ENV = "ADAPTFLOW_UI_SHOTS"
 
-_missing = [what for what, ok in (
-    ("selenium (pip install -e '.[dev]')", importlib.util.find_spec("selenium") is not None),
-    (str(CHROMIUM), CHROMIUM.exists()),
-    (str(CHROMEDRIVER), CHROMEDRIVER.exists()),
-) if not ok]
+_missing = [
+    what
+    for what, ok in (
+        ("selenium (pip install -e '.[dev]')", importlib.util.find_spec("selenium") is not None),
+        (str(CHROMIUM), CHROMIUM.exists()),
+        (str(CHROMEDRIVER), CHROMEDRIVER.exists()),
+    )
+    if not ok
+]
 pytestmark = pytest.mark.skipif(bool(_missing), reason=f"browser test needs {', '.join(_missing)}")
 
 
@@ -63,7 +80,9 @@ def prefect_server(s3_stack, s3_settings, tmp_path):
     home = tmp_path / "home"
     stack = PrefectStack(home)
     worker_env = {
-        **s3_stack.env(), "ADAPTFLOW_S3_PREFIX": s3_settings.prefix, "ADAPTFLOW_HOME": str(home),
+        **s3_stack.env(),
+        "ADAPTFLOW_S3_PREFIX": s3_settings.prefix,
+        "ADAPTFLOW_HOME": str(home),
         "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick the runs up at once (default: every 10 s)
     }
     info = stack.up(worker_env=worker_env, timeout=120)
@@ -136,15 +155,30 @@ def _deploy_adapt(info, parameters: dict) -> str:
     from adaptflow.flows.adapt import adapt
 
     if _api(info, "GET", f"/work_pools/{info.work_pool}").status_code == 404:  # the worker may not have created it yet
-        created = _api(info, "POST", "/work_pools/", json={"name": info.work_pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()})
+        created = _api(
+            info,
+            "POST",
+            "/work_pools/",
+            json={"name": info.work_pool, "type": "process", "base_job_template": ProcessWorker.get_default_base_job_template()},
+        )
         assert created.status_code in (201, 409), created.text
     flow_id = _api(info, "POST", "/flows/", json={"name": adapt.name}).json()["id"]
-    deployment = _api(info, "POST", "/deployments/", json={
-        "name": "adapt", "flow_id": flow_id, "entrypoint": "flows/adapt.py:adapt", "parameters": parameters,
-        "parameter_openapi_schema": parameter_schema(adapt).model_dump_for_openapi(), "enforce_parameter_schema": True,
-        "work_pool_name": info.work_pool, "work_queue_name": "default",
-        "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
-    })
+    deployment = _api(
+        info,
+        "POST",
+        "/deployments/",
+        json={
+            "name": "adapt",
+            "flow_id": flow_id,
+            "entrypoint": "flows/adapt.py:adapt",
+            "parameters": parameters,
+            "parameter_openapi_schema": parameter_schema(adapt).model_dump_for_openapi(),
+            "enforce_parameter_schema": True,
+            "work_pool_name": info.work_pool,
+            "work_queue_name": "default",
+            "pull_steps": [{"prefect.deployments.steps.set_working_directory": {"directory": str(ROOT)}}],
+        },
+    )
     assert deployment.status_code in (200, 201), deployment.text
     return deployment.json()["id"]
 
@@ -206,8 +240,13 @@ def _submit_with_tab(driver, ui: str, deployment_id: str, tab: str, strategy: st
         submit.click()
         try:
             outcome = wait.until(
-                lambda d: "created" if not d.current_url.split("?")[0].endswith("/run")  # the UI moves to the deployment's runs
-                else "busy" if SERVER_BUSY in d.find_element(By.TAG_NAME, "body").text else None
+                lambda d: (
+                    "created"
+                    if not d.current_url.split("?")[0].endswith("/run")  # the UI moves to the deployment's runs
+                    else "busy"
+                    if SERVER_BUSY in d.find_element(By.TAG_NAME, "body").text
+                    else None
+                )
             )
         except TimeoutException:
             break
@@ -290,10 +329,16 @@ def test_every_strategy_runs_from_the_ui_form_and_the_plots_show(prefect_server,
         shots.take("run-completed")
         tab = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and normalize-space()='Artifacts']")))
         tab.click()
-        card = wait.until(EC.visibility_of_element_located((By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]")))
+        card = wait.until(
+            EC.visibility_of_element_located(
+                (By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]")
+            )
+        )
         browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
         shots.take("run-artifacts")
-        card = wait.until(EC.element_to_be_clickable((By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]")))
+        card = wait.until(
+            EC.element_to_be_clickable((By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]"))
+        )
         artifact_url = card.get_attribute("href")
         card.click()
         wait.until(EC.url_contains("/artifacts/artifact/"))  # not an image still on the run page

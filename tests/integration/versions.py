@@ -84,7 +84,9 @@ def register_head(
         model.backbone = get_peft_model(model.backbone, LoraConfig(r=2, lora_alpha=4, target_modules=["query", "value"]))
     folder = work / f"{name}-{uuid.uuid4().hex[:8]}"
     strategy = "lora" if lora else "transfer_learning"
-    save_classifier(model, folder, tokenizer, {"strategy": strategy, "label_names": LABELS, "base_model": str(backbone_dir), "max_length": MAX_LENGTH})
+    save_classifier(
+        model, folder, tokenizer, {"strategy": strategy, "label_names": LABELS, "base_model": str(backbone_dir), "max_length": MAX_LENGTH}
+    )
     manifest = {
         "strategy": strategy,
         "task": "sequence_classification",

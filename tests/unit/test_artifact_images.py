@@ -7,20 +7,20 @@ import io
 
 from PIL import Image
 
-from adaptflow.tasks.evaluation.compare import CHART_FILE, plot_quality_vs_cost, recommend, report_markdown
 from adaptflow.tasks.evaluation.classification import (
     plot_confusion_matrix,
     plot_loss_curves,
     plots_markdown,
     png_data_uri,
 )
+from adaptflow.tasks.evaluation.compare import CHART_FILE, plot_quality_vs_cost, recommend, report_markdown
 
 PREFIX = "data:image/png;base64,"
 
 
 def _decoded(uri: str) -> Image.Image:
     assert uri.startswith(PREFIX)
-    return Image.open(io.BytesIO(base64.b64decode(uri[len(PREFIX):])))
+    return Image.open(io.BytesIO(base64.b64decode(uri[len(PREFIX) :])))
 
 
 def test_plots_become_small_inline_pngs(tmp_path):
@@ -42,12 +42,31 @@ def test_plots_become_small_inline_pngs(tmp_path):
 
 def test_compare_report_shows_its_chart_as_a_file_or_inline(tmp_path):
     rows = [
-        {"strategy": name, "trainable_params": 10, "total_params": 100, "trainable_pct": 10.0, "train_runtime_s": t, "samples_per_s": 5.0,
-         "peak_memory_mb": m, "artifact_mb": 1.0, "accuracy": a, "macro_f1": a, "forgetting": 0.0, "hyperparameters": "lr 1e-3"}
+        {
+            "strategy": name,
+            "trainable_params": 10,
+            "total_params": 100,
+            "trainable_pct": 10.0,
+            "train_runtime_s": t,
+            "samples_per_s": 5.0,
+            "peak_memory_mb": m,
+            "artifact_mb": 1.0,
+            "accuracy": a,
+            "macro_f1": a,
+            "forgetting": 0.0,
+            "hyperparameters": "lr 1e-3",
+        }
         for name, t, m, a in (("lora", 3.0, 300.0, 0.8), ("full_fine_tuning", 5.0, 500.0, 0.85))
     ]
     chart = plot_quality_vs_cost(rows, tmp_path / CHART_FILE)
-    report = {"model": "m", "prepared_data": "p", "eval_rows": 10, "budget": {"description": "b"}, "rows": rows,
-              "recommendation": recommend(rows), "chart": str(chart)}
+    report = {
+        "model": "m",
+        "prepared_data": "p",
+        "eval_rows": 10,
+        "budget": {"description": "b"},
+        "rows": rows,
+        "recommendation": recommend(rows),
+        "chart": str(chart),
+    }
     assert f"![quality against cost]({CHART_FILE})" in report_markdown(report)  # report.md, next to the chart
     assert f"![quality against cost]({PREFIX}" in report_markdown(report, chart_src=png_data_uri(chart))

@@ -4,15 +4,29 @@ from __future__ import annotations
 
 import pytest
 
-from adaptflow.tasks.evaluation.compare import final_config, grid, load_compare_config, pareto_front, pick_best, recommend, trial_config, with_budget
 from adaptflow.tasks.errors import ConfigError
+from adaptflow.tasks.evaluation.compare import (
+    final_config,
+    grid,
+    load_compare_config,
+    pareto_front,
+    pick_best,
+    recommend,
+    trial_config,
+    with_budget,
+)
 
 
 def _row(name, acc, time_s, mem, f1=None):
     return {"strategy": name, "accuracy": acc, "macro_f1": acc if f1 is None else f1, "train_runtime_s": time_s, "peak_memory_mb": mem}
 
 
-ROWS = [_row("transfer_learning", 0.78, 10, 700), _row("partial_fine_tuning", 0.77, 17, 990), _row("full_fine_tuning", 0.82, 33, 1500), _row("lora", 0.80, 31, 1900)]
+ROWS = [
+    _row("transfer_learning", 0.78, 10, 700),
+    _row("partial_fine_tuning", 0.77, 17, 990),
+    _row("full_fine_tuning", 0.82, 33, 1500),
+    _row("lora", 0.80, 31, 1900),
+]
 
 
 def test_pareto_front_keeps_only_undominated_points():
@@ -57,13 +71,17 @@ def test_grid_and_trials():
     trial = trial_config(with_budget(by_name["lora"], cc, 800), {"learning_rate": 1e-3, "lora_r": 4}, patience=2)
     assert trial.strategy.lora_r == 4 and trial.training.early_stopping_patience == 2 and trial.training.eval_every == 3
     assert not trial.registry.register_model
-    best = pick_best([{"validation_loss": 0.5, "validation_accuracy": 0.7, "n": 1}, {"validation_loss": 0.4, "validation_accuracy": 0.6, "n": 2}])
+    best = pick_best(
+        [{"validation_loss": 0.5, "validation_accuracy": 0.7, "n": 1}, {"validation_loss": 0.4, "validation_accuracy": 0.6, "n": 2}]
+    )
     assert best["n"] == 2
 
 
 def test_config_problems_are_reported_together():
     with pytest.raises(ConfigError) as err:
-        load_compare_config({"strategies": [{"name": "lora"}, {"name": "lora"}], "budget_examples": 10, "budget_seconds": 5, "search_lr_factors": [1, 2]})
+        load_compare_config(
+            {"strategies": [{"name": "lora"}, {"name": "lora"}], "budget_examples": 10, "budget_seconds": 5, "search_lr_factors": [1, 2]}
+        )
     text = str(err.value)
     assert "each strategy once" in text and "one budget" in text and "validation_fraction" in text
 

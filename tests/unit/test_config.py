@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from adaptflow.flows.cli.app import config_options, options_to_config
+from adaptflow.flows.cli.options import config_options, options_to_config
 from adaptflow.tasks.config import AdaptConfig, Lora, load_config, load_config_file
 from adaptflow.tasks.errors import ConfigError
 
@@ -59,7 +59,14 @@ def test_every_field_has_a_description_and_a_unique_flag():
 
 def test_cli_values_map_to_nested_fields():
     cfg = options_to_config(
-        {"data": "train.tsv", "batch_size": 8, "lora_r": 4, "lora_target_modules": "query, value", "num_processes": 2, "register_model": False},
+        {
+            "data": "train.tsv",
+            "batch_size": 8,
+            "lora_r": 4,
+            "lora_target_modules": "query, value",
+            "num_processes": 2,
+            "register_model": False,
+        },
         "lora",
     )
     assert cfg.data.data == "train.tsv"

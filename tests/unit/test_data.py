@@ -1,4 +1,4 @@
-"""Data preparation (tasks/data.py) with real `datasets` and the bundled MiniLM tokenizer."""
+"""Data preparation (the tasks/data/ package) with real `datasets` and the bundled MiniLM tokenizer."""
 
 from __future__ import annotations
 
@@ -12,9 +12,11 @@ import pandas as pd
 import pytest
 from datasets import ClassLabel, Dataset, DatasetDict, Features, Value
 
-import adaptflow.tasks.data as data_module
+import adaptflow.tasks.data.prepare as prepare_module
 from adaptflow.tasks.config import DataConfig
-from adaptflow.tasks.data import PreparedData, load_prepared, prepare_data, stratified_sample, stratified_split
+from adaptflow.tasks.data.prepare import prepare_data
+from adaptflow.tasks.data.splits import stratified_sample, stratified_split
+from adaptflow.tasks.data.store import PreparedData, load_prepared
 from adaptflow.tasks.errors import DataError
 
 SST2 = Path(__file__).resolve().parents[2].parent / "shared" / "data" / "sst2"
@@ -103,10 +105,7 @@ def test_tsv_keeps_quotes_inside_text(tmp_path, prepare):
 
 
 def test_jsonl(tmp_path, prepare):
-    lines = [
-        json.dumps({"review": t, "stars": s})
-        for t, s in [("good", "high"), ("nice", "high"), ("meh", "low"), ("awful", "low")]
-    ]
+    lines = [json.dumps({"review": t, "stars": s}) for t, s in [("good", "high"), ("nice", "high"), ("meh", "low"), ("awful", "low")]]
     path = write(tmp_path, "train.jsonl", "\n".join(lines) + "\n\n")
     prepared = prepare(data=path, label_column="stars", eval_fraction=0.5)
     assert prepared.label_names == ["high", "low"]
@@ -141,9 +140,7 @@ def test_datasets_folder_uses_train_and_validation_splits(tmp_path, prepare):
 
 
 def test_single_dataset_folder_holds_out_eval(tmp_path, prepare):
-    Dataset.from_dict({"text": [t for t, _ in reviews()], "label": [lab for _, lab in reviews()]}).save_to_disk(
-        str(tmp_path / "one")
-    )
+    Dataset.from_dict({"text": [t for t, _ in reviews()], "label": [lab for _, lab in reviews()]}).save_to_disk(str(tmp_path / "one"))
     prepared = prepare(data=str(tmp_path / "one"), eval_fraction=0.5)
     assert prepared.manifest["splits"] == {"train": 6, "eval": 6}
 
@@ -232,9 +229,7 @@ def test_eval_file_with_another_text_column(tmp_path, prepare):
     }
     assert prepare(data=train, eval_data=dev).manifest["columns"]["eval_text"] == "content"
     message = data_error(prepare, data=train, eval_data=dev, text_column="sentence")
-    assert (
-        dev in message and "'sentence'" in message and "content, label" in message and "--eval-text-column" in message
-    )
+    assert dev in message and "'sentence'" in message and "content, label" in message and "--eval-text-column" in message
 
 
 def test_sentence_pairs(tmp_path, prepare):
@@ -247,9 +242,7 @@ def test_sentence_pairs(tmp_path, prepare):
         ("he eats", "he is starving", "contradiction"),
     ]
     body = "premise,hypothesis,label\n" + "".join(f"{p},{h},{lab}\n" for p, h, lab in pairs)
-    prepared = prepare(
-        data=write(tmp_path, "nli.csv", body), text_column="premise", text_pair_column="hypothesis", eval_fraction=0.34
-    )
+    prepared = prepare(data=write(tmp_path, "nli.csv", body), text_column="premise", text_pair_column="hypothesis", eval_fraction=0.34)
     ds, manifest = load_prepared(prepared.path)
     assert manifest["columns"]["text_pair"] == "hypothesis"
     row = ds["train"][0]
@@ -338,19 +331,12 @@ def test_eval_split_is_stratified_and_seeded(tmp_path, prepare, tokenizer_dir):
     assert first.manifest["label_balance"]["eval"] == {"neg": 5, "pos": 10}
     again = prepare_data(DataConfig(data=path, eval_fraction=0.25, data_seed=3), tokenizer_dir, tmp_path / "other")
     other = prepare(data=path, eval_fraction=0.25, data_seed=4)
-    texts = {
-        name: set(load_prepared(p.path)[0]["eval"]["text"])
-        for name, p in [("first", first), ("again", again), ("other", other)]
-    }
+    texts = {name: set(load_prepared(p.path)[0]["eval"]["text"]) for name, p in [("first", first), ("again", again), ("other", other)]}
     assert texts["first"] == texts["again"] != texts["other"]
 
 
 def test_validation_split_and_max_samples_keep_every_class(tmp_path, prepare):
-    rows = (
-        [(f"common {i}", "a") for i in range(80)]
-        + [(f"middle {i}", "b") for i in range(15)]
-        + [(f"rare {i}", "c") for i in range(5)]
-    )
+    rows = [(f"common {i}", "a") for i in range(80)] + [(f"middle {i}", "b") for i in range(15)] + [(f"rare {i}", "c") for i in range(5)]
     path = write(tmp_path, "train.csv", csv_of(rows))
     manifest = prepare(data=path, eval_fraction=0.2, validation_fraction=0.25, max_train_samples=6).manifest
     assert manifest["splits"] == {"train": 6, "validation": 20, "eval": 20}
@@ -392,7 +378,7 @@ def test_second_call_reuses_and_changes_make_new_keys(tmp_path, prepare, monkeyp
     def no_tokenizer(_):
         raise AssertionError("a reused preparation must not tokenize")
 
-    monkeypatch.setattr(data_module, "_load_tokenizer", no_tokenizer)
+    monkeypatch.setattr(prepare_module, "load_tokenizer", no_tokenizer)
     second = prepare(data=str(path))
     assert second.reused and second.path == first.path and second.manifest == first.manifest
     assert manifest_file.stat().st_mtime_ns == stamp

@@ -34,7 +34,13 @@ def _schema(spec) -> dict:
     return parameter_schema(load_flow_from_entrypoint(f"{PROJECT_ROOT / path}:{name}")).model_dump_for_openapi()
 
 
-@pytest.mark.parametrize("path", sorted((PROJECT_ROOT / "deployments").rglob("*.y*ml")) + sorted((PROJECT_ROOT / "infra").rglob("*.y*ml")) + sorted((PROJECT_ROOT / "infra").rglob("*.json")), ids=lambda p: str(p.relative_to(PROJECT_ROOT)))
+@pytest.mark.parametrize(
+    "path",
+    sorted((PROJECT_ROOT / "deployments").rglob("*.y*ml"))
+    + sorted((PROJECT_ROOT / "infra").rglob("*.y*ml"))
+    + sorted((PROJECT_ROOT / "infra").rglob("*.json")),
+    ids=lambda p: str(p.relative_to(PROJECT_ROOT)),
+)
 def test_every_file_loads(path: Path) -> None:
     text = re.sub(r"\$\{\w+\}", "placeholder", path.read_text())  # ${VAR}: templates rendered by the code (infra/k8s/pytorchjob.yaml)
     docs = [json.loads(text)] if path.suffix == ".json" else [d for d in yaml.safe_load_all(text) if d is not None]
@@ -53,7 +59,9 @@ def test_deployment_parameters_match_the_flow_schema(spec) -> None:
         merged = {**defaults, **schedule["parameters"]}
         assert set(schedule["parameters"]) <= set(schema["properties"]), schedule
         assert not validate(merged, schema, ignore_required=True), schedule
-    undocumented = [name for name, prop in schema["properties"].items() if not prop.get("description") and "$ref" not in prop and "allOf" not in prop]
+    undocumented = [
+        name for name, prop in schema["properties"].items() if not prop.get("description") and "$ref" not in prop and "allOf" not in prop
+    ]
     assert not undocumented, f"{spec.name}: parameters without a description: {undocumented}"
 
 
@@ -86,8 +94,11 @@ def test_retrain_trigger_renders_an_event_into_valid_parameters() -> None:
     (trigger,) = spec.config["triggers"]
     assert (trigger["expect"], trigger["match"]) == (["adaptflow.data.arrived"], {"prefect.resource.id": "adaptflow.dataset.*"})
     event = Event(
-        event="adaptflow.data.arrived", resource={"prefect.resource.id": "adaptflow.dataset.reviews.v2"}, payload={"data": "s3://adaptflow/data/reviews.csv"},
-        occurred="2026-12-01T00:00:00Z", id="01a23720-cbf3-788d-9634-7083037ef915",
+        event="adaptflow.data.arrived",
+        resource={"prefect.resource.id": "adaptflow.dataset.reviews.v2"},
+        payload={"data": "s3://adaptflow/data/reviews.csv"},
+        occurred="2026-12-01T00:00:00Z",
+        id="01a23720-cbf3-788d-9634-7083037ef915",
     )
     rendered = {key: render_user_template_sync(value, {"event": event}) for key, value in trigger["parameters"].items()}
     assert rendered == {"model_name": "reviews.v2", "data": "s3://adaptflow/data/reviews.csv"}
@@ -97,10 +108,15 @@ def test_retrain_trigger_renders_an_event_into_valid_parameters() -> None:
 def test_every_flow_has_a_deployment_and_pools_pull_the_right_code() -> None:
     entrypoints = {spec.entrypoint for spec in SPECS}
     assert {
-        "flows/adapt.py:adapt", "flows/strategies.py:transfer_learning", "flows/strategies.py:partial_fine_tuning",
-        "flows/strategies.py:full_fine_tuning", "flows/strategies.py:lora", "flows/strategies.py:domain_adaptation",
+        "flows/adapt.py:adapt",
+        "flows/strategies.py:transfer_learning",
+        "flows/strategies.py:partial_fine_tuning",
+        "flows/strategies.py:full_fine_tuning",
+        "flows/strategies.py:lora",
+        "flows/strategies.py:domain_adaptation",
         "flows/compare.py:compare",
-        "flows/retrain.py:retrain", "flows/predict.py:predict",
+        "flows/retrain.py:retrain",
+        "flows/predict.py:predict",
     } <= entrypoints
     for spec in SPECS:
         (step,) = spec.config["pull"]

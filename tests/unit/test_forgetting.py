@@ -31,7 +31,12 @@ def test_reference_set_is_general_text():
 def test_unchanged_encoder_saved_as_a_transfer_learning_model_scores_zero(tiny_bert_dir, tmp_path):
     info = inspect_model(tiny_bert_dir)
     model = build_classifier(info, "mean", num_labels=2)
-    folder = save_classifier(model, tmp_path / "model", AutoTokenizer.from_pretrained(tiny_bert_dir), {"strategy": "transfer_learning", "label_names": ["a", "b"], "base_model": str(tiny_bert_dir)})
+    folder = save_classifier(
+        model,
+        tmp_path / "model",
+        AutoTokenizer.from_pretrained(tiny_bert_dir),
+        {"strategy": "transfer_learning", "label_names": ["a", "b"], "base_model": str(tiny_bert_dir)},
+    )
     assert abs(forgetting_score(tiny_bert_dir, folder, texts=TEXTS)) < 1e-6
 
 

@@ -22,7 +22,19 @@ def _docs(name: str) -> list[dict]:
 
 
 def _pytorchjob_config(**launch) -> object:
-    return load_config({"work_dir": "/work", "launch": {"launcher": "pytorchjob", "nnodes": 3, "num_processes": 4, "gpus_per_node": 4, "k8s_image": "registry.example/adaptflow:1", **launch}})
+    return load_config(
+        {
+            "work_dir": "/work",
+            "launch": {
+                "launcher": "pytorchjob",
+                "nnodes": 3,
+                "num_processes": 4,
+                "gpus_per_node": 4,
+                "k8s_image": "registry.example/adaptflow:1",
+                **launch,
+            },
+        }
+    )
 
 
 def test_pytorchjob_renders_master_and_workers_sharing_the_run_spec():
@@ -119,7 +131,7 @@ elif args[:2] == ["get", "pytorchjob"]:
 
 
 def test_pytorchjob_launcher_creates_follows_and_collects_the_job(tmp_path, tiny_bert_dir, monkeypatch):
-    from adaptflow.tasks.data import prepare_data
+    from adaptflow.tasks.data.prepare import prepare_data
     from tests.integration.conftest import write_reviews
 
     bin_dir, state = tmp_path / "bin", tmp_path / "kube"

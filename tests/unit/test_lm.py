@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.data import Table
-from adaptflow.tasks.errors import ConfigError, DataError
 from adaptflow.tasks.data.lm import IGNORE, Conversation, Example, load_lm_tokenizer, pack, prompt_text, read_sft_rows, sft_example
+from adaptflow.tasks.data.readers import Table
+from adaptflow.tasks.errors import ConfigError, DataError
 from adaptflow.tasks.evaluation.lm import exact_match, mask_tokens, masked_lm_loss, perplexity, rouge_l
 
 
@@ -48,7 +48,9 @@ def test_sft_truncation_keeps_response_tokens(tokenizer):
 
 def test_chat_template_formats_the_prompt(minilm_dir):
     tok = load_lm_tokenizer(minilm_dir)
-    tok.chat_template = "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    tok.chat_template = (
+        "{% for m in messages %}<{{ m['role'] }}>{{ m['content'] }}{% endfor %}{% if add_generation_prompt %}<assistant>{% endif %}"
+    )
     conv = Conversation([{"role": "system", "content": "be brief"}, {"role": "user", "content": "hi"}], "be brief\nhi", "hello")
     assert prompt_text(tok, conv) == "<system>be brief<user>hi<assistant>"
     ex = sft_example(tok, conv, max_length=64)
@@ -75,7 +77,10 @@ def test_missing_columns_and_empty_responses_are_reported():
 
 
 def test_packing_never_splits_an_example_and_masks_each_boundary():
-    examples = [Example(list(range(100 * i, 100 * i + n)), [IGNORE] * 2 + list(range(100 * i + 2, 100 * i + n))) for i, n in enumerate([5, 7, 3, 9, 2, 6])]
+    examples = [
+        Example(list(range(100 * i, 100 * i + n)), [IGNORE] * 2 + list(range(100 * i + 2, 100 * i + n)))
+        for i, n in enumerate([5, 7, 3, 9, 2, 6])
+    ]
     blocks = pack(examples, block_size=12)
     assert [b["starts"] for b in blocks] == [[0, 5], [0, 3], [0, 2]]  # greedy, in order: [5+7] [3+9] [2+6]
     seen = []
@@ -109,8 +114,12 @@ def test_masked_lm_loss_uses_the_same_masks_every_time(tokenizer):
     from transformers import BertConfig, BertForMaskedLM
 
     torch.manual_seed(0)
-    model = BertForMaskedLM(BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)).eval()
-    rows = [{"input_ids": ids, "labels": ids} for ids in tokenizer(["the clinic opened early", "insulin dose was changed today"])["input_ids"]]
+    model = BertForMaskedLM(
+        BertConfig(vocab_size=30522, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=32)
+    ).eval()
+    rows = [
+        {"input_ids": ids, "labels": ids} for ids in tokenizer(["the clinic opened early", "insulin dose was changed today"])["input_ids"]
+    ]
     first = masked_lm_loss(model, tokenizer, rows, probability=0.5, seed=3)
     assert first == masked_lm_loss(model, tokenizer, rows, probability=0.5, seed=3)
     assert math.isfinite(first) and first > 0
@@ -153,15 +162,57 @@ def test_causal_lm_strategies_choose_what_trains(tiny_lm):
 
     head = get_strategy("transfer_learning").configure_decoder(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm"}))
     assert {n for n, p in head.named_parameters() if p.requires_grad} == {"transformer.wte.weight"}  # tied to lm_head
-    partial = get_strategy("partial_fine_tuning").configure_decoder(copy.deepcopy(tiny_lm), load_config({"task": "causal_lm", "strategy": {"name": "partial_fine_tuning", "last_n_layers": 1}}))
+    partial = get_strategy("partial_fine_tuning").configure_decoder(
+        copy.deepcopy(tiny_lm), load_config({"task": "causal_lm", "strategy": {"name": "partial_fine_tuning", "last_n_layers": 1}})
+    )
     trains = {n.split(".")[1] for n, p in partial.named_parameters() if p.requires_grad}
     assert trains == {"h", "ln_f"}
 
 
-def test_language_model_runs_launch_the_lm_worker(tmp_path):
-    from adaptflow.tasks.training.launch import LM_WORKER_MODULE, launch_command
+def test_language_model_runs_launch_the_one_worker(tmp_path):
+    from adaptflow.tasks.training.classification import ClassificationTask
+    from adaptflow.tasks.training.launch import launch_command
+    from adaptflow.tasks.training.lm import LanguageModelTask
+    from adaptflow.tasks.training.worker import RunSpec, task_for
 
-    one = launch_command(load_config({"task": "causal_lm"}), tmp_path / "run_spec.json", module=LM_WORKER_MODULE)
-    assert one[1:] == ["-m", "adaptflow.tasks.training.lm_worker", str(tmp_path / "run_spec.json")]
-    two = launch_command(load_config({"task": "causal_lm", "launch": {"num_processes": 2}}), tmp_path / "run_spec.json", module=LM_WORKER_MODULE)
+    one = launch_command(load_config({"task": "causal_lm"}), tmp_path / "run_spec.json")
+    assert one[1:] == ["-m", "adaptflow.tasks.training.worker", str(tmp_path / "run_spec.json")]
+    two = launch_command(load_config({"task": "causal_lm", "launch": {"num_processes": 2}}), tmp_path / "run_spec.json")
     assert "torch.distributed.run" in two and two[-3:] == one[1:]
+
+    def spec(raw):
+        return RunSpec(load_config(raw), tmp_path, tmp_path, tmp_path)
+
+    assert isinstance(task_for(spec({"task": "causal_lm"})), LanguageModelTask)
+    assert isinstance(task_for(spec({"strategy": {"name": "domain_adaptation"}})), LanguageModelTask)
+    assert isinstance(task_for(spec({})), ClassificationTask)
+
+
+def test_lm_collator_pads_exactly_on_cpus_and_to_a_multiple_of_eight_on_gpus(tokenizer):
+    from adaptflow.tasks.training.engine import pad_multiple
+    from adaptflow.tasks.training.lm import LmCollator
+
+    rows = [{"input_ids": [5, 6, 7], "labels": [IGNORE, 6, 7]}, {"input_ids": [5], "labels": [5]}]
+    exact = LmCollator(tokenizer, None, seed=0, multiple=pad_multiple(torch.device("cpu")))(rows)
+    assert exact["input_ids"].shape == (2, 3)
+    assert exact["attention_mask"].tolist() == [[1, 1, 1], [1, 0, 0]]
+    assert exact["labels"].tolist() == [[IGNORE, 6, 7], [5, IGNORE, IGNORE]]
+    gpu = LmCollator(tokenizer, None, seed=0, multiple=pad_multiple(torch.device("cuda", 0)))(rows)
+    assert gpu["input_ids"].shape == (2, 8) and gpu["input_ids"][0, 3:].tolist() == [tokenizer.pad_token_id or 0] * 5
+
+
+def test_lm_collator_masking_resumes_where_it_stopped(tokenizer):
+    from adaptflow.tasks.training.lm import LmCollator
+
+    rows = [
+        {"input_ids": ids, "labels": ids} for ids in tokenizer(["the clinic opened early today", "insulin dose was changed"])["input_ids"]
+    ]
+    first = LmCollator(tokenizer, 0.5, seed=1, multiple=1)
+    first(rows)
+    saved = first.state_dict()
+    expected = first(rows)
+    resumed = LmCollator(tokenizer, 0.5, seed=1, multiple=1)
+    resumed.load_state_dict(saved)
+    assert torch.equal(resumed(rows)["input_ids"], expected["input_ids"])
+    resumed.restart()
+    assert torch.equal(resumed(rows)["input_ids"], LmCollator(tokenizer, 0.5, seed=1, multiple=1)(rows)["input_ids"])

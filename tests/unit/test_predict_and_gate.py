@@ -6,7 +6,9 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from adaptflow.tasks.data import Table, label_ids_of, text_column_of
+from adaptflow.tasks.data.columns import text_column_of
+from adaptflow.tasks.data.labels import label_ids_of
+from adaptflow.tasks.data.readers import Table
 from adaptflow.tasks.errors import DataError
 from adaptflow.tasks.inference.predict import output_format, prediction_frame
 from adaptflow.tasks.promotion import Approval, PromotionApproval, PromotionDecision, apply_approval, approval_markdown, decide
@@ -43,7 +45,9 @@ def test_decide(current, candidate_f1, champion_f1, min_delta, promoted, words):
     score, _ = scorer({2: candidate_f1, 1: champion_f1 or 0.0})
     decision = decide("m", 2, alias_at(current) if current else None, "champion", "macro_f1", min_delta, score)
     assert decision.promoted is promoted and words in decision.reason
-    assert decision.previous_version == current and decision.champion_score == (None if current is None else (champion_f1 if current == 1 else candidate_f1))
+    assert decision.previous_version == current and decision.champion_score == (
+        None if current is None else (champion_f1 if current == 1 else candidate_f1)
+    )
 
 
 def promoting(**changes) -> PromotionDecision:
@@ -51,9 +55,19 @@ def promoting(**changes) -> PromotionDecision:
     mine = {"n": 10, "accuracy": 0.8, "macro_f1": 0.8, "macro_precision": 0.8, "macro_recall": 0.8}
     theirs = {"n": 10, "accuracy": 0.7, "macro_f1": 0.7, "macro_precision": 0.7, "macro_recall": 0.7}
     fields = {
-        "name": "m", "candidate_version": 2, "previous_version": 1, "alias": "champion", "metric": "macro_f1",
-        "candidate_score": 0.8, "champion_score": 0.7, "promoted": True, "reason": "macro_f1 0.8000 >= 0.7000 (version 1) + min_delta 0",
-        "decided_at": "", "eval_data": {"uri": "eval.csv", "sha256": "ab" * 32}, "candidate_metrics": mine, "champion_metrics": theirs,
+        "name": "m",
+        "candidate_version": 2,
+        "previous_version": 1,
+        "alias": "champion",
+        "metric": "macro_f1",
+        "candidate_score": 0.8,
+        "champion_score": 0.7,
+        "promoted": True,
+        "reason": "macro_f1 0.8000 >= 0.7000 (version 1) + min_delta 0",
+        "decided_at": "",
+        "eval_data": {"uri": "eval.csv", "sha256": "ab" * 32},
+        "candidate_metrics": mine,
+        "champion_metrics": theirs,
     }
     return PromotionDecision(**{**fields, **changes})
 
@@ -87,7 +101,11 @@ def test_the_approval_request_shows_both_versions_the_metric_and_the_delta():
         assert row in text
     assert "`eval.csv`" in text and "(3600 s)" in text and "stays registered either way" in text
     first = approval_markdown(promoting(previous_version=None, champion_score=None, champion_metrics=None), "s3://x/", None, 60)
-    assert "from none to version 2" in first and "| delta | no version to compare with | |" in first and "| location | `s3://x/` | - |" in first
+    assert (
+        "from none to version 2" in first
+        and "| delta | no version to compare with | |" in first
+        and "| location | `s3://x/` | - |" in first
+    )
 
 
 def test_the_approval_form_describes_every_field_and_rejects_by_default():

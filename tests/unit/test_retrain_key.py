@@ -23,7 +23,12 @@ def _config(**changes) -> dict:
 
 def test_key_ignores_where_things_are_and_follows_what_is_trained() -> None:
     key = retrain_key(DATA, None, _config(), "abc123")
-    assert retrain_key({**DATA, "uri": "s3://bucket/elsewhere.csv"}, None, _config(data__data="s3://bucket/elsewhere.csv", work_dir="/tmp/w"), "abc123") == key
+    assert (
+        retrain_key(
+            {**DATA, "uri": "s3://bucket/elsewhere.csv"}, None, _config(data__data="s3://bucket/elsewhere.csv", work_dir="/tmp/w"), "abc123"
+        )
+        == key
+    )
     assert retrain_key({**DATA, "sha256": "b" * 64}, None, _config(), "abc123") != key
     assert retrain_key(DATA, {**DATA, "uri": "dev.csv"}, _config(), "abc123") != key
     assert retrain_key(DATA, None, _config(training__epochs=2), "abc123") != key
@@ -41,8 +46,14 @@ def test_retrain_config_takes_given_then_champion_then_defaults() -> None:
     champion = {"config": _config(strategy={"name": "lora", "lora_r": 4}, work_dir="/other/machine")}
     from_champion = retrain_config("reviews", "new.csv", None, champion)
     assert (from_champion.strategy.name, from_champion.strategy.lora_r, from_champion.work_dir) == ("lora", 4, None)
-    assert (from_champion.data.data, from_champion.registry.model_name, from_champion.registry.register_model) == ("new.csv", "reviews", True)
-    given = retrain_config("reviews", "new.csv", {"strategy": {"name": "full_fine_tuning"}, "registry": {"register_model": False}}, champion)
+    assert (from_champion.data.data, from_champion.registry.model_name, from_champion.registry.register_model) == (
+        "new.csv",
+        "reviews",
+        True,
+    )
+    given = retrain_config(
+        "reviews", "new.csv", {"strategy": {"name": "full_fine_tuning"}, "registry": {"register_model": False}}, champion
+    )
     assert given.strategy.name == "full_fine_tuning" and given.registry.register_model is True
     assert retrain_config("reviews", "new.csv", None, None).strategy.name == AdaptConfig().strategy.name
 

@@ -9,8 +9,16 @@ import torch
 
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.errors import ConfigError
-from adaptflow.tasks.training.launch import ACCELERATE_CONFIGS, accelerate_config_path, describe_event, launch_command, other_node_commands, worker_env
-from adaptflow.tasks.training.worker import LengthGroupedSampler, PadCollator, lr_scales, make_optimizer, pad_multiple
+from adaptflow.tasks.training.classification import PadCollator
+from adaptflow.tasks.training.engine import LengthGroupedSampler, lr_scales, make_optimizer, pad_multiple
+from adaptflow.tasks.training.launch import (
+    ACCELERATE_CONFIGS,
+    accelerate_config_path,
+    describe_event,
+    launch_command,
+    other_node_commands,
+    worker_env,
+)
 
 
 def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_neighbours():
@@ -21,10 +29,12 @@ def test_length_grouped_sampler_is_a_seeded_permutation_with_similar_neighbours(
     assert order == list(LengthGroupedSampler(lengths, 10, 3))
     sampler.set_epoch(1)
     assert list(sampler) != order
+
     # padding waste inside batches is far below a random order's
     def waste(idx):
         batches = [idx[i : i + 10] for i in range(0, len(idx), 10)]
         return sum(max(lengths[j] for j in b) * len(b) - sum(lengths[j] for j in b) for b in batches)
+
     random_order = torch.randperm(1000, generator=torch.Generator().manual_seed(0)).tolist()
     assert waste(order) < 0.2 * waste(random_order)
 
@@ -44,7 +54,9 @@ def test_length_grouped_batches_stay_on_the_loader_boundaries():
 
 def test_pad_collator_pads_to_a_multiple_of_eight_on_gpus_and_exactly_on_cpus():
     collate = PadCollator(pad_token_id=0, columns=("input_ids", "attention_mask"))
-    batch = collate([{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 1}, {"input_ids": [5], "attention_mask": [1], "labels": 0}])
+    batch = collate(
+        [{"input_ids": [5, 6, 7], "attention_mask": [1, 1, 1], "labels": 1}, {"input_ids": [5], "attention_mask": [1], "labels": 0}]
+    )
     assert batch["input_ids"].shape == (2, 8)
     assert batch["attention_mask"][1].tolist() == [1] + [0] * 7
     assert batch["labels"].tolist() == [1, 0]
@@ -64,7 +76,9 @@ def test_launcher_choice():
 
 
 def test_multinode_launcher_gives_every_node_the_same_agent_with_its_rank():
-    cfg = load_config({"launch": {"launcher": "multinode", "nnodes": 3, "num_processes": 2, "master_addr": "10.0.0.1", "master_port": 29600}})
+    cfg = load_config(
+        {"launch": {"launcher": "multinode", "nnodes": 3, "num_processes": 2, "master_addr": "10.0.0.1", "master_port": 29600}}
+    )
     mine = launch_command(cfg, Path("spec.json"))
     assert mine[mine.index("--node-rank") + 1] == "0" and mine[mine.index("--nnodes") + 1] == "3"
     assert mine[mine.index("--master-addr") + 1] == "10.0.0.1" and "--standalone" not in mine
@@ -112,6 +126,10 @@ def test_events_read_well():
     line = describe_event({"type": "progress", "step": 5, "total_steps": 10, "epoch": 0.5, "train_loss": 0.69, "learning_rate": 1e-4})
     assert line == "step 5/10 epoch 0.50 loss 0.6900 lr 1.00e-04"
     assert describe_event({"type": "log", "message": "x"}) is None
+    classification = {"type": "eval", "step": 4, "split": "validation", "eval_loss": 0.5, "accuracy": 0.75}
+    assert describe_event(classification) == "eval at step 4 on validation: loss 0.5000 accuracy 0.7500"
+    language_model = {"type": "eval", "step": 4, "split": "eval", "eval_loss": 2.5}  # no accuracy
+    assert describe_event(language_model) == "eval at step 4 on eval: loss 2.5000"
 
 
 def test_layer_wise_learning_rates_fall_towards_the_embeddings():
@@ -132,7 +150,9 @@ def test_layer_wise_learning_rates_fall_towards_the_embeddings():
 def test_optimizer_groups_carry_each_parameters_rate_and_decay():
     from torch import nn
 
-    module = nn.ModuleDict({"backbone": nn.ModuleDict({"embeddings": nn.Linear(2, 2), "layer": nn.ModuleList([nn.Linear(2, 2)])}), "head": nn.Linear(2, 2)})
+    module = nn.ModuleDict(
+        {"backbone": nn.ModuleDict({"embeddings": nn.Linear(2, 2), "layer": nn.ModuleList([nn.Linear(2, 2)])}), "head": nn.Linear(2, 2)}
+    )
     module["backbone"]["embeddings"].weight.requires_grad_(False)
     optimizer = make_optimizer(module, lr=1e-3, weight_decay=0.1, layer_decay=0.5, head_multiplier=4.0)
     by_param = {id(p): (g["lr"], g["weight_decay"]) for g in optimizer.param_groups for p in g["params"]}

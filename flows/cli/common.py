@@ -1,0 +1,117 @@
+"""What every ``adaptflow`` command shares: the consoles, user errors as one message, the Prefect
+connection, and the progress bars that follow training.
+
+A user error (:class:`adaptflow.tasks.errors.AdaptFlowError`) ends a command with its
+message and exit code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import logging
+import sys
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from typing import TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+
+from adaptflow.infra.prefect_stack import connect
+from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.errors import AdaptFlowError
+
+T = TypeVar("T")
+
+console = Console(stderr=True)
+# Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
+# machine the worker's threads own the cores, and every redraw takes one of them for a moment.
+BAR_REFRESH_PER_S = 2
+out = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the results table
+
+
+def fail(exc: AdaptFlowError) -> typer.Exit:
+    console.print(f"[bold red]Error[/]: {exc}", highlight=False, soft_wrap=True)
+    return typer.Exit(exc.exit_code)
+
+
+@contextmanager
+def reported() -> Iterator[None]:
+    """A user error inside the block ends the command with its message and exit code."""
+    try:
+        yield
+    except AdaptFlowError as exc:
+        raise fail(exc) from None
+
+
+def check_before_prefect(cfg: AdaptConfig) -> None:
+    """Report bad config, files, columns, labels, model or S3 access now, before a Prefect server is involved."""
+    from adaptflow.flows.preflight import preflight  # the flows import torch: `adaptflow --help` and `models` stay fast without
+
+    with reported():
+        preflight(cfg)
+
+
+def connect_prefect() -> None:
+    """Say which Prefect server the coming flow run reports to; start the temporary one if there is none."""
+    connect(lambda line: console.print(line, highlight=False))
+
+
+def quiet_prefect_tracebacks() -> None:
+    """Show user errors as one message: strip tracebacks of AdaptFlowError from Prefect's console logs."""
+
+    class DropUserErrorTracebacks(logging.Filter):
+        def filter(self, record: logging.LogRecord) -> bool:
+            exc = record.exc_info[1] if record.exc_info else None
+            if isinstance(exc, AdaptFlowError):
+                record.exc_info = None
+                record.exc_text = None
+                record.msg = f"{record.getMessage().splitlines()[0]} {type(exc).__name__}: {exc}"
+                record.args = ()
+            return True
+
+    user_filter = DropUserErrorTracebacks()
+    for name in ("prefect", "prefect.flow_runs", "prefect.task_runs"):
+        for handler in logging.getLogger(name).handlers:
+            handler.addFilter(user_filter)
+
+
+def run_flow_with_training_bars(run: Callable[[], T], describe: Callable[[int], str]) -> T:
+    """Run a flow in this process, with one progress bar per training it launches; exit cleanly on user errors.
+
+    ``describe(n)`` names the bar of the n-th training (from 0). The bar appears when its
+    training starts, so its clock does not count Prefect's start-up or the data preparation.
+    """
+    from adaptflow.tasks.training.launch import add_listener  # imports torch: only once a flow runs
+
+    progress = Progress(
+        TextColumn("[bold]{task.description}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[status]}"),
+        TimeElapsedColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=False,
+        redirect_stderr=True,
+        redirect_stdout=True,
+        refresh_per_second=BAR_REFRESH_PER_S,
+    )
+    bars: list[int] = []
+
+    def on_event(event: dict) -> None:
+        if event["type"] == "start":
+            bars.append(progress.add_task(describe(len(bars)), total=event["total_steps"], status=""))
+        elif event["type"] == "progress" and bars:
+            progress.update(bars[-1], total=event["total_steps"], completed=event["step"], status=f"loss {event['train_loss']:.4f}")
+
+    remove = add_listener(on_event)
+    quiet_prefect_tracebacks()
+    connect_prefect()
+    try:
+        with progress:
+            return run()
+    except AdaptFlowError as exc:
+        raise fail(exc) from None
+    finally:
+        remove()

@@ -1,0 +1,116 @@
+"""The checks before any heavy work, shared by every flow and by the CLI.
+
+Rules:
+
+- Everything that can be checked before training is checked first: S3 access, the
+  accelerate config, the base model, the settings that depend on the model (strategy,
+  language-model task, launcher), and the data.
+- Every problem found is reported at once (:class:`InputError` when they are of several
+  kinds), each with its fix; nothing is trained, and no run folder is made, while one is left.
+- ``adaptflow run`` and ``adaptflow compare`` call :func:`preflight` before a Prefect
+  server is involved, so a bad input is reported in seconds. The flows check again with
+  :func:`check_inputs` (UI and scheduled runs have no CLI), then prepare the data with
+  :func:`collect`, which adds the data's problems to the others before raising them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import TypeVar
+
+from prefect import task
+from prefect.cache_policies import NO_CACHE
+
+from adaptflow.tasks.config import AdaptConfig, DomainAdaptation
+from adaptflow.tasks.data.prepare import check_data
+from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, StorageError, raise_together
+from adaptflow.tasks.modeling import inspect_model, resolve_model
+from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
+from adaptflow.tasks.strategies import check_against_model
+from adaptflow.tasks.training.launch import accelerate_config_path
+from adaptflow.tasks.training.lm import check_lm_config
+
+T = TypeVar("T")
+
+
+class InputError(AdaptFlowError):
+    title = "AdaptFlow cannot start"
+
+
+def is_language_model_run(cfg: AdaptConfig) -> bool:
+    """Causal LM fine-tuning or domain adaptation (flows/lm.py), rather than a classification run."""
+    return cfg.task == "causal_lm" or isinstance(cfg.strategy, DomainAdaptation)
+
+
+@task(name="check-inputs", cache_policy=NO_CACHE)
+def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
+    """Everything that can be checked before heavy work: S3 access, the base model, model-dependent settings.
+
+    Returns the local model folder (None when unusable) and the errors found, so the
+    caller can report them together with data problems.
+    """
+    found: list[AdaptFlowError] = []
+    needs_s3 = cfg.registry.register_model or any(
+        ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data, cfg.training.checkpoint_uri)
+    )
+    settings = None
+    if needs_s3:
+        try:
+            settings = S3Settings.resolve()
+            check_access(settings)
+        except StorageError as exc:
+            found.append(exc)
+            settings = None
+    if cfg.launch.accelerate_config:
+        try:
+            accelerate_config_path(cfg.launch.accelerate_config)
+        except ConfigError as exc:
+            found.append(exc)
+    model_path = None
+    info = None
+    try:
+        fetch = (lambda uri, dest: download_prefix(settings, uri, dest)) if settings else None
+        model_path = resolve_model(cfg.model, cfg.resolved_work_dir() / "cache", fetch)
+        info = inspect_model(model_path, cfg.trust_remote_code)
+        mismatches = check_against_model(cfg, info)
+        if mismatches:
+            found.append(ConfigError(mismatches))
+    except ModelError as exc:
+        found.append(exc)
+        model_path = None
+    if is_language_model_run(cfg):
+        if cfg.launch.launcher == "pytorchjob":
+            found.append(
+                ConfigError(
+                    Problem("launch.launcher", "'pytorchjob' does not run language-model training yet", "use 'local' or 'multinode'")
+                )
+            )
+        problems = check_lm_config(cfg, info.is_decoder) if model_path is not None and info is not None else []
+        if problems:
+            found.append(ConfigError(problems))
+    return model_path, found
+
+
+def collect(
+    found: list[AdaptFlowError], step: Callable[..., T], *args, errors: tuple[type[AdaptFlowError], ...] = (DataError,)
+) -> T | None:
+    """``step(*args)``, or None with its error added to ``found``: data problems are reported with the others."""
+    try:
+        return step(*args)
+    except errors as exc:
+        found.append(exc)
+        return None
+
+
+def preflight(cfg: AdaptConfig) -> None:
+    """The checks of :func:`check_inputs`, plus reading the local data, as plain function calls.
+
+    Needs no Prefect server: the CLI calls it before a flow run starts, so a bad input is
+    reported in seconds and once, instead of after the server's start-up and again by every
+    layer of the failed run.
+    """
+    _, found = check_inputs.fn(cfg)
+    if not is_language_model_run(cfg):  # language-model data is checked by its own preparation
+        collect(found, check_data, cfg.data, cfg.resolved_work_dir())
+    raise_together(found, mixed=InputError)
