@@ -34,6 +34,7 @@ from adaptflow.tasks.config import (
     shared_field,
     validate_strictly,
 )
+from adaptflow.tasks.data.store import open_prepared
 from adaptflow.tasks.evaluation.classification import save_figure
 
 CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first stage, not a strategy to compare
@@ -215,8 +216,6 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     validation split. Only the ``train`` and ``validation`` split folders are opened.
     """
     from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
-
-    from adaptflow.tasks.data.store import open_prepared
 
     source = open_prepared(Path(prepared_path), reused=True)
     if (dest / "manifest.json").is_file():

@@ -88,6 +88,7 @@ def _load(full_name: str, ref: str) -> Any:
         import prefect_aws  # noqa: F401  (registers the block types Block.load dispatches to)
     except ImportError:
         raise StorageError(Problem(f"{BLOCK_VAR}={ref}", "prefect-aws is not installed", "pip install prefect-aws")) from None
+    # Only when a Prefect block is named (ADAPTFLOW_S3_BLOCK): the client stack stays light otherwise.
     import httpx
     from prefect.blocks.core import Block
     from prefect.exceptions import PrefectHTTPStatusError
