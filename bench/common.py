@@ -11,7 +11,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from adaptflow.flows.cli.app import BAR_REFRESH_PER_S
+from adaptflow.flows.cli.common import BAR_REFRESH_PER_S
 from adaptflow.tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
 from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.data.store import PreparedData
