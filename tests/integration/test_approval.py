@@ -19,7 +19,6 @@ from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-import httpx
 import pytest
 from prefect import tags
 from typer.testing import CliRunner
@@ -28,6 +27,7 @@ from adaptflow.flows.cli.app import app
 from adaptflow.flows.retrain import retrain
 from adaptflow.tasks.registry.store import get_alias, list_decisions, list_versions, set_alias
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import rest_json
 from tests.integration.test_predict import flow_run_artifacts
 from tests.integration.versions import fit_head, register_head
 
@@ -149,9 +149,7 @@ class Api:
         self.url = url
 
     def call(self, method: str, path: str, **kwargs: Any) -> Any:
-        response = httpx.request(method, self.url + path, timeout=30, **kwargs)
-        response.raise_for_status()
-        return response.json()
+        return rest_json(self.url, method, path, **kwargs)
 
     def wait_for_pause(self, tag: str, future: Future) -> dict:
         deadline = time.monotonic() + PAUSE_WAIT_S

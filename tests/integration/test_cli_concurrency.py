@@ -19,13 +19,13 @@ import sys
 import time
 from pathlib import Path
 
-import httpx
 import pytest
 
 from adaptflow.infra.prefect_stack import PrefectStack
 from adaptflow.tasks.registry.store import get_manifest, list_versions
 from adaptflow.tasks.storage.s3 import ENDPOINT_VARS
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import rest_json
 
 RUNS = 4
 MODEL_NAME = "concurrent-cli"
@@ -90,14 +90,14 @@ def test_four_runs_at_once_report_to_the_stack_server(tmp_path, s3_stack, s3_set
     info = prefect_stack.up(worker=False, timeout=120)
     try:
         # the UI asks the server where its API is: the port `up` chose, not Prefect's default 4200
-        assert httpx.get(f"{info.ui_url}/ui-settings", timeout=30).json()["api_url"] == info.api_url
+        assert rest_json(info.ui_url, "GET", "/ui-settings")["api_url"] == info.api_url
         env = _env(home, s3_stack, s3_settings)
         started = time.monotonic()
         results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env)
         print(f"{RUNS} runs against the stack's Prefect server: {time.monotonic() - started:.0f} s")
         _check_versions(results, s3_settings)
         assert all(f"Prefect server: {info.ui_url}" in r.stderr for r in results)
-        runs = httpx.post(f"{info.api_url}/flow_runs/filter", json={"limit": 20}, timeout=30).json()
+        runs = rest_json(info.api_url, "POST", "/flow_runs/filter", json={"limit": 20})
         adapt_runs = [r for r in runs if r["state_type"] == "COMPLETED"]
         assert len(adapt_runs) == RUNS, [(r["name"], r["state_type"]) for r in runs]
     finally:

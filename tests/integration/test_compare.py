@@ -5,7 +5,6 @@ from __future__ import annotations
 import json
 import shutil
 
-import httpx
 import pytest
 from datasets import load_from_disk
 from prefect import flow
@@ -14,6 +13,7 @@ from adaptflow.flows.compare import compare, search
 from adaptflow.tasks.config import Lora
 from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.evaluation.compare import load_compare_config, with_budget
+from tests.integration.prefect_rest import rest_json
 from tests.integration.test_pipeline import artifact_keys
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
@@ -65,7 +65,7 @@ def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir
 
     keys = artifact_keys(prefect_api, saved["flow_run_id"])
     assert {"compare-table", "compare-report"} <= keys
-    shown = httpx.get(f"{prefect_api}/artifacts/compare-report/latest", timeout=30).json()["data"]
+    shown = rest_json(prefect_api, "GET", "/artifacts/compare-report/latest")["data"]
     assert "![quality against cost](data:image/png;base64," in shown  # the UI renders the chart inline
 
 

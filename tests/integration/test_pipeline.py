@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 
-import httpx
 import pytest
 import torch
 import yaml
@@ -15,16 +14,14 @@ from adaptflow.tasks.config import load_config
 from adaptflow.tasks.modeling import load_classifier
 from adaptflow.tasks.registry.store import get_manifest, list_versions, pull_version
 from tests.integration.conftest import tiny_config
+from tests.integration.prefect_rest import filter_all
 
 pytestmark = pytest.mark.usefixtures("prefect_api")
 
 
 def artifact_keys(api_url: str, flow_run_id: str) -> set[str]:
     """Keys (or types, for unkeyed ones) of the artifacts a flow run published, read over the REST API."""
-    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0, "sort": "CREATED_DESC"}
-    response = httpx.post(f"{api_url}/artifacts/filter", json=body, timeout=30)
-    response.raise_for_status()
-    return {a["key"] or a["type"] for a in response.json()}
+    return {a["key"] or a["type"] for a in filter_all(api_url, "artifacts", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})}
 
 
 def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, reviews_csv, tmp_path, prefect_api):

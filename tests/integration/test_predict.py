@@ -13,7 +13,6 @@ import sys
 from pathlib import Path
 
 import datasets
-import httpx
 import numpy as np
 import pandas as pd
 import pytest
@@ -24,6 +23,7 @@ from adaptflow.tasks.config import load_config
 from adaptflow.tasks.errors import AdaptFlowError, DataError, ModelError
 from adaptflow.tasks.inference.predict import predict_file
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import filter_all
 from tests.integration.versions import fit_head, register_head, stack_env, write_labelled
 from tests.model_fixtures import build_tiny_model
 
@@ -54,10 +54,7 @@ def eval_split(summary: dict, tmp_path: Path) -> tuple[Path, list[str], list[str
 
 
 def flow_run_artifacts(api_url: str, flow_run_id: str) -> dict[str, dict]:
-    body = {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}, "limit": 200, "offset": 0}
-    response = httpx.post(f"{api_url}/artifacts/filter", json=body, timeout=30)
-    response.raise_for_status()
-    return {a["key"] or a["type"]: a for a in response.json()}
+    return {a["key"] or a["type"]: a for a in filter_all(api_url, "artifacts", {"artifacts": {"flow_run_id": {"any_": [flow_run_id]}}})}
 
 
 def test_predict_flow_on_a_full_version_repeats_the_runs_predictions(registry, prefect_api, tmp_path):

@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import sqlite3
 
-import httpx
 import pytest
 
 from adaptflow.infra.prefect_stack import PrefectStack
 from adaptflow.tasks.errors import ConfigError
+from tests.integration.prefect_rest import rest
 
 
 def test_a_database_from_another_prefect_release_gets_a_clear_message_and_a_fresh_start(tmp_path):
@@ -27,7 +27,7 @@ def test_a_database_from_another_prefect_release_gets_a_clear_message_and_a_fres
 
     info = stack.up(worker=False, timeout=120, new_database=True)
     try:
-        assert httpx.get(f"{info.api_url}/health", timeout=30).status_code == 200
+        assert rest(info.api_url, "GET", "/health").status_code == 200
         kept = list(stack.prefect_home.glob("prefect.db.bak-*"))
         assert kept, "the old database was not kept"
         with sqlite3.connect(kept[0]) as db:

@@ -11,7 +11,6 @@ import shutil
 import threading
 import time
 
-import httpx
 from typer.testing import CliRunner
 
 from adaptflow.flows.cli.app import app
@@ -19,6 +18,7 @@ from adaptflow.flows.cli.retrain import NOT_BETTER_EXIT
 from adaptflow.flows.retrain import model_lock, retrain
 from adaptflow.tasks.registry.store import get_alias, list_versions
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import filter_all
 
 
 def test_retrain_trains_only_when_data_changed_and_promotes_only_when_better(prefect_api, s3_env, tiny_bert_dir, tmp_path):
@@ -73,7 +73,7 @@ def test_retrain_trains_only_when_data_changed_and_promotes_only_when_better(pre
     assert "up to date" in outcome.output and time.monotonic() - started < 60
     assert len(list_versions(s3_env, name)) == 2
 
-    artifacts = httpx.post(f"{prefect_api}/artifacts/filter", json={"limit": 200}).json()
+    artifacts = filter_all(prefect_api, "artifacts", {})
     keys = {artifact["key"] for artifact in artifacts}
     assert {"retrain-decision", "promotion-decision"} <= keys
 

@@ -8,7 +8,6 @@ import json
 from dataclasses import replace
 from pathlib import Path
 
-import httpx
 import pytest
 from prefect import flow
 
@@ -22,6 +21,7 @@ from adaptflow.tasks.registry.store import get_alias, get_manifest, register_ver
 from adaptflow.tasks.storage.s3 import S3Settings, check_access, iter_objects, make_client
 from adaptflow.tasks.storage.settings import settings_from_block
 from tests.integration.conftest import tiny_config
+from tests.integration.prefect_rest import filter_all
 from tests.integration.versions import CLEARED_VARS, fit_head, register_head, stack_env, write_labelled
 
 BAD_NAMES = ("../x", "a/b", "x..y")
@@ -35,15 +35,7 @@ def env(s3_stack, tmp_path):
 
 def api_records(api_url: str, what: str, flow_run_ids: list[str]) -> list[dict]:
     """Every log line or artifact of these flow runs, all pages, over the REST API."""
-    records: list[dict] = []
-    while True:
-        body = {what: {"flow_run_id": {"any_": flow_run_ids}}, "limit": 200, "offset": len(records)}
-        response = httpx.post(f"{api_url}/{what}/filter", json=body, timeout=30)
-        response.raise_for_status()
-        page = response.json()
-        records += page
-        if len(page) < 200:
-            return records
+    return filter_all(api_url, what, {what: {"flow_run_id": {"any_": flow_run_ids}}})
 
 
 def files_holding(root: Path, secret: bytes) -> list[str]:

@@ -40,6 +40,7 @@ from adaptflow.infra.stack import _alive
 from adaptflow.tasks.registry.store import get_alias, list_versions
 from adaptflow.tasks.storage.s3 import S3Settings
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import rest
 
 ROOT = Path(__file__).resolve().parents[2]
 ADAPTFLOW = str(Path(sys.executable).parent / "adaptflow")
@@ -299,7 +300,7 @@ def _adaptflow(args: list[str], env: dict[str, str]) -> subprocess.CompletedProc
 
 
 def _api(served: Served, method: str, path: str, **kwargs) -> httpx.Response:
-    return httpx.request(method, served.info.api_url + path, timeout=30, **kwargs)
+    return rest(served.info.api_url, method, path, **kwargs)
 
 
 def _deployment_paths(served: Served) -> set[str]:

@@ -32,6 +32,7 @@ from adaptflow.infra.prefect_stack import PrefectStack
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.registry.store import list_versions
 from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.prefect_rest import rest
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = Path("/usr/bin/chromium")
@@ -59,8 +60,9 @@ RUNS_WAIT_S = 300
 PLOTS_ARTIFACT = "evaluation-plots"
 SERVER_BUSY = "Unknown error while creating flow run"
 SUBMIT_ATTEMPTS = 3
-API_ATTEMPTS = 6
 SHOTS_ENV = "ADAPTFLOW_UI_SHOTS"
+SCROLL_TO_CENTER = "arguments[0].scrollIntoView({block: 'center'}); return true"
+SCROLL_TO_TOP = "arguments[0].scrollIntoView({block: 'start'}); return true"
 
 _missing = [
     what
@@ -131,13 +133,7 @@ class Shots:
 
 
 def _api(info, method: str, path: str, **kwargs) -> httpx.Response:
-    """A REST call, repeated on 503 like Prefect's own client does (a busy SQLite database answers 503)."""
-    for attempt in range(API_ATTEMPTS):
-        response = httpx.request(method, info.api_url + path, timeout=30, **kwargs)
-        if response.status_code != 503:
-            break
-        time.sleep(0.5 * (attempt + 1))
-    return response
+    return rest(info.api_url, method, path, **kwargs)
 
 
 def _diagnostics(info, stack: PrefectStack, run_id: str, state: str) -> str:
@@ -196,6 +192,30 @@ def _page_problems(driver) -> str:
     return "\n".join(["shown:", *shown, "console:", *console])
 
 
+def _waiter(driver):
+    """A wait that looks again when the element it holds was re-rendered (the UI redraws as data arrives)."""
+    from selenium.common.exceptions import StaleElementReferenceException
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    return WebDriverWait(driver, PAGE_WAIT_S, ignored_exceptions=(StaleElementReferenceException,))
+
+
+def _click(wait, xpath: str):
+    """Scroll the element at ``xpath`` into view and click it once it is clickable; found afresh if it was redrawn meanwhile."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support import expected_conditions as EC
+
+    def clicked(driver):
+        element = EC.element_to_be_clickable((By.XPATH, xpath))(driver)
+        if not element:
+            return False
+        driver.execute_script(SCROLL_TO_CENTER, element)
+        element.click()
+        return element
+
+    return wait.until(clicked)
+
+
 def _submit_with_tab(driver, ui: str, deployment_id: str, tab: str, strategy: str, model_dir: str, shots: Shots) -> int:
     """Open the Custom-run form, choose the strategy tab, submit; returns the server's refusals clicked through.
 
@@ -210,10 +230,8 @@ def _submit_with_tab(driver, ui: str, deployment_id: str, tab: str, strategy: st
     """
     from selenium.common.exceptions import TimeoutException
     from selenium.webdriver.common.by import By
-    from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
-    wait = WebDriverWait(driver, PAGE_WAIT_S)
+    wait = _waiter(driver)
     driver.get(f"{ui}/v2/deployments/deployment/{deployment_id}/run")
     shows = "return Array.from(document.querySelectorAll('textarea, input')).some(e => e.value === arguments[0])"
     wait.until(lambda d: d.execute_script(shows, model_dir))
@@ -223,21 +241,18 @@ def _submit_with_tab(driver, ui: str, deployment_id: str, tab: str, strategy: st
         if d.execute_script(shows, strategy):
             return True
         button = d.find_element(By.XPATH, tab_xpath)
-        d.execute_script("arguments[0].scrollIntoView({block: 'center'})", button)
+        d.execute_script(SCROLL_TO_CENTER, button)
         button.click()
         return False
 
     wait.until(chosen)
-    button = driver.find_element(By.XPATH, tab_xpath)
-    if tab == "Lora":
-        assert button.get_attribute("aria-selected") == "true", "the Lora tab shows its own fields"
+    if tab == "Lora":  # the Lora tab shows its own fields
+        wait.until(lambda d: d.find_element(By.XPATH, tab_xpath).get_attribute("aria-selected") == "true")
     if tab in ("PartialFineTuning", "Lora"):
-        driver.execute_script("arguments[0].scrollIntoView({block: 'start'})", button)
+        wait.until(lambda d: d.execute_script(SCROLL_TO_TOP, d.find_element(By.XPATH, tab_xpath)))
         shots.take(f"form-{tab.lower()}-chosen")
     for attempt in range(SUBMIT_ATTEMPTS):
-        submit = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@type='submit' and normalize-space()='Submit']")))
-        driver.execute_script("arguments[0].scrollIntoView({block: 'center'})", submit)
-        submit.click()
+        _click(wait, "//button[@type='submit' and normalize-space()='Submit']")
         try:
             outcome = wait.until(
                 lambda d: (
@@ -281,7 +296,6 @@ def _loaded_image(driver):
 def test_every_strategy_runs_from_the_ui_form_and_the_plots_show(prefect_server, browser, s3_settings, tiny_bert_dir, tmp_path):
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support import expected_conditions as EC
-    from selenium.webdriver.support.ui import WebDriverWait
 
     info, stack = prefect_server
     ui = info.ui_url
@@ -293,7 +307,7 @@ def test_every_strategy_runs_from_the_ui_form_and_the_plots_show(prefect_server,
     timings["deploy"] = time.monotonic() - started
 
     shots = Shots(browser, tmp_path / "ui-shots")
-    wait = WebDriverWait(browser, PAGE_WAIT_S)
+    wait = _waiter(browser)
     try:
         browser.get(f"{ui}/v2/deployments")
         wait.until(EC.visibility_of_element_located((By.CSS_SELECTOR, f"a[href$='/deployments/deployment/{deployment_id}']")))
@@ -327,23 +341,14 @@ def test_every_strategy_runs_from_the_ui_form_and_the_plots_show(prefect_server,
         browser.get(f"{ui}/v2/runs/flow-run/{run_id}")
         wait.until(EC.text_to_be_present_in_element((By.TAG_NAME, "body"), "Completed"))
         shots.take("run-completed")
-        tab = wait.until(EC.element_to_be_clickable((By.XPATH, "//button[@role='tab' and normalize-space()='Artifacts']")))
-        tab.click()
-        card = wait.until(
-            EC.visibility_of_element_located(
-                (By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]")
-            )
-        )
-        browser.execute_script("arguments[0].scrollIntoView({block: 'center'})", card)
+        _click(wait, "//button[@role='tab' and normalize-space()='Artifacts']")
+        card_xpath = f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]"
+        wait.until(lambda d: d.execute_script(SCROLL_TO_CENTER, d.find_element(By.XPATH, card_xpath)))
         shots.take("run-artifacts")
-        card = wait.until(
-            EC.element_to_be_clickable((By.XPATH, f"//a[contains(@href, '/artifacts/artifact/') and contains(., '{PLOTS_ARTIFACT}')]"))
-        )
-        artifact_url = card.get_attribute("href")
-        card.click()
+        artifact_url = wait.until(lambda d: d.find_element(By.XPATH, card_xpath).get_attribute("href"))
+        _click(wait, card_xpath)
         wait.until(EC.url_contains("/artifacts/artifact/"))  # not an image still on the run page
-        image = wait.until(_loaded_image)
-        browser.execute_script("arguments[0].scrollIntoView({block: 'start'})", image)
+        wait.until(lambda d: (image := _loaded_image(d)) and d.execute_script(SCROLL_TO_TOP, image))
         shots.take("artifact-plots-v2")
 
         browser.get(artifact_url.replace("/v2/", "/"))  # the classic UI renders the same markdown
