@@ -14,11 +14,12 @@ PYTEST_WORKERS ?= 2
 setup: $(VENV)/.installed
 
 # torch first and pinned: 2.13.0 is the CPU build on these machines; an unpinned torch would
-# pull the newest CUDA build (GBs). Then the project and its test tools.
-$(VENV)/.installed: pyproject.toml
+# pull the newest CUDA build (GBs). Then the project and its test tools, held to the Hugging Face
+# releases the suite passed with (constraints.txt).
+$(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
-	$(PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]"
+	$(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"
 	touch $@
 
 demo: setup
