@@ -13,6 +13,12 @@ NEGATIVE = ["awful", "terrible", "boring", "dreadful", "poor", "clumsy", "tediou
 THINGS = ["film", "phone", "hotel", "meal", "book", "service", "album", "game", "jacket", "course"]
 
 
+def served_worker_env(s3_stack, home: Path, prefix: str) -> dict[str, str]:
+    """Environment of a stack's process worker in tests: S3 endpoint and keys (only there), its own
+    home and registry prefix, and a worker that polls every second (default: every 10 s)."""
+    return {**s3_stack.env(), "ADAPTFLOW_S3_PREFIX": prefix, "ADAPTFLOW_HOME": str(home), "PREFECT_WORKER_QUERY_SECONDS": "1"}
+
+
 @pytest.fixture(scope="session")
 def prefect_api():
     """A real Prefect API server for the whole session; yields its URL."""

@@ -39,7 +39,7 @@ from adaptflow.infra.prefect_stack import PrefectStack, PrefectStackInfo
 from adaptflow.infra.stack import _alive
 from adaptflow.tasks.registry.store import get_alias, list_versions
 from adaptflow.tasks.storage.s3 import S3Settings
-from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.conftest import served_worker_env, tiny_config, write_reviews
 from tests.integration.prefect_rest import rest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -67,13 +67,7 @@ def served(s3_stack, tmp_path_factory):
     home = tmp_path_factory.mktemp("served-home")
     settings = s3_stack.settings(prefix=f"tests/server-deployments-{uuid.uuid4().hex[:8]}")
     stack = PrefectStack(home)
-    worker_env = {
-        **s3_stack.env(),
-        "ADAPTFLOW_S3_PREFIX": settings.prefix,
-        "ADAPTFLOW_HOME": str(home),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick a run up at once (default: every 10 s)
-    }
-    info = stack.up(worker_env=worker_env, timeout=120)
+    info = stack.up(worker_env=served_worker_env(s3_stack, home, settings.prefix), timeout=120)
     try:
         env = {
             **os.environ,

@@ -31,7 +31,7 @@ import pytest
 from adaptflow.infra.prefect_stack import PrefectStack
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.registry.store import list_versions
-from tests.integration.conftest import tiny_config, write_reviews
+from tests.integration.conftest import served_worker_env, tiny_config, write_reviews
 from tests.integration.prefect_rest import rest
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -81,13 +81,7 @@ def prefect_server(s3_stack, s3_settings, tmp_path):
     """A Prefect server + process worker (S3 endpoint and keys only in the worker's environment)."""
     home = tmp_path / "home"
     stack = PrefectStack(home)
-    worker_env = {
-        **s3_stack.env(),
-        "ADAPTFLOW_S3_PREFIX": s3_settings.prefix,
-        "ADAPTFLOW_HOME": str(home),
-        "PREFECT_WORKER_QUERY_SECONDS": "1",  # pick the runs up at once (default: every 10 s)
-    }
-    info = stack.up(worker_env=worker_env, timeout=120)
+    info = stack.up(worker_env=served_worker_env(s3_stack, home, s3_settings.prefix), timeout=120)
     try:
         yield info, stack
     finally:
