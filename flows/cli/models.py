@@ -279,7 +279,7 @@ def pull_command(
 ) -> None:
     """Download a version (every file checked against its sha256) and print the folder.
 
-    The folder loads directly: adaptflow.tasks.modeling.load_classifier(folder), AutoModel.from_pretrained(folder/'backbone'), or for LoRA versions PeftModel.from_pretrained(base_model, folder/'adapter'). Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
+    A classification version is a Hugging Face model folder: pipeline("text-classification", model=folder) (trust_remote_code=True where its card says so), or AutoPeftModelForSequenceClassification for LoRA; README.md shows how. Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
 
     Example:  python predict.py --model "$(adaptflow models pull reviews-lora@champion)"
     """
@@ -289,6 +289,29 @@ def pull_command(
         folder = pull_version(settings, name, version, output)
     console.print(f"pulled {name}:{version}", highlight=False)
     out.print(str(folder), soft_wrap=True, highlight=False, markup=False)
+
+
+@models_app.command("export")
+def export_command(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    output: Path = typer.Option(..., "--output", "-o", help="A new (or empty) folder to write the Hugging Face model folder into."),
+    merge: bool = typer.Option(False, "--merge", help="LoRA versions: merge the adapter into its base and write a full model."),
+    to_hub: Optional[str] = typer.Option(None, "--to-hub", help="Also upload the folder to this Hugging Face Hub repository (user/name)."),
+) -> None:
+    """Write a classification version as a Hugging Face model folder for serving; optionally merge LoRA and upload.
+
+    Example:  adaptflow models export reviews-lora@champion --output served/ --merge
+    """
+    from adaptflow.tasks.inference.export import export_version  # imports torch: the other `models` commands stay fast without
+
+    with reported():
+        result = export_version(S3Settings.resolve(), ref, output, merge=merge, to_hub=to_hub)
+    how = "merged, " if result.merged else ""
+    console.print(
+        f"exported {result.ref} ({how}route {result.route})" + (f" and uploaded: {result.hub_url}" if result.hub_url else ""),
+        highlight=False,
+    )
+    out.print(str(result.output), soft_wrap=True, highlight=False, markup=False)
 
 
 @models_app.command("delete")
