@@ -37,6 +37,7 @@ from pathlib import Path
 from typing import Any
 
 from adaptflow.tasks import hf_pooled
+from adaptflow.tasks.data.lm import PLAIN_CHAT_TEMPLATE
 from adaptflow.tasks.errors import ModelError, Problem
 from adaptflow.tasks.modeling import HEAD_FILE, META_FILE, AdaptClassifier, head_dropout, load_backbone
 
@@ -54,6 +55,8 @@ POOLED_PREFIX = hf_pooled.AdaptFlowPooledForSequenceClassification.base_model_pr
 STANDARD_POOLER_HEADS = {"bert": ("BertForSequenceClassification", "bert")}
 """model_type -> (its ...ForSequenceClassification, its backbone attribute), for the types whose
 standard head is exactly pooler output -> dropout -> linear, as AdaptFlow's 'pooler' pooling."""
+LM_ADAPTER_DIR = "adapter"
+"""Where language-model runs and layout-1 versions keep a LoRA adapter."""
 ROUTES = ("transformers", "remote_code", "peft", "peft_backbone")
 
 
@@ -190,6 +193,43 @@ def finish_folder(out: Path, meta: dict[str, Any], route: str, base_ref: str) ->
     full_meta["weights"] = "adapter" if route.startswith("peft") else "full"
     (out / MODEL_META).write_text(json.dumps(full_meta, indent=2))
     return hf
+
+
+def write_lm_folder(model_dir: Path, out: Path, base_ref: str, prompt_format: str | None) -> dict[str, Any]:
+    """A language-model run's saved model (tasks/training/lm.py) as a layout-2 folder ``out``.
+
+    Full weights stay at the root (``AutoModelForCausalLM`` / ``AutoModelForMaskedLM``); a LoRA
+    adapter moves to the root naming its base by reference (``AutoPeftModelForCausalLM``). A
+    run trained on the plain prompt format saves that format as the tokenizer's chat template,
+    so ``pipeline("text-generation")`` with chat messages prompts the model as it was trained.
+    """
+    from transformers import AutoTokenizer  # transformers loads in seconds: imported where a model is read
+
+    meta = json.loads((model_dir / META_FILE).read_text())
+    (out / ADAPTFLOW_DIR).mkdir(parents=True, exist_ok=True)
+    for entry in model_dir.iterdir():
+        if entry.name in (META_FILE, LM_ADAPTER_DIR):
+            continue
+        shutil.copytree(entry, out / entry.name) if entry.is_dir() else shutil.copy(entry, out / entry.name)
+    tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
+    if prompt_format == "plain" and not getattr(tokenizer, "chat_template", None):
+        tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
+    tokenizer.save_pretrained(out)
+    adapter = model_dir / LM_ADAPTER_DIR
+    if adapter.is_dir():
+        for file in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
+            shutil.copy(adapter / file, out / file)
+        config = json.loads((out / ADAPTER_CONFIG).read_text())
+        config["base_model_name_or_path"] = base_ref
+        (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
+    route = "peft" if adapter.is_dir() else "transformers"
+    (out / MODEL_META).write_text(json.dumps({**meta, "base_model": base_ref, "folder_layout": FOLDER_LAYOUT, "route": route}, indent=2))
+    return {"route": route}
+
+
+def adapter_folder(folder: Path) -> Path:
+    """Where a version's PEFT adapter is: the root (layout 2) or ``adapter/`` (layout 1)."""
+    return folder if is_hf_folder(folder) else folder / LM_ADAPTER_DIR
 
 
 # ---- reading -------------------------------------------------------------------------

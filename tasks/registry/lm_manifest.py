@@ -1,9 +1,9 @@
 """Register a language-model run (causal LM fine-tuning or continued pre-training).
 
-The version folder holds what the LM worker saved (full weights in Hugging Face layout,
-or only ``adapter/`` for LoRA; the base model is recorded in the manifest, not copied),
-the tokenizer, ``metrics.json``, ``generations.json``, ``config.json``, the data manifest
-and a short model card. The lineage manifest is built by the one builder of
+The version folder is a Hugging Face folder (tasks/registry/hf_folder.py :func:`write_lm_folder`):
+full weights, or a PEFT adapter at the root naming its base (recorded in the manifest, not
+copied), the tokenizer with its chat template and a short model card; ``metrics.json``,
+``generations.json``, the run's ``config.json`` and the data manifest are under ``adaptflow/``. The lineage manifest is built by the one builder of
 tasks/registry/manifest.py: the same keys as a classification version's, with
 language-model metrics and no label names.
 """
@@ -20,7 +20,8 @@ from prefect.cache_policies import NO_CACHE
 
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import METRICS_FILE
-from adaptflow.tasks.registry.manifest import assemble_version_folder, version_manifest
+from adaptflow.tasks.registry.hf_folder import FOLDER_LAYOUT, write_lm_folder
+from adaptflow.tasks.registry.manifest import add_adaptflow_files, fresh_version_folder, version_manifest
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -65,8 +66,16 @@ def lm_card(name: str, manifest: dict) -> str:
 
 def build_lm_version_folder(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path) -> tuple[Path, dict]:
     manifest = lm_lineage_manifest(cfg, run_dir, data_manifest, model_path)
-    folder = assemble_version_folder(
-        run_dir, data_manifest, lm_card(cfg.model_name(), manifest), files=(), optional=(METRICS_FILE, "generations.json", "config.json")
+    folder = fresh_version_folder(run_dir)
+    manifest["hf"] = write_lm_folder(run_dir / "model", folder, cfg.model, data_manifest.get("format"))
+    manifest["folder_layout"] = FOLDER_LAYOUT
+    add_adaptflow_files(
+        folder,
+        run_dir,
+        data_manifest,
+        lm_card(cfg.model_name(), manifest),
+        files=(),
+        optional=(METRICS_FILE, "generations.json", "config.json"),
     )
     return folder, manifest
 

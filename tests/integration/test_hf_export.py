@@ -1,0 +1,264 @@
+"""Registered versions load with plain Hugging Face tools, with no AdaptFlow (issue 13).
+
+Each version is built by the production path (``build_version_folder`` on a run folder
+holding a saved tiny classifier with random head and LoRA weights, so every weight
+matters), registered on the real SeaweedFS server and pulled. A fresh interpreter running
+tests/hf_plain_load.py (which never imports AdaptFlow) loads it with ``transformers`` /
+``peft``; its pipeline scores must equal ``adaptflow predict``'s probabilities on the same rows.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+import torch
+import yaml
+
+from adaptflow.tasks.config import load_config
+from adaptflow.tasks.errors import ModelError
+from adaptflow.tasks.inference.export import export_version
+from adaptflow.tasks.inference.predict import load_version, predict_file
+from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
+from adaptflow.tasks.registry.hf_folder import MODELING_FILE
+from adaptflow.tasks.registry.manifest import build_version_folder
+from adaptflow.tasks.registry.store import pull_version, register_version
+from adaptflow.tasks.storage.s3 import S3Settings
+from tests.integration.versions import register_head
+
+LABELS = ["negative", "neutral", "positive"]
+TEXTS = ["the film was wonderful", "an awful, tedious meal that went on and on", "it is a phone"]
+LOADER = Path(__file__).resolve().parents[1] / "hf_plain_load.py"
+
+
+def saved_run(base: Path, run_dir: Path, pooling: str, lora: bool, strategy: str) -> None:
+    """A run folder as training leaves it: the model (random head, random LoRA), metrics, evaluation, config, plots."""
+    from peft import LoraConfig, get_peft_model
+    from transformers import AutoTokenizer
+
+    torch.manual_seed(7)
+    model = build_classifier(inspect_model(base), pooling, len(LABELS))
+    torch.nn.init.normal_(model.head.linear.weight, std=0.5)
+    if lora:
+        model.backbone = get_peft_model(model.backbone, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
+        for name, param in model.backbone.named_parameters():
+            if "lora_B" in name:
+                torch.nn.init.normal_(param, std=0.2)
+    meta = {"strategy": strategy, "label_names": LABELS, "base_model": str(base), "max_length": 32}
+    save_classifier(model.eval(), run_dir / "model", AutoTokenizer.from_pretrained(base), meta)
+    (run_dir / "metrics.json").write_text(json.dumps({"trainable_params": 10, "total_params": 100, "train_runtime_s": 1.0}))
+    overfitting = {"overfitting": False, "n_evals": 1, "reason": "not enough evaluations"}
+    evaluation = {"metrics": {"accuracy": 0.75, "macro_f1": 0.7}, "eval_loss": 0.5, "overfitting": overfitting}
+    (run_dir / "evaluation.json").write_text(json.dumps(evaluation))
+    (run_dir / "config.json").write_text("{}")
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "loss_curves.png").write_bytes(b"png")
+
+
+def register(settings: S3Settings, base: Path, tmp: Path, name: str, pooling: str, lora: bool = False) -> tuple[Path, dict]:
+    """Register through the production folder builder; returns the pulled folder and its manifest."""
+    strategy = "lora" if lora else "full_fine_tuning"
+    raw = {"model": str(base), "strategy": {"name": strategy, "pooling": pooling}, "data": {"data": "sample://reviews", "max_length": 32}}
+    cfg = load_config({**raw, "registry": {"model_name": name}, "work_dir": str(tmp / "work")})
+    run_dir = tmp / name
+    saved_run(base, run_dir, pooling, lora, strategy)
+    data_manifest = {
+        "key": "reviews-0123456789ab",
+        "source": {"data": {"uri": "sample://reviews", "sha256": "ab" * 32}},
+        "label_names": LABELS,
+        "splits": {"train": 12, "eval": 3},
+        "label_balance": {"train": {"negative": 4, "neutral": 4, "positive": 4}},
+    }
+    folder, manifest = build_version_folder(cfg, run_dir, data_manifest, base, "(evaluation tables)")
+    version = register_version(settings, name, folder, manifest).version
+    return pull_version(settings, name, version, tmp / f"{name}-pulled"), manifest
+
+
+def plain_load(folder: Path, *args: str) -> dict:
+    """tests/hf_plain_load.py in a fresh interpreter; its JSON result."""
+    done = subprocess.run(
+        [sys.executable, str(LOADER), str(folder), "--texts", json.dumps(TEXTS), *args], capture_output=True, text=True, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["adaptflow_imported"] is False
+    return result
+
+
+def adaptflow_probabilities(settings: S3Settings, ref: str, tmp: Path) -> list[dict[str, float]]:
+    """``adaptflow predict`` on TEXTS: probability per label per row."""
+    data = tmp / "texts.csv"
+    pd.DataFrame({"text": TEXTS}).to_csv(data, index=False)
+    predict_file(settings, ref, str(data), tmp / "predictions.csv")
+    frame = pd.read_csv(tmp / "predictions.csv")
+    return [{label: row[f"prob_{label}"] for label in LABELS} for _, row in frame.iterrows()]
+
+
+def assert_same(plain: list[dict[str, float]], ours: list[dict[str, float]], tol: float = 1e-5) -> None:
+    for mine, theirs in zip(plain, ours, strict=True):
+        assert set(mine) == set(LABELS)
+        for label in LABELS:
+            assert abs(mine[label] - theirs[label]) < tol, (label, mine, theirs)
+
+
+@pytest.mark.parametrize(
+    "kind, pooling, route, architecture",
+    [
+        ("bert", "pooler", "transformers", "BertForSequenceClassification"),
+        ("bert", "mean", "remote_code", "AdaptFlowPooledForSequenceClassification"),
+        ("bert", "cls", "remote_code", "AdaptFlowPooledForSequenceClassification"),
+        ("gpt2", "last", "remote_code", "AdaptFlowPooledForSequenceClassification"),
+    ],
+)
+def test_full_version_is_a_transformers_folder(s3_env, tiny_bert_dir, tiny_gpt2_dir, tmp_path, kind, pooling, route, architecture):
+    base = tiny_bert_dir if kind == "bert" else tiny_gpt2_dir
+    folder, manifest = register(s3_env, base, tmp_path, f"hf-{kind}-{pooling}", pooling)
+
+    assert manifest["folder_layout"] == 2 and manifest["hf"]["route"] == route
+    config = json.loads((folder / "config.json").read_text())
+    assert config["architectures"] == [architecture] and config["problem_type"] == "single_label_classification"
+    assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
+    assert {"model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert {"model.json", "config.json", "metrics.json", "evaluation.json", "data_manifest.json"} <= {
+        p.name for p in (folder / "adaptflow").iterdir()
+    }
+    assert (folder / "adaptflow" / "plots" / "loss_curves.png").is_file()
+    if route == "remote_code":
+        assert manifest["hf"]["modeling_sha256"] == hashlib.sha256((folder / MODELING_FILE).read_bytes()).hexdigest()
+        assert not re.search(r"^\s*(from|import)\s+adaptflow", (folder / MODELING_FILE).read_text(), flags=re.M)
+
+    plain = plain_load(folder, *(["--trust-remote-code"] if route == "remote_code" else []))
+    assert plain["class"] == architecture
+    assert_same(plain["scores"], adaptflow_probabilities(s3_env, f"hf-{kind}-{pooling}", tmp_path))
+
+
+def test_remote_code_route_refuses_to_load_without_trust(s3_env, tiny_bert_dir, tmp_path):
+    """Never a model that loads without error but predicts differently: no silent standard head."""
+    folder, _ = register(s3_env, tiny_bert_dir, tmp_path, "hf-untrusted", "mean")
+    code = "import sys; from transformers import AutoModelForSequenceClassification as A; A.from_pretrained(sys.argv[1])"
+    done = subprocess.run([sys.executable, "-c", code, str(folder)], capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)
+    assert done.returncode != 0 and "trust_remote_code=True" in done.stderr
+
+
+def test_lora_pooler_version_is_a_peft_seq_cls_adapter(s3_env, tiny_bert_dir, tmp_path):
+    folder, manifest = register(s3_env, tiny_bert_dir, tmp_path, "hf-lora-pooler", "pooler", lora=True)
+
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert manifest["hf"]["route"] == "peft" and adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"] == ["classifier"]
+    assert adapter["base_model_name_or_path"] == str(tiny_bert_dir)  # the reference the run was given
+    assert not (folder / "model.safetensors").exists() and not (folder / "adapter" / "README.md").exists()
+    plain = plain_load(folder, "--peft", "--labels", json.dumps(LABELS))  # AutoPeftModelForSequenceClassification
+    assert plain["class"] == "PeftModelForSequenceClassification"
+    ours = adaptflow_probabilities(s3_env, "hf-lora-pooler", tmp_path)
+    assert_same(plain["scores"], ours)
+
+    merged = export_version(s3_env, "hf-lora-pooler", tmp_path / "merged", merge=True)
+    assert merged.route == "transformers"
+    merged_plain = plain_load(merged.output)
+    assert_same(merged_plain["scores"], ours)
+    assert torch.allclose(torch.tensor(merged_plain["logits"]), torch.tensor(plain["logits"]), atol=1e-4)
+
+
+def test_lora_mean_version_routes_to_merged_export(s3_env, tiny_bert_dir, tmp_path):
+    folder, manifest = register(s3_env, tiny_bert_dir, tmp_path, "hf-lora-mean", "mean", lora=True)
+
+    adapter = json.loads((folder / "adapter_config.json").read_text())
+    assert manifest["hf"]["route"] == "peft_backbone" and adapter["task_type"] == "FEATURE_EXTRACTION"
+    # A standard PEFT classifier would pool differently: peft refuses this adapter instead of loading it wrongly.
+    done = subprocess.run(
+        [sys.executable, str(LOADER), str(folder), "--texts", json.dumps(TEXTS), "--peft", "--labels", json.dumps(LABELS)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode != 0 and "Expected target PEFT class" in done.stderr
+    assert "models export" in (folder / "README.md").read_text()
+
+    loaded = load_version(s3_env, "hf-lora-mean", 1)
+    batch = loaded.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        adapter_logits = loaded.model(**batch)[1]
+    merged = export_version(s3_env, "hf-lora-mean", tmp_path / "merged", merge=True)
+    assert merged.route == "remote_code"
+    plain = plain_load(merged.output, "--trust-remote-code")
+    assert torch.allclose(torch.tensor(plain["logits"]), adapter_logits, atol=1e-4)
+    assert_same(plain["scores"], adaptflow_probabilities(s3_env, "hf-lora-mean", tmp_path))
+
+
+def python_blocks(card: str) -> list[str]:
+    return re.findall(r"```python\n(.*?)```", card, flags=re.S)
+
+
+@pytest.mark.parametrize("pooling, lora, library", [("mean", False, "transformers"), ("pooler", True, "peft")])
+def test_card_metadata_parses_and_its_snippet_runs(s3_env, tiny_bert_dir, tmp_path, pooling, lora, library):
+    from huggingface_hub import ModelCard
+
+    folder, _ = register(s3_env, tiny_bert_dir, tmp_path, f"hf-card-{pooling}", pooling, lora=lora)
+    card = ModelCard.load(folder / "README.md")
+    data = card.data.to_dict()
+    assert data["library_name"] == library and data["pipeline_tag"] == "text-classification"
+    assert data["base_model"] == str(tiny_bert_dir)
+    result = data["model-index"][0]["results"][0]
+    assert result["dataset"]["name"] == "reviews" and result["dataset"]["revision"] == "reviews-0123456789ab"
+    assert "sample://" not in yaml.safe_dump(data)
+    text = (folder / "README.md").read_text()
+    assert "Overfitting: no" not in text and "backbone/" not in text
+    (snippet,) = python_blocks(text)
+    done = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert all(label in done.stdout for label in LABELS)
+
+
+def test_old_layout_version_still_predicts_and_exports(s3_env, tiny_bert_dir, tmp_path):
+    """A version registered before folder layout 2 (adaptflow_model.json, backbone/, head at the root)."""
+    weight, bias = torch.randn(2, 32), torch.randn(2)
+    version = register_head(s3_env, "hf-old", tiny_bert_dir, tmp_path, weight, bias)
+    old = pull_version(s3_env, "hf-old", version)
+    assert (old / "adaptflow_model.json").is_file() and (old / "backbone").is_dir()
+    loaded = load_version(s3_env, "hf-old", version)
+    batch = loaded.tokenizer(TEXTS, padding=True, return_tensors="pt")
+    with torch.no_grad():
+        old_logits = loaded.model(**batch)[1]
+
+    exported = export_version(s3_env, "hf-old", tmp_path / "exported")
+    assert exported.route == "remote_code" and (exported.output / "adaptflow" / "model.json").is_file()
+    plain = plain_load(exported.output, "--trust-remote-code")
+    assert torch.allclose(torch.tensor(plain["logits"]), old_logits, atol=1e-5)
+
+
+def test_export_errors_are_one_line(s3_env, tiny_bert_dir, tmp_path):
+    register(s3_env, tiny_bert_dir, tmp_path, "hf-errors", "pooler")
+    with pytest.raises(ModelError, match="no adapter to merge"):
+        export_version(s3_env, "hf-errors", tmp_path / "x", merge=True)
+
+    # The hub is unreachable here: the export is written, the upload fails with one line, no traceback.
+    env = {"HF_ENDPOINT": "http://127.0.0.1:9", "HF_TOKEN": "hf_test", "COLUMNS": "200", "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "adaptflow.flows.cli",
+            "models",
+            "export",
+            "hf-errors",
+            "--output",
+            str(tmp_path / "out"),
+            "--to-hub",
+            "me/x",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env={**os.environ, **env},
+    )
+    assert done.returncode != 0
+    assert "Traceback" not in done.stdout + done.stderr
+    assert "--to-hub me/x" in done.stdout + done.stderr and "upload failed" in done.stdout + done.stderr
+    assert (tmp_path / "out" / "config.json").is_file()
