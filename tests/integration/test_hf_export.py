@@ -22,63 +22,32 @@ import pytest
 import torch
 import yaml
 
-from adaptflow.tasks.config import load_config
 from adaptflow.tasks.errors import ModelError
 from adaptflow.tasks.inference.export import export_version
 from adaptflow.tasks.inference.predict import load_version, predict_file
-from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
 from adaptflow.tasks.registry.hf_folder import MODELING_FILE
-from adaptflow.tasks.registry.manifest import build_version_folder
-from adaptflow.tasks.registry.store import pull_version, register_version
+from adaptflow.tasks.registry.store import pull_version
 from adaptflow.tasks.storage.s3 import S3Settings
-from tests.integration.versions import register_head
+from tests.integration.versions import register_head, register_like_a_run
 
 LABELS = ["negative", "neutral", "positive"]
 TEXTS = ["the film was wonderful", "an awful, tedious meal that went on and on", "it is a phone"]
 LOADER = Path(__file__).resolve().parents[1] / "hf_plain_load.py"
 
 
-def saved_run(base: Path, run_dir: Path, pooling: str, lora: bool, strategy: str) -> None:
-    """A run folder as training leaves it: the model (random head, random LoRA), metrics, evaluation, config, plots."""
-    from peft import LoraConfig, get_peft_model
-    from transformers import AutoTokenizer
-
+def randomize(model) -> None:
+    """A random head and random LoRA updates, so every exported weight changes the predictions."""
     torch.manual_seed(7)
-    model = build_classifier(inspect_model(base), pooling, len(LABELS))
     torch.nn.init.normal_(model.head.linear.weight, std=0.5)
-    if lora:
-        model.backbone = get_peft_model(model.backbone, LoraConfig(r=2, lora_alpha=4, target_modules="all-linear"))
-        for name, param in model.backbone.named_parameters():
-            if "lora_B" in name:
-                torch.nn.init.normal_(param, std=0.2)
-    meta = {"strategy": strategy, "label_names": LABELS, "base_model": str(base), "max_length": 32}
-    save_classifier(model.eval(), run_dir / "model", AutoTokenizer.from_pretrained(base), meta)
-    (run_dir / "metrics.json").write_text(json.dumps({"trainable_params": 10, "total_params": 100, "train_runtime_s": 1.0}))
-    overfitting = {"overfitting": False, "n_evals": 1, "reason": "not enough evaluations"}
-    evaluation = {"metrics": {"accuracy": 0.75, "macro_f1": 0.7}, "eval_loss": 0.5, "overfitting": overfitting}
-    (run_dir / "evaluation.json").write_text(json.dumps(evaluation))
-    (run_dir / "config.json").write_text("{}")
-    (run_dir / "plots").mkdir()
-    (run_dir / "plots" / "loss_curves.png").write_bytes(b"png")
+    for name, param in model.backbone.named_parameters():
+        if "lora_B" in name:
+            torch.nn.init.normal_(param, std=0.2)
 
 
 def register(settings: S3Settings, base: Path, tmp: Path, name: str, pooling: str, lora: bool = False) -> tuple[Path, dict]:
     """Register through the production folder builder; returns the pulled folder and its manifest."""
-    strategy = "lora" if lora else "full_fine_tuning"
-    raw = {"model": str(base), "strategy": {"name": strategy, "pooling": pooling}, "data": {"data": "sample://reviews", "max_length": 32}}
-    cfg = load_config({**raw, "registry": {"model_name": name}, "work_dir": str(tmp / "work")})
-    run_dir = tmp / name
-    saved_run(base, run_dir, pooling, lora, strategy)
-    data_manifest = {
-        "key": "reviews-0123456789ab",
-        "source": {"data": {"uri": "sample://reviews", "sha256": "ab" * 32}},
-        "label_names": LABELS,
-        "splits": {"train": 12, "eval": 3},
-        "label_balance": {"train": {"negative": 4, "neutral": 4, "positive": 4}},
-    }
-    folder, manifest = build_version_folder(cfg, run_dir, data_manifest, base, "(evaluation tables)")
-    version = register_version(settings, name, folder, manifest).version
-    return pull_version(settings, name, version, tmp / f"{name}-pulled"), manifest
+    version, manifest = register_like_a_run(settings, base, tmp, name, "lora" if lora else "full_fine_tuning", pooling, LABELS, randomize)
+    return pull_version(settings, name, version.version, tmp / f"{name}-pulled"), manifest
 
 
 def plain_load(folder: Path, *args: str) -> dict:
