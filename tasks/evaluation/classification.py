@@ -694,7 +694,7 @@ def metrics_markdown(report: EvaluationReport) -> str:
     if o["overfitting"]:
         verdict = "**Overfitting: yes.**"
     elif o.get("n_evals", 0) < 2:  # no trend to judge: say so instead of "no"
-        verdict = "**Overfitting: not checked.**"
+        verdict = "**Overfitting: cannot tell.**"
     else:
         verdict = "**Overfitting: no.**"
     lines += ["", "#### Overfitting check", "", f"{verdict} {_cell(o['reason'])}."]

@@ -178,7 +178,7 @@ def test_card_metadata_parses_and_its_snippet_runs(s3_env, tiny_bert_dir, tmp_pa
     assert result["dataset"]["name"] == "reviews" and result["dataset"]["revision"] == "reviews-0123456789ab"
     assert "sample://" not in yaml.safe_dump(data)
     text = (folder / "README.md").read_text()
-    assert "Overfitting: no" not in text and "backbone/" not in text
+    assert "Overfitting: no." not in text and "backbone/" not in text
     (snippet,) = python_blocks(text)
     done = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
