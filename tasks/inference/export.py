@@ -18,7 +18,6 @@ from pathlib import Path
 
 from adaptflow.tasks.errors import ModelError, Problem
 from adaptflow.tasks.inference.predict import default_cache_dir, load_version, verified_base_model
-from adaptflow.tasks.modeling import META_FILE
 from adaptflow.tasks.registry.hf_folder import (
     ADAPTFLOW_DIR,
     finish_folder,
@@ -89,16 +88,11 @@ def _convert_old_layout(
     settings: S3Settings, folder: Path, output: Path, manifest: dict, meta: dict, base_ref: str, cache_dir: Path | None
 ) -> str:
     """A version registered before folder layout 2: its model rewritten, its other files under ``adaptflow/``."""
-    if meta.get("weights") == "adapter" and "model_type" not in meta:  # older metas did not record it
+    model_type = None
+    if meta.get("weights") == "adapter" and "model_type" not in meta:  # older metas did not record the base's type
         base_dir = verified_base_model(settings, manifest, str(folder), cache_dir or default_cache_dir())
-        meta = {**meta, "model_type": json.loads((base_dir / "config.json").read_text())["model_type"]}
-        staged = output / ADAPTFLOW_DIR / "old-layout"
-        shutil.copytree(folder, staged)
-        (staged / META_FILE).write_text(json.dumps(meta))
-        route = write_classifier_folder(staged, output, base_ref)["route"]
-        shutil.rmtree(staged)
-    else:
-        route = write_classifier_folder(folder, output, base_ref)["route"]
+        model_type = json.loads((base_dir / "config.json").read_text())["model_type"]
+    route = write_classifier_folder(folder, output, base_ref, model_type)["route"]
     for entry in OLD_LAYOUT_RUN_FILES:
         if (folder / entry).is_dir():
             shutil.copytree(folder / entry, output / ADAPTFLOW_DIR / entry)

@@ -159,10 +159,10 @@ def _write_adapter(out: Path, adapter_dir: Path, head_state: dict, model_type: s
     return route
 
 
-def write_classifier_folder(model_dir: Path, out: Path, base_ref: str) -> dict[str, Any]:
+def write_classifier_folder(model_dir: Path, out: Path, base_ref: str, model_type: str | None = None) -> dict[str, Any]:
     """Turn a saved classifier (tasks/modeling.py's layout, in ``model_dir``) into a layout-2 folder ``out``.
 
-    Returns what the manifest records under ``hf``: ``route`` and, on the remote-code route,
+    ``model_type`` is the base's, for adapters saved before the meta recorded it. Returns what the manifest records under ``hf``: ``route`` and, on the remote-code route,
     the sha256 of the modeling file.
     """
     from safetensors.torch import load_file  # imported where weights are written or read
@@ -173,7 +173,7 @@ def write_classifier_folder(model_dir: Path, out: Path, base_ref: str) -> dict[s
     AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False).save_pretrained(out)
     head_state = load_file(str(model_dir / HEAD_FILE))
     if meta["weights"] == "adapter":
-        route = _write_adapter(out, model_dir / "adapter", head_state, meta["model_type"], meta["pooling"], base_ref)
+        route = _write_adapter(out, model_dir / "adapter", head_state, meta.get("model_type", model_type), meta["pooling"], base_ref)
     else:
         backbone_dir = model_dir / "backbone"
         backbone_state: dict = {}

@@ -185,21 +185,27 @@ def test_card_metadata_parses_and_its_snippet_runs(s3_env, tiny_bert_dir, tmp_pa
     assert all(label in done.stdout for label in LABELS)
 
 
-def test_old_layout_version_still_predicts_and_exports(s3_env, tiny_bert_dir, tmp_path):
-    """A version registered before folder layout 2 (adaptflow_model.json, backbone/, head at the root)."""
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_old_layout_version_still_predicts_and_exports(s3_env, tiny_bert_dir, tmp_path, lora):
+    """A version registered before folder layout 2 (adaptflow_model.json, backbone/ or adapter/, head at the root)."""
     weight, bias = torch.randn(2, 32), torch.randn(2)
-    version = register_head(s3_env, "hf-old", tiny_bert_dir, tmp_path, weight, bias)
+    version = register_head(s3_env, "hf-old", tiny_bert_dir, tmp_path, weight, bias, lora=lora)
     old = pull_version(s3_env, "hf-old", version)
-    assert (old / "adaptflow_model.json").is_file() and (old / "backbone").is_dir()
+    assert (old / "adaptflow_model.json").is_file() and (old / ("adapter" if lora else "backbone")).is_dir()
     loaded = load_version(s3_env, "hf-old", version)
     batch = loaded.tokenizer(TEXTS, padding=True, return_tensors="pt")
     with torch.no_grad():
         old_logits = loaded.model(**batch)[1]
 
     exported = export_version(s3_env, "hf-old", tmp_path / "exported")
-    assert exported.route == "remote_code" and (exported.output / "adaptflow" / "model.json").is_file()
+    assert (exported.output / "adaptflow" / "model.json").is_file() and (exported.output / "adaptflow" / "manifest.json").is_file()
+    if lora:  # mean pooling: the encoder's adapter at the root, then the merged full model for plain loading
+        adapter = json.loads((exported.output / "adapter_config.json").read_text())
+        assert exported.route == "peft_backbone" and adapter["base_model_name_or_path"] == str(tiny_bert_dir)
+        exported = export_version(s3_env, "hf-old", tmp_path / "merged", merge=True)
+    assert exported.route == "remote_code"
     plain = plain_load(exported.output, "--trust-remote-code")
-    assert torch.allclose(torch.tensor(plain["logits"]), old_logits, atol=1e-5)
+    assert torch.allclose(torch.tensor(plain["logits"]), old_logits, atol=1e-4 if lora else 1e-5)
 
 
 def test_export_errors_are_one_line(s3_env, tiny_bert_dir, tmp_path):
