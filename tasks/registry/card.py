@@ -78,6 +78,26 @@ def loading_snippet(route: str, label_names: list[str]) -> str | None:
     return None
 
 
+def adaptflow_snippet(route: str, base: str) -> str:
+    """Python that loads this folder with AdaptFlow (run from the folder); adapters also resolve their base."""
+    if route.startswith("peft"):
+        load = (
+            "from adaptflow.tasks.modeling import resolve_model\n\n"
+            f'base_dir = resolve_model("{base}", Path("base-cache"))  # a hub id, s3:// URI or folder\n'
+            'model, tokenizer, meta = load_hf_classifier(Path("."), base_model_dir=base_dir)\n'
+        )
+    else:
+        load = '\nmodel, tokenizer, meta = load_hf_classifier(Path("."))\n'
+    return (
+        "from pathlib import Path\n\nimport torch\n\nfrom adaptflow.tasks.registry.hf_folder import load_hf_classifier\n"
+        + load
+        + 'batch = tokenizer(["I loved it.", "It was a waste of money."], padding=True, return_tensors="pt")\n'
+        "with torch.no_grad():\n"
+        "    probabilities = model(**batch)[1].softmax(-1)\n"
+        'print([dict(zip(meta["label_names"], row.tolist())) for row in probabilities])\n'
+    )
+
+
 def model_card(name: str, manifest: dict, data_manifest: dict, evaluation: dict, metrics_markdown: str) -> str:
     """A README.md with YAML front matter that matches what loads (library, pipeline, base model, metrics)."""
     config = manifest["config"]
@@ -165,7 +185,13 @@ Scored on `{dataset_name(eval_ref)}` (fingerprint `{fingerprint}`).
 With `transformers`{" and `peft`" if route.startswith("peft") else ""}, from this folder (no AdaptFlow needed):
 
 {transformers_section}
-With AdaptFlow, from the registry (files checked against their sha256{", the base model against the digest it was trained on" if route.startswith("peft") else ""}):
+With AdaptFlow, from this folder:
+
+```python
+{adaptflow_snippet(route, base)}```
+
+or from the registry, files checked against their sha256{", the base model against the digest it was trained on" if route.startswith("peft") else ""}
+(VERSION: this version's number, in `manifest.json`):
 
 ```bash
 adaptflow predict --model {name}:VERSION --data texts.csv --output predictions.csv

@@ -20,6 +20,7 @@ from prefect.cache_policies import NO_CACHE
 
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import METRICS_FILE
+from adaptflow.tasks.registry.card import dataset_name
 from adaptflow.tasks.registry.hf_folder import FOLDER_LAYOUT, write_lm_folder
 from adaptflow.tasks.registry.manifest import add_adaptflow_files, fresh_version_folder, version_manifest
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
@@ -52,7 +53,7 @@ def lm_card(name: str, manifest: dict) -> str:
         "library_name": "peft" if manifest["config"]["strategy"]["name"] == "lora" else "transformers",
         "pipeline_tag": "text-generation" if manifest["task"] == "causal_lm" else "fill-mask",
         "tags": ["adaptflow", manifest["strategy"].replace("_", "-"), manifest["task"].replace("_", "-")],
-        "datasets": [manifest["config"]["data"]["data"]],
+        "datasets": [dataset_name(manifest["config"]["data"]["data"])],
     }
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in manifest["metrics"].items())
     return (
@@ -60,7 +61,22 @@ def lm_card(name: str, manifest: dict) -> str:
         f"{manifest['task']} model adapted from `{manifest['base_model']['ref']}` with `{manifest['strategy']}` by AdaptFlow.\n\n"
         f"| metric | value |\n|---|---|\n{rows}\n\n"
         "`forgetting` is the relative change of perplexity (masked-LM loss for encoders) on a general English "
-        "reference text: above 0 the model got worse at general text.\n"
+        "reference text: above 0 the model got worse at general text.\n\n"
+        f"## How to load\n\n```python\n{lm_loading_snippet(manifest)}```\n\n"
+        "AdaptFlow's own files (run configuration, metrics, generations, data manifest) are under `adaptflow/`.\n"
+    )
+
+
+def lm_loading_snippet(manifest: dict) -> str:
+    """Python that loads the version folder with ``transformers`` / ``peft`` (run from the folder)."""
+    pipeline_task = "text-generation" if manifest["task"] == "causal_lm" else "fill-mask"
+    if manifest["hf"]["route"] != "peft":
+        return f'from transformers import pipeline\n\ngenerator = pipeline("{pipeline_task}", model=".")  # "." = this folder\n'
+    auto = "AutoPeftModelForCausalLM" if manifest["task"] == "causal_lm" else "AutoPeftModel"
+    return (
+        f"from peft import {auto}\nfrom transformers import AutoTokenizer, pipeline\n\n"
+        f'model = {auto}.from_pretrained(".")  # the base: adapter_config.json\'s base_model_name_or_path\n'
+        f'generator = pipeline("{pipeline_task}", model=model, tokenizer=AutoTokenizer.from_pretrained("."))\n'
     )
 
 

@@ -179,10 +179,12 @@ def test_card_metadata_parses_and_its_snippet_runs(s3_env, tiny_bert_dir, tmp_pa
     assert "sample://" not in yaml.safe_dump(data)
     text = (folder / "README.md").read_text()
     assert "Overfitting: no." not in text and "backbone/" not in text
-    (snippet,) = python_blocks(text)
-    done = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=300)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert all(label in done.stdout for label in LABELS)
+    transformers_snippet, adaptflow_snippet = python_blocks(text)
+    assert "adaptflow" not in transformers_snippet
+    for snippet in (transformers_snippet, adaptflow_snippet):
+        done = subprocess.run([sys.executable, "-c", snippet], cwd=folder, capture_output=True, text=True, timeout=300)
+        assert done.returncode == 0, done.stderr[-3000:]
+        assert all(label in done.stdout for label in LABELS)
 
 
 @pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
