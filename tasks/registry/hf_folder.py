@@ -34,6 +34,7 @@ import hashlib
 import json
 import shutil
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 from adaptflow.tasks import hf_pooled
@@ -104,9 +105,16 @@ def write_full_classifier(
     backbone_config = {k: v for k, v in backbone_config.items() if k not in ("architectures", "auto_map", "_name_or_path")}
     model_type = backbone_config["model_type"]
     route = route_for(model_type, pooling, adapter=False)
-    dropout = head_dropout(_Attrs(backbone_config))
+    dropout = head_dropout(SimpleNamespace(**backbone_config))  # the same head dropout as AdaptFlow's, for training mode too
     if route == "transformers":
         architecture, prefix = STANDARD_POOLER_HEADS[model_type]
+        expected = (len(label_names), backbone_config["hidden_size"])
+        if tuple(head_state["linear.weight"].shape) != expected:  # the standard head is Linear(hidden_size, num_labels)
+            raise ModelError(
+                Problem(
+                    "head", f"has shape {tuple(head_state['linear.weight'].shape)}, {architecture} needs {expected}", "check the labels"
+                )
+            )
         config = {**backbone_config, "architectures": [architecture], "classifier_dropout": dropout}
     else:
         prefix = POOLED_PREFIX
@@ -128,13 +136,6 @@ def write_full_classifier(
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return route
-
-
-class _Attrs:
-    """A config dict read like a config object (for :func:`head_dropout`)."""
-
-    def __init__(self, fields: dict[str, Any]):
-        self.__dict__.update(fields)
 
 
 def _write_adapter(out: Path, adapter_dir: Path, head_state: dict, model_type: str, pooling: str, base_ref: str) -> str:
