@@ -103,17 +103,16 @@ def write_full_classifier(
     from safetensors.torch import save_file  # imported where weights are written or read
 
     backbone_config = {k: v for k, v in backbone_config.items() if k not in ("architectures", "auto_map", "_name_or_path")}
+    head_state = {k.removeprefix("linear."): v for k, v in head_state.items()}  # the saved head's keys, or the Linear's own
     model_type = backbone_config["model_type"]
     route = route_for(model_type, pooling, adapter=False)
     dropout = head_dropout(SimpleNamespace(**backbone_config))  # the same head dropout as AdaptFlow's, for training mode too
     if route == "transformers":
         architecture, prefix = STANDARD_POOLER_HEADS[model_type]
         expected = (len(label_names), backbone_config["hidden_size"])
-        if tuple(head_state["linear.weight"].shape) != expected:  # the standard head is Linear(hidden_size, num_labels)
+        if tuple(head_state["weight"].shape) != expected:  # the standard head is Linear(hidden_size, num_labels)
             raise ModelError(
-                Problem(
-                    "head", f"has shape {tuple(head_state['linear.weight'].shape)}, {architecture} needs {expected}", "check the labels"
-                )
+                Problem("head", f"has shape {tuple(head_state['weight'].shape)}, {architecture} needs {expected}", "check the labels")
             )
         config = {**backbone_config, "architectures": [architecture], "classifier_dropout": dropout}
     else:
@@ -132,7 +131,7 @@ def write_full_classifier(
         shutil.copy(hf_pooled.__file__, out / MODELING_FILE)
     config.update(label_fields(label_names))
     weights = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in backbone_state.items()}
-    weights.update({f"{HEAD_KEY}.{k.removeprefix('linear.')}": v.detach().contiguous().cpu() for k, v in head_state.items()})
+    weights.update({f"{HEAD_KEY}.{k}": v.detach().contiguous().cpu() for k, v in head_state.items()})
     save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return route
