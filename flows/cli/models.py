@@ -139,6 +139,7 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("registered", manifest.get("registered_at")),
         ("strategy", manifest.get("strategy")),
         ("task", manifest.get("task")),
+        ("loads with", _loads_with(manifest)),
         ("base model", _join(base.get("ref"), _short(base.get("sha256")))),
         ("data", _join(source.get("uri"), _short(source.get("sha256")))),
         ("data fingerprint", data.get("key")),
@@ -151,6 +152,19 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("code version", manifest.get("code_version")),
         ("packages", ", ".join(f"{package} {version}" for package, version in packages.items())),
     ]
+
+
+def _loads_with(manifest: dict[str, Any]) -> str | None:
+    """How a Hugging Face tool loads the version folder (folder layout 2), from the manifest's route."""
+    hf = manifest.get("hf", {})
+    if manifest.get("task") != "sequence_classification":
+        return {"transformers": "transformers", "peft": "peft (adapter on the base model)"}.get(hf.get("route", ""))
+    return {
+        "transformers": "transformers (standard head)",
+        "remote_code": f"transformers, trust_remote_code=True (modeling_adaptflow.py {_short(hf.get('modeling_sha256'))})",
+        "peft": "peft (SEQ_CLS adapter on the base model)",
+        "peft_backbone": "AdaptFlow, or `models export --merge` for transformers",
+    }.get(hf.get("route", ""))
 
 
 def _files_table(manifest: dict[str, Any]) -> Table:
