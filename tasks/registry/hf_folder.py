@@ -47,7 +47,11 @@ ADAPTFLOW_DIR = "adaptflow"
 MODEL_META = f"{ADAPTFLOW_DIR}/model.json"
 MODELING_FILE = "modeling_adaptflow.py"
 HEAD_WEIGHTS = f"{ADAPTFLOW_DIR}/head.safetensors"
-WEIGHTS_FILE = "model.safetensors"
+WEIGHTS_INDEX = "model.safetensors.index.json"
+BACKBONE_SHARD = "model-00001-of-00002.safetensors"
+HEAD_SHARD = "model-00002-of-00002.safetensors"
+"""Full classifiers are saved as two shards, the backbone's and the head's, so a frozen backbone
+(transfer learning) is byte-identical across versions and the registry stores it once."""
 ADAPTER_CONFIG = "adapter_config.json"
 ADAPTER_WEIGHTS = "adapter_model.safetensors"
 HEAD_KEY = "classifier"
@@ -130,11 +134,30 @@ def write_full_classifier(
         }
         shutil.copy(hf_pooled.__file__, out / MODELING_FILE)
     config.update(label_fields(label_names))
-    weights = {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in backbone_state.items()}
-    weights.update({f"{HEAD_KEY}.{k}": v.detach().contiguous().cpu() for k, v in head_state.items()})
-    save_file(weights, str(out / WEIGHTS_FILE), metadata={"format": "pt"})
+    shards = {
+        BACKBONE_SHARD: {f"{prefix}.{k}": v.detach().contiguous().cpu() for k, v in backbone_state.items()},
+        HEAD_SHARD: {f"{HEAD_KEY}.{k}": v.detach().contiguous().cpu() for k, v in head_state.items()},
+    }
+    for shard, tensors in shards.items():
+        save_file(tensors, str(out / shard), metadata={"format": "pt"})
+    index = {
+        "metadata": {"total_size": sum(t.numel() * t.element_size() for tensors in shards.values() for t in tensors.values())},
+        "weight_map": {key: shard for shard, tensors in shards.items() for key in sorted(tensors)},
+    }
+    (out / WEIGHTS_INDEX).write_text(json.dumps(index, indent=2))
     (out / "config.json").write_text(json.dumps(config, indent=2))
     return route
+
+
+def read_weights(folder: Path) -> dict:
+    """Every tensor of a full classifier folder (the shards its index names)."""
+    from safetensors.torch import load_file  # imported where weights are written or read
+
+    index = json.loads((folder / WEIGHTS_INDEX).read_text())
+    state: dict = {}
+    for shard in sorted(set(index["weight_map"].values())):
+        state.update(load_file(str(folder / shard)))
+    return state
 
 
 def _write_adapter(out: Path, adapter_dir: Path, head_state: dict, model_type: str, pooling: str, base_ref: str) -> str:
@@ -241,7 +264,6 @@ def load_hf_classifier(folder: Path, base_model_dir: Path | None = None):
     Every weight must land (strict loading): a folder that would leave part of the model
     untrained fails here instead of predicting at random.
     """
-    from safetensors.torch import load_file  # imported where weights are written or read
     from transformers import AutoModel, AutoTokenizer  # transformers loads in seconds: imported where a model is read
 
     meta = read_meta(folder)
@@ -259,7 +281,7 @@ def load_hf_classifier(folder: Path, base_model_dir: Path | None = None):
             backbone_config, prefix = pooled.backbone_config(), POOLED_PREFIX
         else:
             backbone_config, prefix = _backbone_config(config), STANDARD_POOLER_HEADS[config["model_type"]][1]
-        state = load_file(str(folder / WEIGHTS_FILE))
+        state = read_weights(folder)
         backbone = AutoModel.from_config(backbone_config)
         backbone.load_state_dict({k.removeprefix(f"{prefix}."): v for k, v in state.items() if k.startswith(f"{prefix}.")}, strict=True)
         head_state = {k.removeprefix(f"{HEAD_KEY}."): v for k, v in state.items() if k.startswith(f"{HEAD_KEY}.")}

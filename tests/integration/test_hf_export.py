@@ -94,7 +94,7 @@ def test_full_version_is_a_transformers_folder(s3_env, tiny_bert_dir, tiny_gpt2_
     config = json.loads((folder / "config.json").read_text())
     assert config["architectures"] == [architecture] and config["problem_type"] == "single_label_classification"
     assert config["id2label"] == {"0": "negative", "1": "neutral", "2": "positive"}
-    assert {"model.safetensors", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
+    assert {"model.safetensors.index.json", "tokenizer.json", "README.md"} <= {p.name for p in folder.iterdir()}
     assert {"model.json", "config.json", "metrics.json", "evaluation.json", "data_manifest.json"} <= {
         p.name for p in (folder / "adaptflow").iterdir()
     }
@@ -122,7 +122,7 @@ def test_lora_pooler_version_is_a_peft_seq_cls_adapter(s3_env, tiny_bert_dir, tm
     adapter = json.loads((folder / "adapter_config.json").read_text())
     assert manifest["hf"]["route"] == "peft" and adapter["task_type"] == "SEQ_CLS" and adapter["modules_to_save"] == ["classifier"]
     assert adapter["base_model_name_or_path"] == str(tiny_bert_dir)  # the reference the run was given
-    assert not (folder / "model.safetensors").exists() and not (folder / "adapter" / "README.md").exists()
+    assert not list(folder.glob("model*.safetensors")) and not (folder / "adapter" / "README.md").exists()
     plain = plain_load(folder, "--peft", "--labels", json.dumps(LABELS))  # AutoPeftModelForSequenceClassification
     assert plain["class"] == "PeftModelForSequenceClassification"
     ours = adaptflow_probabilities(s3_env, "hf-lora-pooler", tmp_path)
@@ -239,3 +239,25 @@ def test_export_errors_are_one_line(s3_env, tiny_bert_dir, tmp_path):
     assert "Traceback" not in done.stdout + done.stderr
     assert "--to-hub me/x" in done.stdout + done.stderr and "upload failed" in done.stdout + done.stderr
     assert (tmp_path / "out" / "config.json").is_file()
+
+
+def test_frozen_backbone_is_stored_once(s3_env, tiny_bert_dir, tmp_path):
+    """Backbone and head are separate shards: two transfer-learning versions share the backbone's blob."""
+    versions = []
+    for seed in (1, 2):
+        torch.manual_seed(seed)
+        version, _ = register_like_a_run(
+            s3_env,
+            tiny_bert_dir,
+            tmp_path,
+            "hf-frozen",
+            "transfer_learning",
+            "mean",
+            LABELS,
+            lambda m: torch.nn.init.normal_(m.head.linear.weight),
+        )
+        versions.append(version)
+    shards = [{f["path"]: f["sha256"] for f in v.files} for v in versions]
+    assert shards[0]["model-00001-of-00002.safetensors"] == shards[1]["model-00001-of-00002.safetensors"]
+    assert shards[0]["model-00002-of-00002.safetensors"] != shards[1]["model-00002-of-00002.safetensors"]
+    assert versions[1].uploaded_bytes < versions[0].uploaded_bytes / 10

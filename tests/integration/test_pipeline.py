@@ -54,7 +54,8 @@ def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, re
     files = {f["path"] for f in manifest["files"]}
     assert {
         "config.json",
-        "model.safetensors",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
         "tokenizer.json",
         "README.md",
         "adaptflow/model.json",
@@ -102,13 +103,18 @@ def summary_eval_texts(summary: dict) -> list[str]:
 @pytest.mark.parametrize(
     "flow_fn, strategy, expected_files, absent",
     [
-        (strategies.transfer_learning, {"name": "transfer_learning", "head_epochs": 2}, {"model.safetensors", "config.json"}, set()),
-        (strategies.partial_fine_tuning, {"name": "partial_fine_tuning", "last_n_layers": 1}, {"model.safetensors"}, set()),
+        (
+            strategies.transfer_learning,
+            {"name": "transfer_learning", "head_epochs": 2},
+            {"model.safetensors.index.json", "config.json"},
+            set(),
+        ),
+        (strategies.partial_fine_tuning, {"name": "partial_fine_tuning", "last_n_layers": 1}, {"model-00001-of-00002.safetensors"}, set()),
         (
             strategies.lora,
             {"name": "lora", "lora_r": 2},
             {"adapter_model.safetensors", "adapter_config.json"},
-            {"model.safetensors", "adapter/adapter_model.safetensors"},
+            {"model-00001-of-00002.safetensors", "adapter/adapter_model.safetensors"},
         ),
     ],
     ids=["transfer_learning", "partial_fine_tuning", "lora"],
