@@ -60,8 +60,8 @@ POOLED_PREFIX = hf_pooled.AdaptFlowPooledForSequenceClassification.base_model_pr
 STANDARD_POOLER_HEADS = {"bert": ("BertForSequenceClassification", "bert")}
 """model_type -> (its ...ForSequenceClassification, its backbone attribute), for the types whose
 standard head is exactly pooler output -> dropout -> linear, as AdaptFlow's 'pooler' pooling."""
-LM_ADAPTER_DIR = "adapter"
-"""Where language-model runs and layout-1 versions keep a LoRA adapter."""
+SAVED_ADAPTER_DIR = "adapter"
+"""Where saved models (both kinds) and layout-1 versions keep a LoRA adapter."""
 ROUTES = ("transformers", "remote_code", "peft", "peft_backbone")
 
 
@@ -185,8 +185,9 @@ def _write_adapter(out: Path, adapter_dir: Path, head_state: dict, model_type: s
 def write_classifier_folder(model_dir: Path, out: Path, base_ref: str, model_type: str | None = None) -> dict[str, Any]:
     """Turn a saved classifier (tasks/modeling.py's layout, in ``model_dir``) into a layout-2 folder ``out``.
 
-    ``model_type`` is the base's, for adapters saved before the meta recorded it. Returns what the manifest records under ``hf``: ``route`` and, on the remote-code route,
-    the sha256 of the modeling file.
+    ``model_type`` is the base's, for adapters saved before the meta recorded it. Returns what
+    the manifest records under ``hf``: ``route``, ``pooling`` and, on the remote-code route, the
+    sha256 of the modeling file.
     """
     from safetensors.torch import load_file  # imported where weights are written or read
     from transformers import AutoTokenizer  # transformers loads in seconds: imported where a model is read
@@ -196,7 +197,9 @@ def write_classifier_folder(model_dir: Path, out: Path, base_ref: str, model_typ
     AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False).save_pretrained(out)
     head_state = load_file(str(model_dir / HEAD_FILE))
     if meta["weights"] == "adapter":
-        route = _write_adapter(out, model_dir / "adapter", head_state, meta.get("model_type", model_type), meta["pooling"], base_ref)
+        route = _write_adapter(
+            out, model_dir / SAVED_ADAPTER_DIR, head_state, meta.get("model_type", model_type), meta["pooling"], base_ref
+        )
     else:
         backbone_dir = model_dir / "backbone"
         backbone_state: dict = {}
@@ -231,14 +234,14 @@ def write_lm_folder(model_dir: Path, out: Path, base_ref: str, prompt_format: st
     meta = json.loads((model_dir / META_FILE).read_text())
     (out / ADAPTFLOW_DIR).mkdir(parents=True, exist_ok=True)
     for entry in model_dir.iterdir():
-        if entry.name in (META_FILE, LM_ADAPTER_DIR):
+        if entry.name in (META_FILE, SAVED_ADAPTER_DIR):
             continue
         shutil.copytree(entry, out / entry.name) if entry.is_dir() else shutil.copy(entry, out / entry.name)
     tokenizer = AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False)
     if prompt_format == "plain" and not getattr(tokenizer, "chat_template", None):
         tokenizer.chat_template = PLAIN_CHAT_TEMPLATE
     tokenizer.save_pretrained(out)
-    adapter = model_dir / LM_ADAPTER_DIR
+    adapter = model_dir / SAVED_ADAPTER_DIR
     if adapter.is_dir():
         for file in (ADAPTER_CONFIG, ADAPTER_WEIGHTS):
             shutil.copy(adapter / file, out / file)
@@ -252,7 +255,7 @@ def write_lm_folder(model_dir: Path, out: Path, base_ref: str, prompt_format: st
 
 def adapter_folder(folder: Path) -> Path:
     """Where a version's PEFT adapter is: the root (layout 2) or ``adapter/`` (layout 1)."""
-    return folder if is_hf_folder(folder) else folder / LM_ADAPTER_DIR
+    return folder if is_hf_folder(folder) else folder / SAVED_ADAPTER_DIR
 
 
 # ---- reading -------------------------------------------------------------------------
