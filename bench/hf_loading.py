@@ -1,7 +1,7 @@
 """Do registered versions load with plain Hugging Face tools, and predict as ``adaptflow predict``?
 
 For each strategy and pooling, builds a MiniLM classifier as a run would (head fitted by
-least squares on the bundled sample reviews, on frozen features: seconds, not a training
+ridge regression on the bundled sample reviews, on frozen features: seconds, not a training
 run; LoRA updates random and small so the adapter matters), registers it through the
 production folder builder on a temporary local S3 server, pulls it and loads it in a fresh
 interpreter with no AdaptFlow (tests/hf_plain_load.py: ``transformers`` / ``peft`` and
@@ -33,10 +33,11 @@ ROUTES = [  # strategy, pooling
     ("lora", "mean"),
 ]
 TOLERANCE = 1e-5
+RIDGE = 1e-2
 
 
 def fit_head_on_sample(model, tokenizer, texts: list[str], labels: list[int], num_labels: int) -> None:
-    """Least-squares head on the model's pooled features of the sample reviews (one-hot targets)."""
+    """Ridge-regression head on the model's pooled features of the sample reviews (one-hot targets)."""
     import torch
 
     torch.manual_seed(0)
@@ -48,7 +49,9 @@ def fit_head_on_sample(model, tokenizer, texts: list[str], labels: list[int], nu
         features = model.eval().encode(**batch).double()
     design = torch.cat([features, torch.ones(len(texts), 1, dtype=torch.float64)], dim=1)
     target = torch.nn.functional.one_hot(torch.tensor(labels), num_labels).double()
-    solution = torch.linalg.lstsq(design, target).solution
+    # Ridge (fewer reviews than features): a unique, stable solution rather than an exact fit.
+    gram = design.T @ design + RIDGE * torch.eye(design.shape[1], dtype=torch.float64)
+    solution = torch.linalg.solve(gram, design.T @ target)
     with torch.no_grad():
         model.head.linear.weight.copy_(solution[:-1].T.float())
         model.head.linear.bias.copy_(solution[-1].float())
