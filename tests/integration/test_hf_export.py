@@ -250,3 +250,30 @@ def test_frozen_backbone_is_stored_once(s3_env, tiny_bert_dir, tmp_path):
     assert shards[0]["model-00001-of-00002.safetensors"] == shards[1]["model-00001-of-00002.safetensors"]
     assert shards[0]["model-00002-of-00002.safetensors"] != shards[1]["model-00002-of-00002.safetensors"]
     assert versions[1].uploaded_bytes < versions[0].uploaded_bytes / 10
+
+
+def test_full_causal_lm_version_loads_with_transformers_text_generation(tiny_gpt2_dir, tmp_path):
+    """A full-weights decoder saved as the LM worker saves it, written as a version folder: AutoModelForCausalLM
+    and pipeline("text-generation") load it, and chat messages use the plain prompt format it was trained on."""
+    from transformers import AutoTokenizer, GPT2LMHeadModel
+
+    from adaptflow.tasks.data.lm import PLAIN_PROMPT
+    from adaptflow.tasks.registry.hf_folder import write_lm_folder
+    from adaptflow.tasks.training.lm import save_lm
+
+    model = GPT2LMHeadModel.from_pretrained(tiny_gpt2_dir)
+    save_lm(model, AutoTokenizer.from_pretrained(tiny_gpt2_dir), tmp_path / "model", tiny_gpt2_dir, {"kind": "causal_lm"})
+    hf = write_lm_folder(tmp_path / "model", tmp_path / "version", str(tiny_gpt2_dir), "plain")
+    assert hf == {"route": "transformers"} and (tmp_path / "version" / "adaptflow" / "model.json").is_file()
+    code = (
+        "import sys, json; from transformers import AutoModelForCausalLM, AutoTokenizer, pipeline\n"
+        "model = AutoModelForCausalLM.from_pretrained(sys.argv[1]); tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "prompt = tokenizer.apply_chat_template([{'role': 'user', 'content': 'hi'}], tokenize=False, add_generation_prompt=True)\n"
+        "out = pipeline('text-generation', model=model, tokenizer=tokenizer)('hello', max_new_tokens=2)\n"
+        "print(json.dumps({'class': type(model).__name__, 'prompt': prompt, 'generated': bool(out),"
+        " 'adaptflow': any(m.startswith('adaptflow') for m in sys.modules)}))"
+    )
+    done = subprocess.run([sys.executable, "-c", code, str(tmp_path / "version")], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result == {"class": "GPT2LMHeadModel", "prompt": PLAIN_PROMPT.format(prompt="hi"), "generated": True, "adaptflow": False}
