@@ -1,7 +1,7 @@
 """Bytes uploaded to register a LoRA version versus a full fine-tuning version of the same base.
 
-Builds both version folders from one base model exactly as a run saves them
-(``build_classifier`` -> the strategy -> ``save_classifier``), without training: sizes do
+Builds both version folders from one base model exactly as a run saves and registers them
+(``build_classifier`` -> the strategy -> ``save_classifier`` -> ``write_classifier_folder``), without training: sizes do
 not depend on the weights' values. Registers each under a model name of its own (nothing
 to share: the LoRA version pays for its tokenizer too), then the LoRA folder again under
 the full model's name (the tokenizer is then already stored), on a local S3 server
@@ -38,19 +38,22 @@ class Row:
         return len(self.version.files)
 
 
-def build_version_folder(base: Path, strategy: str, out_dir: Path) -> Path:
-    """The model folder a run of ``strategy`` on ``base`` saves (untrained weights)."""
+def build_version_folder(base: Path, strategy: str, out_dir: Path, base_ref: str | None = None) -> Path:
+    """The registered model folder (folder layout 2) a run of ``strategy`` on ``base`` gives (untrained weights)."""
     from transformers import AutoTokenizer
 
     from adaptflow.tasks.config import load_config
     from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
+    from adaptflow.tasks.registry.hf_folder import write_classifier_folder
     from adaptflow.tasks.strategies import get_strategy
 
     cfg = load_config({"model": str(base), "strategy": {"name": strategy}})
     info = inspect_model(base)
     model = get_strategy(strategy).configure_classifier(build_classifier(info, cfg.strategy.pooling, len(LABELS)), cfg)
     meta = {"strategy": strategy, "label_names": LABELS, "base_model": str(base)}
-    return save_classifier(model, out_dir, AutoTokenizer.from_pretrained(base), meta)
+    saved = save_classifier(model, out_dir / "saved", AutoTokenizer.from_pretrained(base), meta)
+    write_classifier_folder(saved, out_dir / "version", base_ref or str(base))
+    return out_dir / "version"
 
 
 def measure(settings: S3Settings, base: Path, work_dir: Path) -> list[Row]:

@@ -191,20 +191,15 @@ def folder_digest(path: Path, patterns: tuple[str, ...] = ("*.json", "*.safetens
 
 
 def pool(hidden: torch.Tensor, attention_mask: torch.Tensor, pooling: str, pooler_output: torch.Tensor | None = None) -> torch.Tensor:
-    """One vector per sequence from token states ``hidden`` [batch, seq, dim]."""
-    if pooling == "mean":
-        mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
-        return (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-6)
-    if pooling == "cls":
-        return hidden[:, 0]
-    if pooling == "last":
-        last = attention_mask.sum(1).long() - 1  # right padding: last real token
-        return hidden[torch.arange(hidden.size(0), device=hidden.device), last.clamp(min=0)]
-    if pooling == "pooler":
-        if pooler_output is None:
-            raise ModelError(Problem("strategy.pooling", "'pooler' was chosen but this model has no pooler layer", "use 'mean' or 'cls'"))
-        return pooler_output
-    raise ValueError(f"unknown pooling {pooling!r}")
+    """One vector per sequence from token states ``hidden`` [batch, seq, dim]: the rule of tasks/hf_pooled.py,
+    which registered versions ship as their modeling file, so training and export pool alike."""
+    from adaptflow.tasks import hf_pooled  # imports transformers: loaded with the first model
+
+    if pooling == "pooler" and pooler_output is None:
+        raise ModelError(Problem("strategy.pooling", "'pooler' was chosen but this model has no pooler layer", "use 'mean' or 'cls'"))
+    if pooling not in hf_pooled.POOLINGS:
+        raise ValueError(f"unknown pooling {pooling!r}")
+    return hf_pooled.pool(hidden, attention_mask, pooling, pooler_output)
 
 
 class ClassifierHead(nn.Module):
@@ -292,6 +287,7 @@ def save_classifier(model: AdaptClassifier, out_dir: Path, tokenizer, meta: dict
         "format": MODEL_FORMAT,
         "kind": "sequence_classification",
         "pooling": model.pooling,
+        "model_type": model.backbone.config.model_type,
         "num_labels": model.head.linear.out_features,
         "hidden_size": model.head.linear.in_features,
         "weights": "adapter" if is_peft else "backbone",

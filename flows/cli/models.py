@@ -139,6 +139,7 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("registered", manifest.get("registered_at")),
         ("strategy", manifest.get("strategy")),
         ("task", manifest.get("task")),
+        ("loads with", _loads_with(manifest)),
         ("base model", _join(base.get("ref"), _short(base.get("sha256")))),
         ("data", _join(source.get("uri"), _short(source.get("sha256")))),
         ("data fingerprint", data.get("key")),
@@ -151,6 +152,19 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
         ("code version", manifest.get("code_version")),
         ("packages", ", ".join(f"{package} {version}" for package, version in packages.items())),
     ]
+
+
+def _loads_with(manifest: dict[str, Any]) -> str | None:
+    """How a Hugging Face tool loads the version folder (folder layout 2), from the manifest's route."""
+    hf = manifest.get("hf", {})
+    if manifest.get("task") != "sequence_classification":
+        return {"transformers": "transformers", "peft": "peft (adapter on the base model)"}.get(hf.get("route", ""))
+    return {
+        "transformers": "transformers (standard head)",
+        "remote_code": f"transformers, trust_remote_code=True (modeling_adaptflow.py {_short(hf.get('modeling_sha256'))})",
+        "peft": "peft (SEQ_CLS adapter on the base model)",
+        "peft_backbone": "AdaptFlow, or `models export --merge` for transformers",
+    }.get(hf.get("route", ""))
 
 
 def _files_table(manifest: dict[str, Any]) -> Table:
@@ -279,7 +293,7 @@ def pull_command(
 ) -> None:
     """Download a version (every file checked against its sha256) and print the folder.
 
-    The folder loads directly: adaptflow.tasks.modeling.load_classifier(folder), AutoModel.from_pretrained(folder/'backbone'), or for LoRA versions PeftModel.from_pretrained(base_model, folder/'adapter'). Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
+    A classification version is a Hugging Face model folder: pipeline("text-classification", model=folder) (trust_remote_code=True where its card says so), or AutoPeftModelForSequenceClassification for LoRA; README.md shows how. Versions are cached under $ADAPTFLOW_HOME/cache/pulled: pulling again downloads nothing.
 
     Example:  python predict.py --model "$(adaptflow models pull reviews-lora@champion)"
     """
@@ -289,6 +303,29 @@ def pull_command(
         folder = pull_version(settings, name, version, output)
     console.print(f"pulled {name}:{version}", highlight=False)
     out.print(str(folder), soft_wrap=True, highlight=False, markup=False)
+
+
+@models_app.command("export")
+def export_command(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    output: Path = typer.Option(..., "--output", "-o", help="A new (or empty) folder to write the Hugging Face model folder into."),
+    merge: bool = typer.Option(False, "--merge", help="LoRA versions: merge the adapter into its base and write a full model."),
+    to_hub: Optional[str] = typer.Option(None, "--to-hub", help="Also upload the folder to this Hugging Face Hub repository (user/name)."),
+) -> None:
+    """Write a classification version as a Hugging Face model folder for serving; optionally merge LoRA and upload.
+
+    Example:  adaptflow models export reviews-lora@champion --output served/ --merge
+    """
+    from adaptflow.tasks.inference.export import export_version  # imports torch: the other `models` commands stay fast without
+
+    with reported():
+        result = export_version(S3Settings.resolve(), ref, output, merge=merge, to_hub=to_hub)
+    how = "merged, " if result.merged else ""
+    console.print(
+        f"exported {result.ref} ({how}route {result.route})" + (f" and uploaded: {result.hub_url}" if result.hub_url else ""),
+        highlight=False,
+    )
+    out.print(str(result.output), soft_wrap=True, highlight=False, markup=False)
 
 
 @models_app.command("delete")

@@ -46,6 +46,13 @@ from adaptflow.tasks.storage.settings import is_s3_uri
 IGNORE = -100
 LM_PREP_FORMAT = 1
 PLAIN_PROMPT = "### Prompt:\n{prompt}\n\n### Response:\n"
+PLAIN_CHAT_TEMPLATE = (
+    "{% for message in messages %}{% if message['role'] == 'user' %}### Prompt:\n{{ message['content'] }}\n\n"
+    "{% elif message['role'] == 'assistant' %}### Response:\n{{ message['content'] }}{{ eos_token }}\n\n{% endif %}{% endfor %}"
+    "{% if add_generation_prompt %}### Response:\n{% endif %}"
+)
+"""PLAIN_PROMPT as a chat template, saved with the tokenizer of versions trained on the plain format
+(one user message + the generation prompt renders exactly PLAIN_PROMPT)."""
 Kind = Literal["domain", "sft"]
 
 

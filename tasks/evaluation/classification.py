@@ -691,7 +691,12 @@ def metrics_markdown(report: EvaluationReport) -> str:
         lines.append(f"| **{name}** | " + " | ".join(cells) + " |")
 
     o = report.overfitting
-    verdict = "**Overfitting: yes.**" if o["overfitting"] else "**Overfitting: no.**"
+    if o["overfitting"]:
+        verdict = "**Overfitting: yes.**"
+    elif o.get("n_evals", 0) < 2:  # no trend to judge: say so instead of "no"
+        verdict = "**Overfitting: cannot tell.**"
+    else:
+        verdict = "**Overfitting: no.**"
     lines += ["", "#### Overfitting check", "", f"{verdict} {_cell(o['reason'])}."]
     if o.get("best_eval_loss") is not None:
         lines += [

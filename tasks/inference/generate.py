@@ -31,7 +31,7 @@ from adaptflow.tasks.inference.predict import (
     verified_base_model,
     write_predictions,
 )
-from adaptflow.tasks.modeling import META_FILE
+from adaptflow.tasks.registry.hf_folder import adapter_folder, read_meta
 from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -61,15 +61,17 @@ class Sampling:
 
 def version_kind(folder: Path) -> str:
     """'causal_lm', 'masked_lm' or 'sequence_classification' for a pulled version folder."""
-    meta = folder / META_FILE
-    return json.loads(meta.read_text()).get("kind", "sequence_classification") if meta.is_file() else "sequence_classification"
+    try:
+        return read_meta(folder).get("kind", "sequence_classification")
+    except ModelError:
+        return "sequence_classification"
 
 
 def load_causal_lm(folder: Path, base_dir: Path | None = None):
     """(model, tokenizer) of a causal LM version folder; adapters are applied to ``base_dir``."""
     from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
 
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = read_meta(folder)
     if meta.get("weights") == "adapter":
         from peft import PeftModel  # peft loads slowly: imported for LoRA models only
 
@@ -77,7 +79,7 @@ def load_causal_lm(folder: Path, base_dir: Path | None = None):
             raise ModelError(
                 Problem(str(folder), "is a LoRA adapter and needs its base model", f"the base model is {meta.get('base_model')!r}")
             )
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True), folder / "adapter")
+        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True), adapter_folder(folder))
     else:
         model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
     model.eval()
@@ -137,7 +139,7 @@ def generate_file(
             )
         )
     manifest = json.loads((folder / MANIFEST).read_text())
-    meta = json.loads((folder / META_FILE).read_text())
+    meta = read_meta(folder)
     base_dir = verified_base_model(settings, manifest, f"{name}:{version}", cache_dir) if meta.get("weights") == "adapter" else None
     model, tokenizer = load_causal_lm(folder, base_dir)
     prompts = [str(p) if p is not None else "" for p in table.frame[prompt_column]]

@@ -1,7 +1,8 @@
 """Batch inference with a registered model version, and scoring a version on labelled rows.
 
 :func:`load_version` pulls a version from the registry (files checked against the
-manifest) and loads it with :func:`adaptflow.tasks.modeling.load_classifier`, which reads only
+manifest) and loads it with :func:`adaptflow.tasks.registry.hf_folder.load_hf_classifier` (folder
+layout 2) or :func:`adaptflow.tasks.modeling.load_classifier` (older versions), which read only
 ``safetensors``. A LoRA version holds only its adapter and head: its base model is
 resolved from the manifest's ``base_model.ref`` and must hash to the
 ``base_model.sha256`` recorded when it was registered, or the adapter would silently run
@@ -49,7 +50,8 @@ from adaptflow.tasks.data.labels import label_ids_of
 from adaptflow.tasks.data.readers import Table, read_data_file
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.evaluation.classification import classification_metrics
-from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, folder_digest, load_classifier, resolve_model
+from adaptflow.tasks.modeling import AdaptClassifier, folder_digest, load_classifier, resolve_model
+from adaptflow.tasks.registry.hf_folder import is_hf_folder, load_hf_classifier, read_meta
 from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
 from adaptflow.tasks.storage.s3 import S3Settings, download_file, download_prefix
 
@@ -95,14 +97,13 @@ def load_version(settings: S3Settings, name: str, version: int, *, cache_dir: Pa
     """Pull a committed version (see :func:`adaptflow.tasks.registry.store.resolve_ref` for references) and load it for inference."""
     folder = pull_version(settings, name, version)
     manifest = json.loads((folder / MANIFEST).read_text())
-    meta_path = folder / META_FILE
-    if not meta_path.is_file():
-        raise ModelError(Problem(f"model {name}:{version}", f"holds no {META_FILE}; it is not an AdaptFlow classifier"))
-    meta = json.loads(meta_path.read_text())
+    meta = read_meta(folder)
+    if meta.get("kind", "sequence_classification") != "sequence_classification":
+        raise ModelError(Problem(f"model {name}:{version}", f"is a {meta['kind']} model, not a classifier"))
     base_dir = None
     if meta.get("weights") == "adapter":
         base_dir = verified_base_model(settings, manifest, f"{name}:{version}", cache_dir or default_cache_dir())
-    model, tokenizer, meta = load_classifier(folder, base_dir)
+    model, tokenizer, meta = (load_hf_classifier if is_hf_folder(folder) else load_classifier)(folder, base_dir)
     label_names = list(meta.get("label_names") or manifest["data"]["label_names"])
     if len(label_names) != model.head.linear.out_features:
         raise ModelError(

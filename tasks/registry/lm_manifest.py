@@ -1,9 +1,9 @@
 """Register a language-model run (causal LM fine-tuning or continued pre-training).
 
-The version folder holds what the LM worker saved (full weights in Hugging Face layout,
-or only ``adapter/`` for LoRA; the base model is recorded in the manifest, not copied),
-the tokenizer, ``metrics.json``, ``generations.json``, ``config.json``, the data manifest
-and a short model card. The lineage manifest is built by the one builder of
+The version folder is a Hugging Face folder (tasks/registry/hf_folder.py :func:`write_lm_folder`):
+full weights, or a PEFT adapter at the root naming its base (recorded in the manifest, not
+copied), the tokenizer with its chat template and a short model card; ``metrics.json``,
+``generations.json``, the run's ``config.json`` and the data manifest are under ``adaptflow/``. The lineage manifest is built by the one builder of
 tasks/registry/manifest.py: the same keys as a classification version's, with
 language-model metrics and no label names.
 """
@@ -20,7 +20,9 @@ from prefect.cache_policies import NO_CACHE
 
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import METRICS_FILE
-from adaptflow.tasks.registry.manifest import assemble_version_folder, version_manifest
+from adaptflow.tasks.registry.card import dataset_name
+from adaptflow.tasks.registry.hf_folder import FOLDER_LAYOUT, write_lm_folder
+from adaptflow.tasks.registry.manifest import add_adaptflow_files, fresh_version_folder, version_manifest
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -51,7 +53,7 @@ def lm_card(name: str, manifest: dict) -> str:
         "library_name": "peft" if manifest["config"]["strategy"]["name"] == "lora" else "transformers",
         "pipeline_tag": "text-generation" if manifest["task"] == "causal_lm" else "fill-mask",
         "tags": ["adaptflow", manifest["strategy"].replace("_", "-"), manifest["task"].replace("_", "-")],
-        "datasets": [manifest["config"]["data"]["data"]],
+        "datasets": [dataset_name(manifest["config"]["data"]["data"])],
     }
     rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in manifest["metrics"].items())
     return (
@@ -59,14 +61,37 @@ def lm_card(name: str, manifest: dict) -> str:
         f"{manifest['task']} model adapted from `{manifest['base_model']['ref']}` with `{manifest['strategy']}` by AdaptFlow.\n\n"
         f"| metric | value |\n|---|---|\n{rows}\n\n"
         "`forgetting` is the relative change of perplexity (masked-LM loss for encoders) on a general English "
-        "reference text: above 0 the model got worse at general text.\n"
+        "reference text: above 0 the model got worse at general text.\n\n"
+        f"## How to load\n\n```python\n{lm_loading_snippet(manifest)}```\n\n"
+        "AdaptFlow's own files (run configuration, metrics, generations, data manifest) are under `adaptflow/`.\n"
+    )
+
+
+def lm_loading_snippet(manifest: dict) -> str:
+    """Python that loads the version folder with ``transformers`` / ``peft`` (run from the folder)."""
+    pipeline_task = "text-generation" if manifest["task"] == "causal_lm" else "fill-mask"
+    if manifest["hf"]["route"] != "peft":
+        return f'from transformers import pipeline\n\ngenerator = pipeline("{pipeline_task}", model=".")  # "." = this folder\n'
+    auto = "AutoPeftModelForCausalLM" if manifest["task"] == "causal_lm" else "AutoPeftModel"
+    return (
+        f"from peft import {auto}\nfrom transformers import AutoTokenizer, pipeline\n\n"
+        f'model = {auto}.from_pretrained(".")  # the base: adapter_config.json\'s base_model_name_or_path\n'
+        f'generator = pipeline("{pipeline_task}", model=model, tokenizer=AutoTokenizer.from_pretrained("."))\n'
     )
 
 
 def build_lm_version_folder(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path) -> tuple[Path, dict]:
     manifest = lm_lineage_manifest(cfg, run_dir, data_manifest, model_path)
-    folder = assemble_version_folder(
-        run_dir, data_manifest, lm_card(cfg.model_name(), manifest), files=(), optional=(METRICS_FILE, "generations.json", "config.json")
+    folder = fresh_version_folder(run_dir)
+    manifest["hf"] = write_lm_folder(run_dir / "model", folder, cfg.model, data_manifest.get("format"))
+    manifest["folder_layout"] = FOLDER_LAYOUT
+    add_adaptflow_files(
+        folder,
+        run_dir,
+        data_manifest,
+        lm_card(cfg.model_name(), manifest),
+        files=(),
+        optional=(METRICS_FILE, "generations.json", "config.json"),
     )
     return folder, manifest
 

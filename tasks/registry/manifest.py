@@ -1,14 +1,15 @@
 """Turn a finished run into a registered model version.
 
-The version folder holds the model as the worker saved it (backbone in Hugging Face
-layout, or only the adapter for LoRA, plus head and tokenizer), ``metrics.json``,
-``evaluation.json``, the plots, the data manifest and a model card ``README.md``. Its
+The version folder is a standard Hugging Face model folder (tasks/registry/hf_folder.py:
+config, weights or PEFT adapter, tokenizer, model card ``README.md``) with AdaptFlow's own
+files under ``adaptflow/``: ``metrics.json``, ``evaluation.json``, the run's ``config.json``,
+the plots and the data manifest. Its
 ``manifest.json`` (written last by the registry, the commit marker) carries the lineage:
 resolved config, data fingerprint, base model and its digest, strategy, metrics,
 package versions, code version and the Prefect flow run.
 
-:func:`version_manifest` and :func:`assemble_version_folder` build every version, the
-language-model ones too (tasks/registry/lm_manifest.py passes in its task, metrics and files).
+:func:`version_manifest`, :func:`fresh_version_folder` and :func:`add_adaptflow_files` build every
+version, the language-model ones too (tasks/registry/lm_manifest.py passes in its task, metrics and files).
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
 from adaptflow.tasks.modeling import folder_digest
 from adaptflow.tasks.registry.card import code_version, model_card, package_versions
+from adaptflow.tasks.registry.hf_folder import ADAPTFLOW_DIR, FOLDER_LAYOUT, write_classifier_folder
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -89,20 +91,33 @@ def lineage_manifest(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model
     )
 
 
-def assemble_version_folder(
-    run_dir: Path, data_manifest: dict, card: str, files: tuple[str, ...], optional: tuple[str, ...] = (), folders: tuple[str, ...] = ()
-) -> Path:
-    """``run_dir/version``: the saved model, the run's ``files`` (and ``optional`` ones when present),
-    ``folders``, the data manifest and the model card. This is what gets uploaded."""
+def fresh_version_folder(run_dir: Path) -> Path:
+    """``run_dir/version``, empty: what gets uploaded is assembled there."""
     folder = run_dir / "version"
     if folder.exists():
         shutil.rmtree(folder)
-    shutil.copytree(run_dir / "model", folder)
+    folder.mkdir(parents=True)
+    return folder
+
+
+def add_adaptflow_files(
+    folder: Path,
+    run_dir: Path,
+    data_manifest: dict,
+    card: str,
+    files: tuple[str, ...],
+    optional: tuple[str, ...] = (),
+    folders: tuple[str, ...] = (),
+) -> Path:
+    """The run's ``files`` (and ``optional`` ones when present), ``folders`` and the data manifest under
+    ``folder/adaptflow/``, where they cannot collide with Hugging Face names; the model card at the root."""
+    own = folder / ADAPTFLOW_DIR
+    own.mkdir(exist_ok=True)
     for name in files + tuple(n for n in optional if (run_dir / n).is_file()):
-        shutil.copy(run_dir / name, folder / name)
+        shutil.copy(run_dir / name, own / name)
     for name in folders:
-        shutil.copytree(run_dir / name, folder / name)
-    (folder / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2))
+        shutil.copytree(run_dir / name, own / name)
+    (own / "data_manifest.json").write_text(json.dumps(data_manifest, indent=2))
     (folder / "README.md").write_text(card)
     return folder
 
@@ -110,13 +125,14 @@ def assemble_version_folder(
 def build_version_folder(
     cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str
 ) -> tuple[Path, dict]:
-    """Assemble ``run_dir/version`` (what gets uploaded) and its lineage manifest."""
+    """Assemble ``run_dir/version`` (a Hugging Face model folder, tasks/registry/hf_folder.py) and its lineage manifest."""
     evaluation = json.loads((run_dir / EVALUATION_FILE).read_text())
     manifest = lineage_manifest(cfg, run_dir, data_manifest, model_path, evaluation)
+    folder = fresh_version_folder(run_dir)
+    manifest["hf"] = write_classifier_folder(run_dir / "model", folder, cfg.model)
+    manifest["folder_layout"] = FOLDER_LAYOUT
     card = model_card(cfg.model_name(), manifest, data_manifest, evaluation, evaluation_markdown)
-    folder = assemble_version_folder(
-        run_dir, data_manifest, card, files=(METRICS_FILE, EVALUATION_FILE, "config.json"), folders=(PLOTS_DIR,)
-    )
+    add_adaptflow_files(folder, run_dir, data_manifest, card, files=(METRICS_FILE, EVALUATION_FILE, "config.json"), folders=(PLOTS_DIR,))
     return folder, manifest
 
 

@@ -51,7 +51,7 @@ def test_stack_up_then_run_with_defaults_registers_a_version(user_env, tmp_path)
         assert [v.version for v in list_versions(settings, "sample-reviews-transfer-learning")] == [1]
         manifest = get_manifest(settings, "sample-reviews-transfer-learning", 1)
         files = {f["path"] for f in manifest["files"]}
-        assert {"README.md", "head.safetensors", "backbone/model.safetensors", "adaptflow_model.json"} <= files
+        assert {"README.md", "config.json", "model.safetensors.index.json", "modeling_adaptflow.py", "adaptflow/model.json"} <= files
         assert manifest["data"]["label_names"] == ["negative", "neutral", "positive"]
         assert manifest["metrics"]["accuracy"] > 1 / 3  # better than chance on three classes
         assert env["AWS_SECRET_ACCESS_KEY"] not in run.stdout + run.stderr

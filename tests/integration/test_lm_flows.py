@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
 import pandas as pd
@@ -102,8 +104,20 @@ def test_causal_lora_sft_registers_and_generates(prefect_api, s3_env, tiny_gpt2_
     folder = pull_version(s3_env, "sft-tiny", 1)
     manifest = json.loads((folder / "manifest.json").read_text())
     assert manifest["task"] == "causal_lm" and manifest["base_model"]["ref"] == str(tiny_gpt2_dir)
-    assert (folder / "adapter" / "adapter_model.safetensors").is_file()
+    assert (folder / "adapter_model.safetensors").is_file() and (folder / "adaptflow" / "model.json").is_file()
     assert not (folder / "model.safetensors").exists()  # the base is recorded, not copied
+    assert json.loads((folder / "adapter_config.json").read_text())["base_model_name_or_path"] == str(tiny_gpt2_dir)
+    # Plain peft + transformers load it (no AdaptFlow in that interpreter), and the prompt format is the chat template.
+    plain = (
+        "import sys, json; from peft import AutoPeftModelForCausalLM; from transformers import AutoTokenizer, pipeline\n"
+        "model = AutoPeftModelForCausalLM.from_pretrained(sys.argv[1]); tokenizer = AutoTokenizer.from_pretrained(sys.argv[1])\n"
+        "assert tokenizer.chat_template\n"
+        "out = pipeline('text-generation', model=model, tokenizer=tokenizer)([{'role': 'user', 'content': 'hi'}], max_new_tokens=2)\n"
+        "print(json.dumps({'ok': bool(out), 'adaptflow': any(m.startswith('adaptflow') for m in sys.modules)}))"
+    )
+    done = subprocess.run([sys.executable, "-c", plain, str(folder)], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert json.loads(done.stdout.strip().splitlines()[-1]) == {"ok": True, "adaptflow": False}
 
     prompts = tmp_path / "prompts.jsonl"
     pd.DataFrame({"id": [1, 2, 3], "prompt": ["Which word goes with 3?", "Which word goes with 5?", "hello"]}).to_json(

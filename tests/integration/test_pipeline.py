@@ -11,7 +11,7 @@ import yaml
 from adaptflow.flows import strategies
 from adaptflow.flows.adapt import adapt
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.modeling import load_classifier
+from adaptflow.tasks.registry.hf_folder import load_hf_classifier
 from adaptflow.tasks.registry.store import get_manifest, list_versions, pull_version
 from tests.integration.conftest import tiny_config
 from tests.integration.prefect_rest import filter_all
@@ -53,17 +53,19 @@ def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, re
     manifest = get_manifest(s3_env, "reviews-e2e", 1)
     files = {f["path"] for f in manifest["files"]}
     assert {
-        "adaptflow_model.json",
-        "head.safetensors",
-        "backbone/model.safetensors",
-        "backbone/config.json",
+        "config.json",
+        "model.safetensors.index.json",
+        "model-00001-of-00002.safetensors",
         "tokenizer.json",
-        "metrics.json",
-        "evaluation.json",
         "README.md",
-        "plots/confusion_matrix.png",
+        "adaptflow/model.json",
+        "adaptflow/config.json",
+        "adaptflow/metrics.json",
+        "adaptflow/evaluation.json",
+        "adaptflow/data_manifest.json",
+        "adaptflow/plots/confusion_matrix.png",
     } <= files
-    assert manifest["strategy"] == "full_fine_tuning"
+    assert manifest["strategy"] == "full_fine_tuning" and manifest["folder_layout"] == 2
     assert manifest["config"]["model"] == str(tiny_bert_dir)
     assert len(manifest["base_model"]["sha256"]) == 64
     assert manifest["data"]["key"] and manifest["data"]["source"]["data"]["sha256"]
@@ -78,7 +80,7 @@ def test_adapt_prepares_trains_evaluates_and_registers(s3_env, tiny_bert_dir, re
     front = yaml.safe_load(card.split("---")[1])
     assert front["base_model"] == str(tiny_bert_dir) and "full-fine-tuning" in front["tags"]
     assert "## Intended use" in card and "## Limitations" in card
-    model, tokenizer, meta = load_classifier(pulled)
+    model, tokenizer, meta = load_hf_classifier(pulled)
     predictions = json.loads((run / "predictions.json").read_text())
     eval_rows = summary_eval_texts(summary)
     batch = tokenizer(eval_rows[:8], padding=True, truncation=True, max_length=32, return_tensors="pt")
@@ -101,13 +103,18 @@ def summary_eval_texts(summary: dict) -> list[str]:
 @pytest.mark.parametrize(
     "flow_fn, strategy, expected_files, absent",
     [
-        (strategies.transfer_learning, {"name": "transfer_learning", "head_epochs": 2}, {"backbone/model.safetensors"}, set()),
-        (strategies.partial_fine_tuning, {"name": "partial_fine_tuning", "last_n_layers": 1}, {"backbone/model.safetensors"}, set()),
+        (
+            strategies.transfer_learning,
+            {"name": "transfer_learning", "head_epochs": 2},
+            {"model.safetensors.index.json", "config.json"},
+            set(),
+        ),
+        (strategies.partial_fine_tuning, {"name": "partial_fine_tuning", "last_n_layers": 1}, {"model-00001-of-00002.safetensors"}, set()),
         (
             strategies.lora,
             {"name": "lora", "lora_r": 2},
-            {"adapter/adapter_model.safetensors", "adapter/adapter_config.json"},
-            {"backbone/model.safetensors"},
+            {"adapter_model.safetensors", "adapter_config.json"},
+            {"model-00001-of-00002.safetensors", "adapter/adapter_model.safetensors"},
         ),
     ],
     ids=["transfer_learning", "partial_fine_tuning", "lora"],
@@ -124,7 +131,7 @@ def test_each_strategy_flow_registers_its_artifact(s3_env, tiny_bert_dir, review
     assert 0 < summary["trainable_params"] <= summary["total_params"]
     if strategy["name"] == "lora":
         pulled = pull_version(s3_env, cfg.model_name(), summary["version"], tmp_path / "pulled")
-        model, _, meta = load_classifier(pulled, base_model_dir=tiny_bert_dir)
+        model, _, meta = load_hf_classifier(pulled, base_model_dir=tiny_bert_dir)
         assert meta["weights"] == "adapter" and hasattr(model.backbone, "peft_config")
 
 

@@ -501,9 +501,9 @@ def test_versions_from_before_blobs_still_pull(s3_settings: S3Settings, s3_clien
 
 def test_pulled_versions_load_with_transformers_and_peft(s3_settings: S3Settings, tiny_bert_dir: Path, tmp_path: Path) -> None:
     from peft import PeftModel
-    from transformers import AutoModel
 
-    from adaptflow.tasks.modeling import load_backbone, load_classifier
+    from adaptflow.tasks.modeling import load_backbone
+    from adaptflow.tasks.registry.hf_folder import load_hf_classifier
     from bench.registry_sizes import build_version_folder
 
     for strategy in ("full_fine_tuning", "lora"):
@@ -511,14 +511,15 @@ def test_pulled_versions_load_with_transformers_and_peft(s3_settings: S3Settings
         registry.register_version(s3_settings, f"tiny-{strategy}".replace("_", "-"), folder, {"strategy": strategy})
 
     full = registry.pull_version(s3_settings, "tiny-full-fine-tuning", 1)
-    assert AutoModel.from_pretrained(full / "backbone").config.hidden_size == 32
-    assert load_classifier(full)[2]["weights"] == "backbone"
+    config = json.loads((full / "config.json").read_text())
+    assert config["model_type"] == "adaptflow_pooled" and config["backbone"]["hidden_size"] == 32  # mean pooling: the remote-code route
+    assert load_hf_classifier(full)[2]["weights"] == "full"
 
     lora = registry.pull_version(s3_settings, "tiny-lora", 1, tmp_path / "lora-pulled")
-    assert not (lora / "backbone").exists()
-    adapted = PeftModel.from_pretrained(load_backbone(tiny_bert_dir), lora / "adapter")
+    assert not (lora / "model.safetensors").exists()
+    adapted = PeftModel.from_pretrained(load_backbone(tiny_bert_dir), lora)  # the encoder's adapter, at the root
     assert adapted.peft_config
-    assert load_classifier(lora, base_model_dir=tiny_bert_dir)[2]["weights"] == "adapter"
+    assert load_hf_classifier(lora, base_model_dir=tiny_bert_dir)[2]["weights"] == "adapter"
 
 
 def test_lora_version_uploads_under_5_percent_of_full_fine_tuning(s3_settings: S3Settings, minilm_dir: Path, tmp_path: Path) -> None:

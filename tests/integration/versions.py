@@ -1,7 +1,10 @@
 """Registered versions for the predict / promote / secrets tests, made without training.
 
 :func:`register_head` saves a tiny classifier whose head weights the test chooses and
-registers it with the real registry, so versions of known quality cost a second each.
+registers it with the real registry, so versions of known quality cost a second each; it
+writes the folder as versions were before folder layout 2 (the saved classifier as is).
+:func:`register_like_a_run` builds the version as a finished run does (a run folder with the
+saved model, metrics, evaluation and plots, then ``build_version_folder``: folder layout 2).
 :func:`fit_head` solves for a head that classifies a small labelled file perfectly;
 negating it gives one that is always wrong, zeroing it one that always says the same.
 """
@@ -9,8 +12,9 @@ negating it gives one that is always wrong, zeroing it one that always says the 
 from __future__ import annotations
 
 import csv
+import json
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 
@@ -19,7 +23,7 @@ import torch
 
 from adaptflow.infra.stack import LocalS3Stack
 from adaptflow.tasks.modeling import AdaptClassifier, build_classifier, folder_digest, inspect_model, save_classifier
-from adaptflow.tasks.registry.store import register_version
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import ENDPOINT_VARS, S3Settings
 
 LABELS = ["negative", "positive"]
@@ -96,3 +100,48 @@ def register_head(
         "metrics": {},
     }
     return register_version(settings, name, folder, manifest).version
+
+
+def register_like_a_run(
+    settings: S3Settings,
+    base: Path,
+    work: Path,
+    name: str,
+    strategy: str,
+    pooling: str,
+    labels: list[str],
+    set_weights: Callable[[AdaptClassifier], None],
+    base_ref: str | None = None,
+) -> tuple[RegisteredVersion, dict]:
+    """Register a ``strategy`` classifier on ``base`` (weights from ``set_weights``) through the production
+    folder builder; returns the version and its manifest. ``base_ref``: the model reference the run was given."""
+    from transformers import AutoTokenizer
+
+    from adaptflow.tasks.config import load_config
+    from adaptflow.tasks.registry.manifest import build_version_folder
+    from adaptflow.tasks.strategies import get_strategy
+
+    raw = {"model": base_ref or str(base), "strategy": {"name": strategy, "pooling": pooling}, "data": {"data": "sample://reviews"}}
+    cfg = load_config({**raw, "registry": {"model_name": name}, "work_dir": str(work / "work")})
+    model = get_strategy(strategy).configure_classifier(build_classifier(inspect_model(base), pooling, len(labels)), cfg)
+    set_weights(model)
+    run_dir = work / f"{name}-{uuid.uuid4().hex[:8]}"
+    meta = {"strategy": strategy, "label_names": labels, "base_model": cfg.model, "max_length": MAX_LENGTH}
+    save_classifier(model.eval(), run_dir / "model", AutoTokenizer.from_pretrained(base), meta)
+    (run_dir / "metrics.json").write_text(json.dumps({"trainable_params": 10, "total_params": 100, "train_runtime_s": 1.0}))
+    overfitting = {"overfitting": False, "n_evals": 1, "reason": "not enough evaluations"}
+    (run_dir / "evaluation.json").write_text(
+        json.dumps({"metrics": {"accuracy": 0.75, "macro_f1": 0.7}, "eval_loss": 0.5, "overfitting": overfitting})
+    )
+    (run_dir / "config.json").write_text(json.dumps(cfg.model_dump(mode="json")))
+    (run_dir / "plots").mkdir()
+    (run_dir / "plots" / "loss_curves.png").write_bytes(b"png")
+    data_manifest = {
+        "key": "reviews-0123456789ab",
+        "source": {"data": {"uri": "sample://reviews", "sha256": "ab" * 32}},
+        "label_names": labels,
+        "splits": {"train": 12, "eval": 3},
+        "label_balance": {"train": {label: 4 for label in labels}},
+    }
+    folder, manifest = build_version_folder(cfg, run_dir, data_manifest, base, "(evaluation tables)")
+    return register_version(settings, name, folder, manifest), manifest

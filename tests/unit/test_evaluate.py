@@ -306,3 +306,12 @@ def test_confusion_matrix_plot_handles_twenty_classes(tmp_path):
 def test_loss_curve_plot_without_any_losses_still_renders(tmp_path):
     path = plot_loss_curves([], [], tmp_path / "empty.png")
     assert png_size(path)[0] >= 400
+
+
+def test_markdown_says_overfitting_was_not_checked_with_fewer_than_two_evaluations(tmp_path):
+    from dataclasses import replace
+
+    report = evaluate_run(write_run(tmp_path / "run"))
+    one_eval = replace(report, overfitting={**report.overfitting, "overfitting": False, "n_evals": 1, "reason": "not enough evaluations"})
+    text = metrics_markdown(one_eval)
+    assert "**Overfitting: cannot tell.**" in text and "Overfitting: no." not in text
