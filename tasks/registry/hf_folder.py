@@ -30,7 +30,6 @@ Rules of this module, the one place that writes and reads this layout:
 
 from __future__ import annotations
 
-import hashlib
 import json
 import shutil
 from pathlib import Path
@@ -41,6 +40,7 @@ from adaptflow.tasks import hf_pooled
 from adaptflow.tasks.data.lm import PLAIN_CHAT_TEMPLATE
 from adaptflow.tasks.errors import ModelError, Problem
 from adaptflow.tasks.modeling import HEAD_FILE, META_FILE, AdaptClassifier, head_dropout, load_backbone
+from adaptflow.tasks.registry.store import hash_file
 
 FOLDER_LAYOUT = 2
 ADAPTFLOW_DIR = "adaptflow"
@@ -93,8 +93,9 @@ def label_fields(label_names: list[str]) -> dict[str, Any]:
     }
 
 
-def sha256_of(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+def plain_head(head_state: dict) -> dict:
+    """A head's tensors under the Linear's own keys (``weight``, ``bias``): a saved head has them under ``linear.``."""
+    return {k.removeprefix("linear."): v for k, v in head_state.items()}
 
 
 # ---- writing -------------------------------------------------------------------------
@@ -107,7 +108,7 @@ def write_full_classifier(
     from safetensors.torch import save_file  # imported where weights are written or read
 
     backbone_config = {k: v for k, v in backbone_config.items() if k not in ("architectures", "auto_map", "_name_or_path")}
-    head_state = {k.removeprefix("linear."): v for k, v in head_state.items()}  # the saved head's keys, or the Linear's own
+    head_state = plain_head(head_state)
     model_type = backbone_config["model_type"]
     route = route_for(model_type, pooling, adapter=False)
     dropout = head_dropout(SimpleNamespace(**backbone_config))  # the same head dropout as AdaptFlow's, for training mode too
@@ -170,13 +171,13 @@ def _write_adapter(out: Path, adapter_dir: Path, head_state: dict, model_type: s
     if route == "peft":
         prefix = STANDARD_POOLER_HEADS[model_type][1]
         state = {PEFT_PREFIX + f"{prefix}." + k.removeprefix(PEFT_PREFIX): v for k, v in state.items()}
-        state.update({f"{PEFT_PREFIX}{HEAD_KEY}.{k.removeprefix('linear.')}": v for k, v in head_state.items()})
+        state.update({f"{PEFT_PREFIX}{HEAD_KEY}.{k}": v for k, v in head_state.items()})
         # The exact modules that carry LoRA weights: "all-linear" on the classification model would also match the head.
         targets = sorted({k.removeprefix(PEFT_PREFIX).split(".lora_")[0] for k in state if ".lora_" in k})
         config.update(task_type="SEQ_CLS", modules_to_save=[HEAD_KEY], target_modules=targets, exclude_modules=None)
     else:
         config["task_type"] = "FEATURE_EXTRACTION"
-        save_file({k.removeprefix("linear."): v.contiguous() for k, v in head_state.items()}, str(out / HEAD_WEIGHTS))
+        save_file({k: v.contiguous() for k, v in head_state.items()}, str(out / HEAD_WEIGHTS))
     save_file({k: v.contiguous() for k, v in state.items()}, str(out / ADAPTER_WEIGHTS), metadata={"format": "pt"})
     (out / ADAPTER_CONFIG).write_text(json.dumps(config, indent=2))
     return route
@@ -195,7 +196,7 @@ def write_classifier_folder(model_dir: Path, out: Path, base_ref: str, model_typ
     meta = json.loads((model_dir / META_FILE).read_text())
     (out / ADAPTFLOW_DIR).mkdir(parents=True, exist_ok=True)
     AutoTokenizer.from_pretrained(model_dir, trust_remote_code=False).save_pretrained(out)
-    head_state = load_file(str(model_dir / HEAD_FILE))
+    head_state = plain_head(load_file(str(model_dir / HEAD_FILE)))
     if meta["weights"] == "adapter":
         route = _write_adapter(
             out, model_dir / SAVED_ADAPTER_DIR, head_state, meta.get("model_type", model_type), meta["pooling"], base_ref
@@ -214,7 +215,7 @@ def finish_folder(out: Path, meta: dict[str, Any], route: str, base_ref: str) ->
     """Write ``adaptflow/model.json``; returns the manifest's ``hf`` entry."""
     hf: dict[str, Any] = {"route": route, "pooling": meta["pooling"]}
     if (out / MODELING_FILE).is_file():
-        hf["modeling_sha256"] = sha256_of(out / MODELING_FILE)
+        hf["modeling_sha256"] = hash_file(out / MODELING_FILE)[1]
     full_meta = {**meta, "base_model": base_ref, "folder_layout": FOLDER_LAYOUT, "route": route}
     full_meta["weights"] = "adapter" if route.startswith("peft") else "full"
     (out / MODEL_META).write_text(json.dumps(full_meta, indent=2))

@@ -295,14 +295,15 @@ def describe_files(source_dir: Path) -> list[_SourceFile]:
         relative = path.relative_to(source_dir).as_posix()
         if relative in RESERVED_FILES or not path.is_file():
             continue
-        size, digest = _hash_file(path)
+        size, digest = hash_file(path)
         files.append(_SourceFile(path, relative, size, digest))
     if not files:
         raise StorageError(Problem(str(source_dir), "no files to register", "check the model folder"))
     return files
 
 
-def _hash_file(path: Path) -> tuple[int, str]:
+def hash_file(path: Path) -> tuple[int, str]:
+    """(size, sha256) of a file, read in chunks."""
     digest = hashlib.sha256()
     size = 0
     try:
@@ -621,7 +622,7 @@ def _fetch_file(
         key = version_key(settings, name, version) + entry["path"]
     local = dest / safe_relative_path(entry["path"], settings.uri(version_key(settings, name, version)))
     download_file(settings, settings.uri(key), local, client)
-    if _hash_file(local) != (entry["size"], entry["sha256"]):
+    if hash_file(local) != (entry["size"], entry["sha256"]):
         raise StorageError(
             Problem(
                 f"file '{entry['path']}' of {name}:{version} ({settings.uri(key)})",
