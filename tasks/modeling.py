@@ -254,6 +254,27 @@ class AdaptClassifier(nn.Module):
         return self.head(self.encode(input_ids, attention_mask, token_type_ids), labels)
 
 
+def load_language_model(path: Path | str, auto_class=None, **kwargs) -> nn.Module:
+    """A language model (``AutoModelForCausalLM`` unless ``auto_class`` says otherwise) read from ``path``.
+
+    A checkpoint saved without its LM head (a ``GPT2Model``, many hub decoders) relies on the
+    config's ``tie_word_embeddings``: the head is the input embeddings. transformers makes that
+    tie while loading, but in a long-lived process that had loaded other models it was seen
+    leaving the head untied and uninitialised (nan perplexity, "Cannot copy out of meta
+    tensor"). So the tie the config declares is checked here, and made where the checkpoint
+    had no head of its own; a checkpoint with a head of its own is left as it is.
+    """
+    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
+
+    model, info = (auto_class or AutoModelForCausalLM).from_pretrained(path, output_loading_info=True, **kwargs)
+    head, embeddings = model.get_output_embeddings(), model.get_input_embeddings()
+    if getattr(model.config, "tie_word_embeddings", False) and head is not None and embeddings is not None:
+        head_names = {name for name, p in model.named_parameters(remove_duplicate=False) if p is head.weight}
+        if head.weight is not embeddings.weight and head_names & set(info["missing_keys"]):
+            head.weight = embeddings.weight
+    return model
+
+
 def load_backbone(path: Path, trust_remote_code: bool = False) -> nn.Module:
     from transformers import AutoModel  # transformers loads in seconds: imported where a model is read
 

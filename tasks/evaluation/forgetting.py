@@ -30,7 +30,7 @@ from prefect.cache_policies import NO_CACHE
 from torch import nn
 
 from adaptflow.tasks.evaluation.lm import REFERENCE_TEXT, perplexity, reference_texts
-from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, inspect_model, load_backbone, load_classifier, pool
+from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, inspect_model, load_backbone, load_classifier, load_language_model, pool
 
 Kind = Literal["auto", "encoder", "decoder"]
 
@@ -75,9 +75,7 @@ def _adapted_module(base_path: Path, adapted: nn.Module | Path | str, kind: str)
         if (folder / META_FILE).is_file():
             adapted = load_classifier(folder, base_path)[0]
         elif kind == "decoder":
-            from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
-
-            return AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+            return load_language_model(folder, use_safetensors=True)
         else:
             return load_backbone(folder)
     return adapted.backbone if isinstance(adapted, AdaptClassifier) else adapted
@@ -88,9 +86,7 @@ def _as_causal_lm(base_path: Path, module: nn.Module) -> nn.Module:
     get_head = getattr(module, "get_output_embeddings", None)
     if get_head is not None and get_head() is not None:
         return module
-    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
-
-    lm = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
+    lm = load_language_model(base_path, use_safetensors=True)
     setattr(lm, lm.base_model_prefix, module)  # the base's LM head reads the adapted states
     return lm
 
@@ -116,9 +112,7 @@ def forgetting_score(
     if kind == "encoder":
         base = mean_embeddings(load_backbone(base_path), tokenizer, texts, max_length=max_length)
         return embedding_drift(base, mean_embeddings(module, tokenizer, texts, max_length=max_length))
-    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
-
-    base_lm = AutoModelForCausalLM.from_pretrained(base_path, use_safetensors=True)
+    base_lm = load_language_model(base_path, use_safetensors=True)
     before = perplexity(base_lm, tokenizer, texts, max_length=max_length)
     after = perplexity(_as_causal_lm(base_path, module), tokenizer, texts, max_length=max_length)
     return after / before - 1.0

@@ -31,6 +31,7 @@ from adaptflow.tasks.inference.predict import (
     verified_base_model,
     write_predictions,
 )
+from adaptflow.tasks.modeling import load_language_model
 from adaptflow.tasks.registry.hf_folder import adapter_folder, read_meta
 from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
 from adaptflow.tasks.storage.s3 import S3Settings
@@ -69,8 +70,6 @@ def version_kind(folder: Path) -> str:
 
 def load_causal_lm(folder: Path, base_dir: Path | None = None):
     """(model, tokenizer) of a causal LM version folder; adapters are applied to ``base_dir``."""
-    from transformers import AutoModelForCausalLM  # transformers loads in seconds: imported where a model is read
-
     meta = read_meta(folder)
     if meta.get("weights") == "adapter":
         from peft import PeftModel  # peft loads slowly: imported for LoRA models only
@@ -79,9 +78,9 @@ def load_causal_lm(folder: Path, base_dir: Path | None = None):
             raise ModelError(
                 Problem(str(folder), "is a LoRA adapter and needs its base model", f"the base model is {meta.get('base_model')!r}")
             )
-        model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(base_dir, use_safetensors=True), adapter_folder(folder))
+        model = PeftModel.from_pretrained(load_language_model(base_dir, use_safetensors=True), adapter_folder(folder))
     else:
-        model = AutoModelForCausalLM.from_pretrained(folder, use_safetensors=True)
+        model = load_language_model(folder, use_safetensors=True)
     model.eval()
     return model, load_lm_tokenizer(folder)
 

@@ -46,7 +46,7 @@ from adaptflow.tasks.evaluation.lm import (
     rouge_l,
     token_loss,
 )
-from adaptflow.tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model
+from adaptflow.tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model, load_language_model
 from adaptflow.tasks.strategies import get_strategy
 from adaptflow.tasks.training.engine import EXAMPLE_ID, LoopState, Plan, Run, pad_multiple, padded_width, seeded_generator, train_sampler
 
@@ -101,7 +101,7 @@ def load_lm(path: Path, objective: str, cfg: AdaptConfig) -> nn.Module:
             load_in_4bit=True, bnb_4bit_quant_type="nf4", bnb_4bit_use_double_quant=True, bnb_4bit_compute_dtype=torch.bfloat16
         )
     auto = AutoModelForMaskedLM if objective == "mlm" else AutoModelForCausalLM
-    model = auto.from_pretrained(path, **kwargs)
+    model = load_language_model(path, auto, **kwargs)
     if getattr(model.config, "pad_token_id", None) is None:
         model.config.pad_token_id = model.config.eos_token_id
     return model
