@@ -17,7 +17,7 @@ import typer
 from rich.table import Table
 
 from adaptflow.flows.cli.common import console, out, reported
-from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.errors import ConfigError, Problem, StorageError
 from adaptflow.tasks.registry.store import (
     AliasInfo,
     append_decision,
@@ -350,17 +350,17 @@ def delete_command(
 @models_app.command("gc")
 def gc_command(
     name: Optional[str] = typer.Argument(None, help="Only this model. Empty: every model."),
-    grace_hours: float = typer.Option(
-        1.0, "--grace-hours", min=0, help="Leave anything younger than this alone (must exceed the longest registration)."
-    ),
+    grace_hours: float = typer.Option(1.0, "--grace-hours", min=0, help="Leave anything younger than this alone."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    force: bool = typer.Option(False, "--force", help="Allow a grace period under the safe minimum (10 minutes)."),
 ) -> None:
     """Reclaim space: remove abandoned registrations and files that no registered version uses.
 
-    Safe to run while others register: files of registrations in progress and of every committed version are kept.
+    Safe to run while others register: a running registration keeps renewing its claim, and its files and those of every
+    committed version are kept. A model with a damaged object is skipped and reported (exit code 3); the others are cleaned.
     """
     with reported():
-        report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run)
+        report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run, force=force)
     verb = "would remove" if dry_run else "removed"
     out.print(
         f"{verb}: {len(report.removed_versions)} abandoned registration(s), {len(report.removed_blobs)} unused "
@@ -372,6 +372,10 @@ def gc_command(
         out.print(f"  unused file {blob}", highlight=False, soft_wrap=True)
     for reason in report.skipped:
         out.print(f"[yellow]skipped[/]: {reason}", highlight=False)
+    if report.broken:
+        for problem in report.broken:
+            console.print(f"[bold red]Error[/]: not cleaned: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(StorageError.exit_code)
 
 
 # ---- formatting -------------------------------------------------------------------------
