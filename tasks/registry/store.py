@@ -313,6 +313,15 @@ def register_version(settings: S3Settings, name: str, source_dir: Path, manifest
     )
 
 
+def retry_transient(task: Any, task_run: Any, state: Any) -> bool:
+    """The ``retry_condition_fn`` of the registry's Prefect tasks: retry only what may pass by itself.
+
+    A :class:`TransientStorageError` (connection lost, timeout, 5xx, throttling) is retried; a
+    refusal (invalid name, access denied, a lost claim, a damaged object) fails at once.
+    """
+    return isinstance(state.data, TransientStorageError)
+
+
 def describe_files(source_dir: Path) -> list[_SourceFile]:
     """Size and sha256 of every file to upload, read before any S3 write."""
     if not source_dir.is_dir():
