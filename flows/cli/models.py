@@ -17,20 +17,20 @@ import typer
 from rich.table import Table
 
 from adaptflow.flows.cli.common import console, out, reported
-from adaptflow.tasks.errors import ConfigError, Problem, StorageError
+from adaptflow.tasks.errors import ConfigError, Problem, StorageError, TransientStorageError
 from adaptflow.tasks.registry.store import (
     AliasInfo,
     append_decision,
     delete_version,
     gc,
     get_alias,
-    get_manifest,
     list_aliases,
     list_models,
     list_versions,
     pull_version,
     resolve_ref,
     set_alias,
+    verified_manifest,
 )
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -53,13 +53,19 @@ def list_command(
 
     Examples:  adaptflow models list     adaptflow models list reviews-lora
     """
+    problems: list[StorageError] = []
     with reported():
         settings = S3Settings.resolve()
-        table = _versions_table(settings, name) if name else _models_table(settings)
-    if table.row_count == 0:
+        table = _versions_table(settings, name, problems) if name else _models_table(settings)
+    if table.row_count == 0 and not problems:
         out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
         return
-    out.print(table)
+    if table.row_count:
+        out.print(table)
+    for problem in problems:  # the versions that could be read are listed; each refused one is a line, exit code 3
+        console.print(f"[bold red]Error[/]: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(StorageError.exit_code)
 
 
 def _models_table(settings: S3Settings) -> Table:
@@ -80,14 +86,20 @@ def _models_table(settings: S3Settings) -> Table:
     return table
 
 
-def _versions_table(settings: S3Settings, name: str) -> Table:
+def _versions_table(settings: S3Settings, name: str, problems: list[StorageError]) -> Table:
     aliases = _aliases_by_version(list_aliases(settings, name))
     table = Table(title=f"Versions of {name}", title_style="bold")
     for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
         justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
         table.add_column(column, justify=justify, no_wrap=True)
     for info in list_versions(settings, name):
-        manifest = get_manifest(settings, name, info.version)
+        try:
+            manifest = verified_manifest(settings, name, info.version)
+        except TransientStorageError:
+            raise  # the server, not this version
+        except StorageError as exc:
+            problems.append(exc)
+            continue
         metrics = manifest.get("metrics", {})
         table.add_row(
             str(info.version),
@@ -110,7 +122,7 @@ def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
     with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
-        manifest = get_manifest(settings, name, version)
+        manifest = verified_manifest(settings, name, version)
         aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))

@@ -699,6 +699,14 @@ def get_manifest(settings: S3Settings, name: str, version: int, client: Any = No
     return _read_manifest(settings, name, version, client or make_client(settings))[1]
 
 
+def verified_manifest(settings: S3Settings, name: str, version: int, client: Any = None) -> dict[str, Any]:
+    """The manifest of a committed version, refused when it changed since registration (as :func:`pull_version` checks)."""
+    client = client or make_client(settings)
+    raw, manifest = _read_manifest(settings, name, version, client)
+    _verify_manifest(settings, client, name, version, raw, manifest)
+    return manifest
+
+
 def _read_manifest(settings: S3Settings, name: str, version: int, client: Any) -> tuple[bytes, dict[str, Any]]:
     """A committed version's manifest: its bytes and its document, checked to be JSON with a sound ``files`` list."""
     raw = _manifest_bytes(settings, name, version, client)

@@ -195,10 +195,13 @@ def pinned(s3_env: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]) -
 def test_a_manifest_changed_after_its_alias_pinned_it_is_refused(pinned: S3Settings) -> None:
     assert registry.get_alias(pinned, "pinned", "champion").manifest_sha256
     edit_manifest(pinned, "pinned", 1, lambda manifest: manifest["metrics"].update(accuracy=0.999))
-    for ref in ("pinned@champion", "pinned:1"):
-        refused = models_cli("pull", ref)
+    for command in (["pull", "pinned@champion"], ["pull", "pinned:1"], ["show", "pinned@champion"]):
+        refused = models_cli(*command)
         assert refused.exit_code == 3, refused.output
         assert "changed after alias 'champion' pinned it" in one_error_line(refused.stderr)
+        assert "0.999" not in refused.stdout
+    listed = models_cli("list", "pinned")  # the tampered version is refused, not shown with its 0.999
+    assert listed.exit_code == 3 and "pinned it" in one_error_line(listed.stderr) and "0.999" not in listed.stdout
 
 
 def test_a_manifest_whose_files_were_edited_is_refused(s3_env: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]) -> None:
