@@ -4,18 +4,24 @@ Layout, under ``s3://BUCKET/PREFIX/models/NAME/``::
 
     blobs/sha256/<hex>                  file bodies, named by their sha256: a file shared by
                                         several versions (tokenizer, frozen base) is stored once
-    versions/000007/_claim.json         who allocated version 7 (conditional write)
+    versions/000007/_claim.json         who allocated version 7 (conditional write); rewritten
+                                        while the registration runs (its lease)
     versions/000007/manifest.json       written last, the commit marker: metadata and
                                         ``files``, one {"path", "size", "sha256"} per file
     versions/000007/_deleted.json       left by `delete_version`, so number 7 is never reused
     aliases/champion.json               {"version", "previous", "set_at", "reason"}
     decisions/<UTC time>-<id>.json      one immutable object per recorded decision
+    uploads/<sha256>.json               exists while one registration uploads that blob
     _gc.json                            exists while `gc` sweeps this model's blobs
 
 **Registering** hashes every file, claims the next number with a conditional
 ``PutObject(IfNoneMatch="*")`` of its ``_claim.json`` (concurrent registrations never share
-one), uploads the blobs that are not there yet (HEAD first; four files at a time,
-multipart above 16 MiB) and writes the manifest last, again with ``IfNoneMatch="*"``.
+one), keeps that claim alive by rewriting it (``IfMatch``: its own last ETag) every
+:data:`CLAIM_RENEW_S`, uploads the blobs that are not there yet (HEAD first; four files at a
+time, multipart above 16 MiB; a blob several registrations need is uploaded by the one that
+wrote its ``uploads/`` marker, the others wait), renews the claim and checks every blob is
+stored, writes the manifest last, again with ``IfNoneMatch="*"``, and checks the claim once
+more: a registration whose claim was lost fails, and nothing of it is listed.
 A single-request upload carries the file's sha256, which the server verifies; multipart
 parts carry their own. Each blob keeps its sha256 in its metadata: one without it (written
 outside the registry) is uploaded again. Only versions with a manifest are listed or pulled. A
@@ -27,16 +33,24 @@ are harmless and a retry reuses them).
 <etag>`` to move or delete it. A writer that lost the race gets :class:`AliasConflict`
 with the alias as it now is; nothing is ever read-then-written blindly.
 
-**Pulling** fills ``$ADAPTFLOW_HOME/cache/pulled/<sha256 of the manifest>/``: files are
-downloaded into a temporary folder, each checked against its sha256, then the folder is
-renamed into place, so the cache only ever holds complete, verified versions (read-only).
+**Pulling** verifies the manifest (its signature with :data:`HMAC_KEY_VAR`, the digest its
+aliases pinned, the files its layout needs, each blob's size and sha256) and fills
+``$ADAPTFLOW_HOME/cache/pulled/<sha256 of the manifest>/``: files are downloaded into a
+temporary folder, each checked against its sha256, then the folder is renamed into place
+(read-only). A cached version is re-hashed on every pull and downloaded again if damaged.
 
-**gc** removes version folders holding a claim but no manifest, and blobs no committed
-manifest references, once older than a grace period. It cannot race a registration that
-reuses an old blob: gc writes ``_gc.json`` *before* listing claims and skips the blob sweep
-while any registration is in progress, and a registration writes its claim *before*
-checking ``_gc.json`` and waits while one exists; so one of the two always sees the other.
-The grace period must exceed the longest registration.
+**gc** removes version folders holding a dead claim (not renewed within :data:`CLAIM_LEASE`
+by the server's clock, and older than the grace period) but no manifest, and blobs no
+committed manifest references, once older than the grace period (under
+:data:`MIN_GC_GRACE` only with ``force``). A dead claim is deleted with ``IfMatch`` on the
+ETag listed, so one renewed meanwhile stays. It cannot race a registration that reuses an
+old blob: gc writes ``_gc.json`` *before* listing claims and skips the blob sweep while any
+claim is alive, and a registration writes its claim *before* checking ``_gc.json`` and waits
+while one exists; so one of the two always sees the other.
+
+Every registry object read is checked to be JSON of the right shape: a damaged one is a
+:class:`StorageError` naming its key (exit code 3), and ``gc`` over all models skips a model
+with one and cleans the others.
 
 Versions registered before blobs existed (a manifest without ``"layout": 2``) keep their
 files inside the version folder; they are still listed, pulled and deleted.
