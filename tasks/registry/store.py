@@ -910,7 +910,12 @@ def _cached_version(settings: S3Settings, name: str, version: int, raw: bytes, m
         if damaged is None:
             return folder
         log.warning("pull cache %s: %s is missing or modified; downloading %s:%d again", folder, damaged, name, version)
-        shutil.rmtree(folder)
+        aside = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.damaged")
+        try:
+            os.rename(folder, aside)  # atomic: a concurrent pull sees the old folder or none, never half of it
+        except FileNotFoundError:
+            pass  # another pull moved it first
+        shutil.rmtree(aside, ignore_errors=True)
     partial = folder.with_name(f".{folder.name}.{uuid.uuid4().hex[:8]}.part")
     partial.mkdir(parents=True)
     try:
@@ -1002,11 +1007,15 @@ def _copy_out(cached: Path, dest: Path, manifest: dict[str, Any]) -> Path:
     """Copy a cached version into ``dest`` (writable copies; each file appears whole or not at all)."""
     for relative in [entry["path"] for entry in manifest["files"]] + [MANIFEST]:
         target = dest / relative
-        target.parent.mkdir(parents=True, exist_ok=True)
         partial = target.with_name(f".{target.name}.{uuid.uuid4().hex[:8]}.part")
         try:
+            target.parent.mkdir(parents=True, exist_ok=True)
             shutil.copyfile(cached / relative, partial)
             os.replace(partial, target)
+        except OSError as exc:  # a file where a folder must go, no permission, a full disk
+            raise ConfigError(
+                Problem(str(target), f"cannot write the pulled file there ({exc.strerror or exc})", "pass a writable folder to --output")
+            ) from None
         finally:
             partial.unlink(missing_ok=True)
     return dest

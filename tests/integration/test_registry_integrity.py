@@ -323,6 +323,9 @@ def test_malformed_references_and_output_files_exit_2(s3_env: S3Settings, tmp_pa
     onto_file = models_cli("pull", "refs:1", "--output", str(existing))
     assert onto_file.exit_code == 2 and "exists and is not a folder" in one_error_line(onto_file.stderr)
     assert existing.read_text() == "keep me"
+    (tmp_path / "out" / "config.json").mkdir(parents=True)  # a folder where a pulled file must go
+    blocked = models_cli("pull", "refs:1", "--output", str(tmp_path / "out"))
+    assert blocked.exit_code == 2 and "cannot write the pulled file there" in one_error_line(blocked.stderr)
 
 
 def test_a_plain_http_404_is_not_reported_as_a_missing_object(s3_settings: S3Settings) -> None:
