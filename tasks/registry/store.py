@@ -384,6 +384,11 @@ def _claim(settings: S3Settings, name: str, client: Any) -> _ClaimLease:
     raise StorageError(Problem(settings.uri(versions_key(settings, name)), f"no free version after {MAX_CLAIM_ATTEMPTS} tries"))
 
 
+_LIVE_CLAIMS: set[str] = set()
+"""Claim keys of the registrations running in this process (an upload marker of another one is stale)."""
+_LIVE_LOCK = threading.Lock()
+
+
 class _ClaimLease:
     """A registration's hold on its version number: its ``_claim.json``, rewritten every
     :data:`CLAIM_RENEW_S` by a background thread while the registration runs.
@@ -403,6 +408,8 @@ class _ClaimLease:
         self._thread = threading.Thread(target=self._renew_until_stopped, name=f"claim lease {key}", daemon=True)
 
     def start(self) -> _ClaimLease:
+        with _LIVE_LOCK:
+            _LIVE_CLAIMS.add(self.key)
         self._thread.start()
         return self
 
@@ -410,6 +417,8 @@ class _ClaimLease:
         self._stopped.set()
         if self._thread.is_alive():
             self._thread.join()
+        with _LIVE_LOCK:
+            _LIVE_CLAIMS.discard(self.key)
 
     def _renew_until_stopped(self) -> None:
         while not self._stopped.wait(CLAIM_RENEW_S):
@@ -503,10 +512,14 @@ def _upload_blob(settings: S3Settings, client: Any, name: str, source: _SourceFi
         existing = _head(settings, client, key, "check for a stored copy")
         if existing is not None and _written_by_registry(existing, source):
             return 0
-        marker_body = json.dumps({"claim": lease.key, "started_at": _now()}).encode()
+        owner = {"claim": lease.key, "host": socket.gethostname(), "pid": os.getpid(), "started_at": _now()}
+        marker_body = json.dumps(owner).encode()
         marker_etag = _put_new(settings, client, marker, marker_body, "mark an upload in progress")
         if marker_etag:
             try:
+                existing = _head(settings, client, key, "check for a stored copy")  # stored by the marker's last holder?
+                if existing is not None and _written_by_registry(existing, source):
+                    return 0
                 return _store_blob(settings, client, key, source, existing)
             finally:
                 _delete_if_unchanged(settings, client, marker, marker_etag)
@@ -524,15 +537,43 @@ def _wait_for_upload(settings: S3Settings, client: Any, marker: str) -> None:
             raise
         body = response["Body"].read()
     try:
-        owner = json.loads(body).get("claim")
-    except (ValueError, AttributeError):
+        owner = json.loads(body)
+    except ValueError:
         owner = None
-    claim = _head(settings, client, owner, "check the uploader's claim") if isinstance(owner, str) else None
-    if claim is not None and _server_time(claim) - claim["LastModified"] < CLAIM_LEASE:
+    if isinstance(owner, dict) and _uploader_alive(settings, client, owner):
         time.sleep(UPLOAD_POLL_S)
         return
     log.warning("taking over %s: the registration that started it is gone", settings.uri(marker))
     _delete_if_unchanged(settings, client, marker, response["ETag"])
+
+
+def _uploader_alive(settings: S3Settings, client: Any, owner: dict[str, Any]) -> bool:
+    """Whether the registration named by an upload marker still runs.
+
+    On this machine the process answers at once (a registration of this process that
+    failed, or a process that is gone, is dead); elsewhere its claim's lease tells.
+    """
+    claim_key, pid = owner.get("claim"), owner.get("pid")
+    if not isinstance(claim_key, str):
+        return False
+    if owner.get("host") == socket.gethostname() and isinstance(pid, int):
+        if pid == os.getpid():
+            with _LIVE_LOCK:
+                return claim_key in _LIVE_CLAIMS
+        if not _process_exists(pid):
+            return False
+    claim = _head(settings, client, claim_key, "check the uploader's claim")
+    return claim is not None and _server_time(claim) - claim["LastModified"] < CLAIM_LEASE
+
+
+def _process_exists(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's process: it exists
+        return True
+    return True
 
 
 def _delete_if_unchanged(settings: S3Settings, client: Any, key: str, etag: str) -> bool:

@@ -152,6 +152,31 @@ def test_a_registration_whose_claim_was_removed_fails_and_lists_nothing(
     assert registry.list_versions(s3_settings, "stalled") == []
 
 
+class ClaimRemovedAtCommit:
+    """A real client; right before the manifest is written, the claim is deleted (a gc that listed it as dead)."""
+
+    def __init__(self, client: Any):
+        self._client = client
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._client, name)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        if kwargs["Key"].endswith(registry.MANIFEST):
+            self._client.delete_object(Bucket=kwargs["Bucket"], Key=kwargs["Key"].replace(registry.MANIFEST, registry.CLAIM))
+        return self._client.put_object(**kwargs)
+
+
+def test_a_claim_removed_while_the_manifest_is_written_undoes_the_commit(
+    s3_settings: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]
+) -> None:
+    folder = write_files(tmp_path / "model", shared_files)
+    with pytest.raises(StorageError, match="claim was removed or replaced") as caught:
+        registry.register_version(s3_settings, "late", folder, {}, client=ClaimRemovedAtCommit(make_client(s3_settings)))
+    assert "nothing of this version is listed" in str(caught.value)
+    assert registry.list_versions(s3_settings, "late") == []
+
+
 def test_short_grace_needs_force(s3_env: S3Settings) -> None:
     refused = models_cli("gc", "--grace-hours", "0.1")
     assert refused.exit_code == 2
