@@ -279,9 +279,11 @@ def register_version(settings: S3Settings, name: str, source_dir: Path, manifest
     Every file under ``source_dir`` is registered (sub-folders kept) except a top-level
     ``manifest.json`` / ``_claim.json`` / ``_deleted.json``, whose names the registry owns.
     Files whose blob already exists are not uploaded again. The manifest written is
-    ``manifest`` plus ``name``, ``version``, ``registered_at``, ``layout`` and ``files``
-    (path, size, sha256 of each file). On any failure the manifest and the claim are
-    deleted and the error is raised; no partial version is ever listed.
+    ``manifest`` plus ``name``, ``version``, ``registered_at``, ``layout``, ``files``
+    (path, size, sha256 of each file) and, with :data:`HMAC_KEY_VAR` set, ``signature``.
+    The claim is renewed while the registration runs (:class:`_ClaimLease`); a claim lost
+    to a gc fails it. On any failure the manifest and the claim are deleted and the error
+    is raised; no partial version is ever listed.
     """
     validate_name(name)
     _check_caller_manifest(settings, manifest)
