@@ -1264,7 +1264,7 @@ def gc(settings: S3Settings, name: str | None = None, grace_seconds: float = 360
         raise ConfigError(
             Problem(
                 "grace period (--grace-hours)",
-                f"{grace_seconds / 3600:g} h is below the safe minimum of {MIN_GC_GRACE.total_seconds() / 3600:g} h",
+                f"{grace_seconds / 60:g} minutes is below the safe minimum of {MIN_GC_GRACE.total_seconds() / 60:g} minutes",
                 "pass --force to use it anyway: a registration then fails (nothing listed) if it stalls for "
                 f"over {CLAIM_LEASE.total_seconds():.0f} s",
             )
