@@ -320,7 +320,20 @@ def test_a_corrupt_manifest_is_one_line_and_exit_3_in_every_command(
     print("\n" + ", ".join(f"{what} {seconds:.1f} s" for what, seconds in durations.items()))
 
 
-def test_damaged_alias_claim_and_decision_objects_are_named(s3_env: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]) -> None:
+def test_the_fix_a_damaged_manifest_names_works(s3_env: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]) -> None:
+    """The message says `models delete NAME:V --force`: that removes the damaged version, and the model lists again."""
+    folder = write_files(tmp_path / "model", shared_files)
+    for _ in range(2):
+        registry.register_version(s3_env, "fixable", folder, {})
+    put_manifest(s3_env, "fixable", 2, b"\x00not json")
+    refused = models_cli("list", "fixable")
+    assert refused.exit_code == 3 and "adaptflow models delete fixable:2 --force" in one_error_line(refused.stderr)
+    assert models_cli("delete", "fixable:2", "--force").exit_code == 0
+    listed = models_cli("list", "fixable")
+    assert listed.exit_code == 0 and [info.version for info in registry.list_versions(s3_env, "fixable")] == [1]
+
+
+def test_damaged_alias_and_decision_objects_are_named(s3_env: S3Settings, tmp_path: Path, shared_files: dict[str, bytes]) -> None:
     registry.register_version(s3_env, "objects", write_files(tmp_path / "model", shared_files), {})
     client = make_client(s3_env)
     alias = registry.alias_key(s3_env, "objects", "champion")
