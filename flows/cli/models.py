@@ -30,6 +30,7 @@ from adaptflow.tasks.registry.store import (
     pull_version,
     resolve_ref,
     set_alias,
+    signature_state,
     verified_manifest,
 )
 from adaptflow.tasks.storage.s3 import S3Settings
@@ -87,14 +88,15 @@ def _models_table(settings: S3Settings) -> Table:
 
 
 def _versions_table(settings: S3Settings, name: str, problems: list[StorageError]) -> Table:
-    aliases = _aliases_by_version(list_aliases(settings, name))
+    every_alias = list_aliases(settings, name)
+    aliases = _aliases_by_version(every_alias)
     table = Table(title=f"Versions of {name}", title_style="bold")
     for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
         justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
         table.add_column(column, justify=justify, no_wrap=True)
     for info in list_versions(settings, name):
         try:
-            manifest = verified_manifest(settings, name, info.version)
+            manifest = verified_manifest(settings, name, info.version, aliases=every_alias)
         except TransientStorageError:
             raise  # the server, not this version
         except StorageError as exc:
@@ -122,8 +124,9 @@ def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
     with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
-        manifest = verified_manifest(settings, name, version)
-        aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
+        every_alias = list_aliases(settings, name)
+        manifest = verified_manifest(settings, name, version, aliases=every_alias)
+        aliases = _aliases_by_version(every_alias).get(version, [])
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))
     out.print(_files_table(manifest))
@@ -149,6 +152,7 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     packages = manifest.get("package_versions", {})
     return [
         ("registered", manifest.get("registered_at")),
+        ("signature", signature_state(manifest)),
         ("strategy", manifest.get("strategy")),
         ("task", manifest.get("task")),
         ("loads with", _loads_with(manifest)),

@@ -756,12 +756,26 @@ def get_manifest(settings: S3Settings, name: str, version: int, client: Any = No
     return _read_manifest(settings, name, version, client or make_client(settings))[1]
 
 
-def verified_manifest(settings: S3Settings, name: str, version: int, client: Any = None) -> dict[str, Any]:
-    """The manifest of a committed version, refused when it changed since registration (as :func:`pull_version` checks)."""
+def verified_manifest(
+    settings: S3Settings, name: str, version: int, client: Any = None, aliases: list[AliasInfo] | None = None
+) -> dict[str, Any]:
+    """The manifest of a committed version, refused when it changed since registration (as :func:`pull_version` checks).
+
+    ``aliases``: the model's aliases, when the caller has read them already (else they are read here).
+    """
     client = client or make_client(settings)
     raw, manifest = _read_manifest(settings, name, version, client)
-    _verify_manifest(settings, client, name, version, raw, manifest)
+    _verify_manifest(settings, client, name, version, raw, manifest, aliases)
     return manifest
+
+
+def signature_state(manifest: dict[str, Any]) -> str:
+    """How a (verified) manifest is signed, in words: for ``models show``."""
+    if not isinstance(manifest.get(SIGNATURE), dict):
+        return "unsigned"
+    if _hmac_key() is None:
+        return f"hmac-sha256, not checked ({HMAC_KEY_VAR} is not set)"
+    return "hmac-sha256, verified"
 
 
 def _read_manifest(settings: S3Settings, name: str, version: int, client: Any) -> tuple[bytes, dict[str, Any]]:
@@ -894,7 +908,15 @@ def pull_version(settings: S3Settings, name: str, version: int, dest_dir: Path |
     return cached if dest_dir is None else _copy_out(cached, Path(dest_dir), manifest)
 
 
-def _verify_manifest(settings: S3Settings, client: Any, name: str, version: int, raw: bytes, manifest: dict[str, Any]) -> None:
+def _verify_manifest(
+    settings: S3Settings,
+    client: Any,
+    name: str,
+    version: int,
+    raw: bytes,
+    manifest: dict[str, Any],
+    aliases: list[AliasInfo] | None = None,
+) -> None:
     """Refuse a manifest changed since it was registered: its signature (with :data:`HMAC_KEY_VAR`),
     the digest every alias pointing at it pinned, and the files its layout cannot do without."""
     where = f"{name}:{version} ({settings.uri(version_key(settings, name, version) + MANIFEST)})"
@@ -911,7 +933,7 @@ def _verify_manifest(settings: S3Settings, client: Any, name: str, version: int,
                 )
             )
     digest = hashlib.sha256(raw).hexdigest()
-    for info in list_aliases(settings, name, client):
+    for info in list_aliases(settings, name, client) if aliases is None else aliases:
         if info.version == version and info.manifest_sha256 not in (None, digest):
             raise StorageError(
                 Problem(

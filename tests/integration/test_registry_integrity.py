@@ -264,6 +264,8 @@ def test_signed_manifests(s3_env: S3Settings, tmp_path: Path, shared_files: dict
     edit_manifest(s3_env, "signed", 3, lambda manifest: manifest["metrics"].update(accuracy=0.999))
     good = models_cli("pull", "signed:2")
     assert good.exit_code == 0, good.output
+    shown = models_cli("show", "signed:2")
+    assert shown.exit_code == 0 and "hmac-sha256, verified" in shown.stdout
     unsigned = models_cli("pull", "signed:1")
     assert unsigned.exit_code == 3 and "is not signed" in one_error_line(unsigned.stderr)
     changed = models_cli("pull", "signed:3")
