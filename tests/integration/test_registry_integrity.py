@@ -42,12 +42,19 @@ class SlowBlobClient:
     def __getattr__(self, name: str) -> Any:
         return getattr(self._client, name)
 
-    def put_object(self, **kwargs: Any) -> Any:
-        if "/blobs/sha256/" in kwargs["Key"]:
+    def _count(self, key: str) -> None:
+        if "/blobs/sha256/" in key:
             with self._lock:
-                self.puts[kwargs["Key"]] += 1
+                self.puts[key] += 1
             time.sleep(self._delay)
+
+    def put_object(self, **kwargs: Any) -> Any:
+        self._count(kwargs["Key"])
         return self._client.put_object(**kwargs)
+
+    def upload_file(self, **kwargs: Any) -> Any:  # multipart, above 16 MiB
+        self._count(kwargs["Key"])
+        return self._client.upload_file(**kwargs)
 
 
 def models_cli(*args: str, env: dict[str, str] | None = None):
@@ -401,6 +408,7 @@ def test_concurrent_registrations_upload_a_shared_blob_once(
     s3_settings: S3Settings, tmp_path: Path, shared_files: dict[str, bytes], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(registry, "UPLOAD_POLL_S", 0.1)
+    shared_files = {**shared_files, "large.safetensors": os.urandom(17 * MiB)}  # multipart: the other upload path
     folders = [write_files(tmp_path / f"model{i}", {**shared_files, "head.safetensors": os.urandom(1000)}) for i in range(8)]
     puts: Counter[str] = Counter()
 
@@ -413,10 +421,13 @@ def test_concurrent_registrations_upload_a_shared_blob_once(
     elapsed = time.monotonic() - started
 
     backbone = registry.blob_key(s3_settings, "shared", sha256(shared_files["backbone.safetensors"]))
-    assert puts[backbone] == 1
+    large = registry.blob_key(s3_settings, "shared", sha256(shared_files["large.safetensors"]))
+    assert puts[backbone] == 1 and puts[large] == 1
     assert all(count == 1 for count in puts.values()), puts
     assert len(puts) == len(shared_files) + len(folders)  # the shared files once, each head once
     assert sum(version.uploaded_bytes for version in registered) == sum(map(len, shared_files.values())) + 8 * 1000
     assert sorted(version.version for version in registered) == list(range(1, 9))
     assert list(iter_objects(s3_settings, s3_settings.bucket, registry.model_key(s3_settings, "shared") + registry.UPLOADS)) == []
-    print(f"\n8 concurrent registrations in {elapsed:.1f} s: {sum(puts.values())} blob PUTs, backbone {puts[backbone]}")
+    print(
+        f"\n8 concurrent registrations in {elapsed:.1f} s: {sum(puts.values())} blob uploads, 2 MiB {puts[backbone]}, 17 MiB {puts[large]}"
+    )
