@@ -75,6 +75,14 @@ class StorageError(AdaptFlowError):
     exit_code = 3
 
 
+class TransientStorageError(StorageError):
+    """A storage failure that may pass by itself: connection lost, timeout, a 5xx answer, throttling.
+
+    The only kind of error a retry policy retries; a refusal (validation, permission, a
+    conflict, a damaged object) fails the same way every time and is never retried.
+    """
+
+
 class TrainingError(AdaptFlowError):
     title = "Training failed"
     exit_code = 4

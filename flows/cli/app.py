@@ -13,10 +13,13 @@ progress bars) and never import this module.
 from __future__ import annotations
 
 import os
+import sys
 
 import typer
 from prefect.settings import temporary_settings
+from rich.markup import escape
 
+from adaptflow.flows.cli.common import console, fail
 from adaptflow.flows.cli.compare import compare_command
 from adaptflow.flows.cli.models import models_app
 from adaptflow.flows.cli.options import with_config_options
@@ -25,6 +28,10 @@ from adaptflow.flows.cli.retrain import deploy_command, retrain_command
 from adaptflow.flows.cli.run import run_command
 from adaptflow.flows.cli.stack import stack_app
 from adaptflow.infra.prefect_stack import cli_settings
+from adaptflow.tasks.errors import AdaptFlowError
+
+DEBUG_VAR = "ADAPTFLOW_DEBUG"
+"""Set to show the traceback of an internal error instead of one line."""
 
 app = typer.Typer(
     help="AdaptFlow: adapt a pre-trained language model to your task (transfer learning, partial or full "
@@ -47,7 +54,20 @@ def main() -> None:
     # be no network, and its failures print tracebacks that are not the user's problem.
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     with temporary_settings(updates=cli_settings()):
-        app()
+        try:
+            app()
+        except AdaptFlowError as exc:  # one that no command caught: still one message and its exit code
+            sys.exit(fail(exc).exit_code)
+        except Exception as exc:  # a bug, not the user's input: one line, the traceback only on request
+            if os.environ.get(DEBUG_VAR):
+                raise
+            what = escape(f"{type(exc).__name__}: {exc}")
+            console.print(
+                f"[bold red]Internal error[/]: {what} -> rerun with {DEBUG_VAR}=1 for the traceback, and report it",
+                highlight=False,
+                soft_wrap=True,
+            )
+            sys.exit(1)
 
 
 if __name__ == "__main__":

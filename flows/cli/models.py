@@ -17,20 +17,21 @@ import typer
 from rich.table import Table
 
 from adaptflow.flows.cli.common import console, out, reported
-from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.errors import ConfigError, Problem, StorageError, TransientStorageError
 from adaptflow.tasks.registry.store import (
     AliasInfo,
     append_decision,
     delete_version,
     gc,
     get_alias,
-    get_manifest,
     list_aliases,
     list_models,
     list_versions,
     pull_version,
     resolve_ref,
     set_alias,
+    signature_state,
+    verified_manifest,
 )
 from adaptflow.tasks.storage.s3 import S3Settings
 
@@ -53,13 +54,19 @@ def list_command(
 
     Examples:  adaptflow models list     adaptflow models list reviews-lora
     """
+    problems: list[StorageError] = []
     with reported():
         settings = S3Settings.resolve()
-        table = _versions_table(settings, name) if name else _models_table(settings)
-    if table.row_count == 0:
+        table = _versions_table(settings, name, problems) if name else _models_table(settings)
+    if table.row_count == 0 and not problems:
         out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
         return
-    out.print(table)
+    if table.row_count:
+        out.print(table)
+    for problem in problems:  # the versions that could be read are listed; each refused one is a line, exit code 3
+        console.print(f"[bold red]Error[/]: {problem}", highlight=False, soft_wrap=True)
+    if problems:
+        raise typer.Exit(StorageError.exit_code)
 
 
 def _models_table(settings: S3Settings) -> Table:
@@ -80,14 +87,21 @@ def _models_table(settings: S3Settings) -> Table:
     return table
 
 
-def _versions_table(settings: S3Settings, name: str) -> Table:
-    aliases = _aliases_by_version(list_aliases(settings, name))
+def _versions_table(settings: S3Settings, name: str, problems: list[StorageError]) -> Table:
+    every_alias = list_aliases(settings, name)
+    aliases = _aliases_by_version(every_alias)
     table = Table(title=f"Versions of {name}", title_style="bold")
     for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
         justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
         table.add_column(column, justify=justify, no_wrap=True)
     for info in list_versions(settings, name):
-        manifest = get_manifest(settings, name, info.version)
+        try:
+            manifest = verified_manifest(settings, name, info.version, aliases=every_alias)
+        except TransientStorageError:
+            raise  # the server, not this version
+        except StorageError as exc:
+            problems.append(exc)
+            continue
         metrics = manifest.get("metrics", {})
         table.add_row(
             str(info.version),
@@ -110,8 +124,9 @@ def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
     with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
-        manifest = get_manifest(settings, name, version)
-        aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
+        every_alias = list_aliases(settings, name)
+        manifest = verified_manifest(settings, name, version, aliases=every_alias)
+        aliases = _aliases_by_version(every_alias).get(version, [])
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))
     out.print(_files_table(manifest))
@@ -137,6 +152,7 @@ def _summary_rows(manifest: dict[str, Any]) -> list[tuple[str, Any]]:
     packages = manifest.get("package_versions", {})
     return [
         ("registered", manifest.get("registered_at")),
+        ("signature", signature_state(manifest)),
         ("strategy", manifest.get("strategy")),
         ("task", manifest.get("task")),
         ("loads with", _loads_with(manifest)),
@@ -350,17 +366,17 @@ def delete_command(
 @models_app.command("gc")
 def gc_command(
     name: Optional[str] = typer.Argument(None, help="Only this model. Empty: every model."),
-    grace_hours: float = typer.Option(
-        1.0, "--grace-hours", min=0, help="Leave anything younger than this alone (must exceed the longest registration)."
-    ),
+    grace_hours: float = typer.Option(1.0, "--grace-hours", min=0, help="Leave anything younger than this alone."),
     dry_run: bool = typer.Option(False, "--dry-run", help="Only say what would be removed."),
+    force: bool = typer.Option(False, "--force", help="Allow a grace period under the safe minimum (10 minutes)."),
 ) -> None:
     """Reclaim space: remove abandoned registrations and files that no registered version uses.
 
-    Safe to run while others register: files of registrations in progress and of every committed version are kept.
+    Safe to run while others register: a running registration keeps renewing its claim, and its files and those of every
+    committed version are kept. A model with a damaged object is skipped and reported (exit code 3); the others are cleaned.
     """
     with reported():
-        report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run)
+        report = gc(S3Settings.resolve(), name, grace_seconds=grace_hours * 3600, dry_run=dry_run, force=force)
     verb = "would remove" if dry_run else "removed"
     out.print(
         f"{verb}: {len(report.removed_versions)} abandoned registration(s), {len(report.removed_blobs)} unused "
@@ -372,6 +388,10 @@ def gc_command(
         out.print(f"  unused file {blob}", highlight=False, soft_wrap=True)
     for reason in report.skipped:
         out.print(f"[yellow]skipped[/]: {reason}", highlight=False)
+    if report.broken:
+        for problem in report.broken:
+            console.print(f"[bold red]Error[/]: not cleaned: {problem}", highlight=False, soft_wrap=True)
+        raise typer.Exit(StorageError.exit_code)
 
 
 # ---- formatting -------------------------------------------------------------------------

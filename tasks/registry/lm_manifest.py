@@ -23,7 +23,7 @@ from adaptflow.tasks.evaluation.classification import METRICS_FILE
 from adaptflow.tasks.registry.card import dataset_name
 from adaptflow.tasks.registry.hf_folder import FOLDER_LAYOUT, write_lm_folder
 from adaptflow.tasks.registry.manifest import add_adaptflow_files, fresh_version_folder, version_manifest
-from adaptflow.tasks.registry.store import RegisteredVersion, register_version
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version, retry_transient
 from adaptflow.tasks.storage.s3 import S3Settings
 
 
@@ -101,7 +101,7 @@ def register_lm_run(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_
     return register_version(settings, cfg.model_name(), folder, manifest)
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def register_lm_task(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path) -> RegisteredVersion:
     """Upload the language-model run as the next version of its model; the manifest is written last."""
     version = register_lm_run(cfg, run_dir, data_manifest, model_path, S3Settings.resolve())

@@ -28,7 +28,7 @@ from adaptflow.tasks.evaluation.classification import EVALUATION_FILE, METRICS_F
 from adaptflow.tasks.modeling import folder_digest
 from adaptflow.tasks.registry.card import code_version, model_card, package_versions
 from adaptflow.tasks.registry.hf_folder import ADAPTFLOW_DIR, FOLDER_LAYOUT, write_classifier_folder
-from adaptflow.tasks.registry.store import RegisteredVersion, register_version
+from adaptflow.tasks.registry.store import RegisteredVersion, register_version, retry_transient
 from adaptflow.tasks.storage.s3 import S3Settings
 
 TRAINING_KEYS = (
@@ -143,7 +143,7 @@ def register_run(
     return register_version(settings, cfg.model_name(), folder, manifest)
 
 
-@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5)
+@task(name="register", cache_policy=NO_CACHE, retries=2, retry_delay_seconds=5, retry_condition_fn=retry_transient)
 def register_task(cfg: AdaptConfig, run_dir: Path, data_manifest: dict, model_path: Path, evaluation_markdown: str) -> RegisteredVersion:
     """Upload the run as the next version of its model; the manifest is written last."""
     version = register_run(cfg, run_dir, data_manifest, model_path, evaluation_markdown, S3Settings.resolve())

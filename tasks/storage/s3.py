@@ -32,7 +32,7 @@ from botocore.exceptions import (
 )
 from botocore.exceptions import ConnectionError as BotoConnectionError
 
-from adaptflow.tasks.errors import Problem, StorageError
+from adaptflow.tasks.errors import Problem, StorageError, TransientStorageError
 from adaptflow.tasks.storage.settings import (
     DEFAULT_BUCKET,
     ENDPOINT_VARS,  # noqa: F401  (re-exported: importers name it from here)
@@ -54,6 +54,7 @@ _REJECTED_KEY_CODES = {
 }
 _DENIED_CODES = {"AccessDenied", "AllAccessDisabled", "403", "Forbidden"}
 _NOT_FOUND_CODES = {"NoSuchKey", "404", "NotFound"}
+_TRANSIENT_CODES = {"SlowDown", "Throttling", "ThrottlingException", "RequestTimeout", "ServiceUnavailable", "InternalError"}
 _MIB = 1 << 20
 
 TRANSFER_CONFIG = TransferConfig(multipart_threshold=16 * _MIB, multipart_chunksize=8 * _MIB, max_concurrency=4)
@@ -100,18 +101,39 @@ def storage_errors(action: str, target: str, endpoint: str | None = None) -> Ite
 
 
 def translate_error(exc: BaseException, action: str, target: str, endpoint: str | None = None) -> StorageError:
-    """The :class:`StorageError` a user should see for a boto3/botocore exception."""
+    """The :class:`StorageError` a user should see for a boto3/botocore exception.
+
+    Failures that may pass by themselves (connection lost, timeout, 5xx, throttling) are
+    :class:`TransientStorageError`, the only kind worth retrying.
+    """
     exc = _unwrap(exc)
     where = f"{target} at {endpoint or 'AWS S3'}"
     if isinstance(exc, (NoCredentialsError, PartialCredentialsError)):
         return StorageError(Problem(where, f"cannot {action}: no S3 credentials found", KEYS_FIX))
     if isinstance(exc, ReadTimeoutError):
-        return StorageError(Problem(where, f"cannot {action}: the server did not answer in time", UNREACHABLE_FIX))
+        return TransientStorageError(Problem(where, f"cannot {action}: the server did not answer in time", UNREACHABLE_FIX))
     if isinstance(exc, (BotoConnectionError, ConnectionClosedError)):
-        return StorageError(Problem(where, f"cannot {action}: the S3 endpoint is unreachable", UNREACHABLE_FIX))
+        return TransientStorageError(Problem(where, f"cannot {action}: the S3 endpoint is unreachable", UNREACHABLE_FIX))
     if isinstance(exc, ClientError):
-        return StorageError(_client_error_problem(exc, action, target, where))
+        kind = TransientStorageError if is_transient(exc) else StorageError
+        return kind(_client_error_problem(exc, action, target, where))
     return StorageError(Problem(where, f"cannot {action}: {exc}"))
+
+
+def is_transient(exc: ClientError) -> bool:
+    """An S3 answer that may differ on a retry: a 5xx status or throttling."""
+    status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode") or 0
+    return status >= 500 or status == 429 or str(exc.response.get("Error", {}).get("Code", "")) in _TRANSIENT_CODES
+
+
+def is_s3_answer(exc: ClientError) -> bool:
+    """The error came from an S3 server: an S3 error code, or the ``x-amz-*`` headers every S3 server sends.
+
+    A plain web server's 404 (a wrong endpoint URL) carries neither, and must not read as a missing object.
+    """
+    code = str(exc.response.get("Error", {}).get("Code", ""))
+    headers = exc.response.get("ResponseMetadata", {}).get("HTTPHeaders", {})
+    return (bool(code) and not code.isdigit()) or any(header.lower().startswith("x-amz-") for header in headers)
 
 
 def _unwrap(exc: BaseException) -> BaseException:
@@ -128,6 +150,12 @@ def _client_error_problem(exc: ClientError, action: str, target: str, where: str
     code = str(error.get("Code", ""))
     status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
     bucket, key = _split_target(target)
+    if status == 404 and not is_s3_answer(exc):
+        return Problem(
+            where,
+            f"cannot {action}: the endpoint answered HTTP 404 without any S3 error, so it is not an S3 server",
+            "set ADAPTFLOW_S3_ENDPOINT_URL to the S3 API's address (the local stack's: `adaptflow stack env`)",
+        )
     if code in _REJECTED_KEY_CODES:
         return Problem(where, f"cannot {action}: the S3 server rejected the credentials ({code})", KEYS_FIX)
     if code in _DENIED_CODES or status == 403:

@@ -132,13 +132,15 @@ def test_gc_reports_what_it_removes(models: S3Settings) -> None:
     registry.delete_version(models, "reviews", 2)
     time.sleep(1.1)  # S3 times have one-second resolution
 
-    dry = models_cli("gc", "reviews", "--grace-hours", "0", "--dry-run")
+    refused = models_cli("gc", "reviews", "--grace-hours", "0")
+    assert refused.exit_code == 2 and "below the safe minimum" in refused.stderr and "--force" in refused.stderr
+    dry = models_cli("gc", "reviews", "--grace-hours", "0", "--dry-run", "--force")
     assert dry.exit_code == 0, dry.output
     assert "would remove: 0 abandoned registration(s), 3 unused file(s)" in dry.stdout
     assert tmp_blob["sha256"] in dry.stdout
-    done = models_cli("gc", "--grace-hours", "0")
+    done = models_cli("gc", "--grace-hours", "0", "--force")
     assert done.exit_code == 0 and "removed: 0 abandoned registration(s), 3 unused file(s)" in done.stdout
-    assert "0 unused file(s)" in models_cli("gc", "--grace-hours", "0").stdout
+    assert "0 unused file(s)" in models_cli("gc", "--grace-hours", "0", "--force").stdout
 
 
 def test_errors_are_one_message_with_an_exit_code(models: S3Settings) -> None:

@@ -11,6 +11,7 @@ import time
 from collections import Counter
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
+from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -221,8 +222,9 @@ def test_concurrent_registrations_get_distinct_complete_versions(s3_settings: S3
     assert sum(r.uploaded_bytes for r in registered) == registered[0].total_bytes
 
 
-def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path) -> None:
+def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """The S3 server dies during a multipart upload: nothing listed; after a restart the retry commits."""
+    monkeypatch.setattr(registry, "CLAIM_LEASE", registry.CLAIM_LEASE)
     stack = LocalS3Stack(tmp_path / "home")
     stack.up(timeout=90)
     try:
@@ -260,7 +262,9 @@ def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path)
         assert (pulled / "backbone/model.safetensors").read_bytes() == big
 
         # the claim the dead server kept and the unfinished multipart upload are cleaned up; nothing needed goes
-        report = registry.gc(restarted, "crashy", grace_seconds=0)
+        registry.CLAIM_LEASE = timedelta(seconds=1)  # restored by the monkeypatch: the dead registration's claim has expired
+        time.sleep(1.1)
+        report = registry.gc(restarted, "crashy", grace_seconds=0, force=True)
         assert report.removed_versions == [f"crashy:{v}" for v in range(1, retried.version)]
         assert report.removed_blobs == [] and report.aborted_uploads == 1
         registry.pull_version(restarted, "crashy", retried.version, tmp_path / "after-gc")
@@ -269,7 +273,7 @@ def test_server_stopped_mid_upload_then_retry(weed_binary: Path, tmp_path: Path)
 
 
 def test_refusals_happen_before_any_write(s3_settings: S3Settings, model_dir: Path, tmp_path: Path) -> None:
-    with pytest.raises(StorageError, match="not a valid registry name"):
+    with pytest.raises(ConfigError, match="not a valid registry name"):
         registry.register_version(s3_settings, "../escape", model_dir, {})
     with pytest.raises(StorageError, match="secret"):
         registry.register_version(s3_settings, "leaky", model_dir, {"env": {"key": s3_settings.secret_access_key}})
@@ -330,7 +334,7 @@ def test_alias_needs_a_committed_version(s3_settings: S3Settings, model_dir: Pat
         with pytest.raises(StorageError, match=f"no registered version {version}"):
             registry.set_alias(s3_settings, "pending", "champion", version, expected_etag=None)
     assert registry.get_alias(s3_settings, "pending", "champion") is None
-    with pytest.raises(StorageError, match="not a valid registry name"):
+    with pytest.raises(ConfigError, match="not a valid registry name"):
         registry.set_alias(s3_settings, "pending", "../up", 1, expected_etag=None)
 
 
@@ -355,7 +359,7 @@ def test_resolve_ref(s3_settings: S3Settings, model_dir: Path) -> None:
         with pytest.raises(ConfigError, match="model reference"):
             registry.resolve_ref(s3_settings, bad)
     for bad in ("../refs", "Refs", "refs@../x"):
-        with pytest.raises(StorageError, match="not a valid registry name"):
+        with pytest.raises(ConfigError, match="not a valid registry name"):
             registry.resolve_ref(s3_settings, bad)
 
 
@@ -388,7 +392,10 @@ def test_delete_version_refused_while_aliased(s3_settings: S3Settings, model_dir
     assert len(_blob_keys(s3_settings, "doomed")) == len(MODEL_FILES)
 
 
-def test_gc_removes_abandoned_registrations_after_the_grace_period(s3_settings: S3Settings, model_dir: Path, tmp_path: Path) -> None:
+def test_gc_removes_abandoned_registrations_after_the_grace_period(
+    s3_settings: S3Settings, model_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(registry, "CLAIM_LEASE", timedelta(seconds=5))  # claims that nothing renews: both leases run out
     registry.register_version(s3_settings, "claims", model_dir, {})
     client = make_client(s3_settings)
     abandoned = registry.claim_next_version(s3_settings, "claims", client)  # a registration that died
@@ -397,11 +404,11 @@ def test_gc_removes_abandoned_registrations_after_the_grace_period(s3_settings: 
 
     # grace 5 s: the abandoned claim is 8+ s old, the fresh one stays younger through both gc passes
     # even on a loaded machine (with 2 s, a slow dry run aged it past the grace period)
-    dry = registry.gc(s3_settings, "claims", grace_seconds=5, dry_run=True)
+    dry = registry.gc(s3_settings, "claims", grace_seconds=5, dry_run=True, force=True)
     assert dry.removed_versions == [f"claims:{abandoned}"]
     assert registry.version_key(s3_settings, "claims", abandoned) + registry.CLAIM in _all_keys(s3_settings)
 
-    report = registry.gc(s3_settings, "claims", grace_seconds=5)
+    report = registry.gc(s3_settings, "claims", grace_seconds=5, force=True)
     assert report.removed_versions == [f"claims:{abandoned}"]
     assert report.skipped == [f"claims: registration of version {fresh} in progress; blobs not swept"]
     keys = _all_keys(s3_settings)
@@ -421,11 +428,11 @@ def test_gc_removes_unreferenced_blobs_after_the_grace_period(s3_settings: S3Set
     time.sleep(1.1)  # S3 times have one-second resolution
 
     assert registry.gc(s3_settings, "blobs", grace_seconds=3600).removed_blobs == []  # too young
-    dry = registry.gc(s3_settings, "blobs", grace_seconds=0, dry_run=True)
+    dry = registry.gc(s3_settings, "blobs", grace_seconds=0, dry_run=True, force=True)
     assert (dry.removed_blobs, dry.freed_bytes) == ([s3_settings.uri(orphan)], len(only_in_v2))
     assert orphan in _blob_keys(s3_settings, "blobs")
 
-    report = registry.gc(s3_settings, "blobs", grace_seconds=0)
+    report = registry.gc(s3_settings, "blobs", grace_seconds=0, force=True)
     assert (report.removed_blobs, report.freed_bytes, report.skipped) == ([s3_settings.uri(orphan)], len(only_in_v2), [])
     assert len(_blob_keys(s3_settings, "blobs")) == len(MODEL_FILES)
     pulled = registry.pull_version(s3_settings, "blobs", 1, tmp_path / "pulled")

@@ -80,4 +80,4 @@ def test_retrain_trains_only_when_data_changed_and_promotes_only_when_better(pre
 
 def test_bad_model_name_fails_before_any_work(prefect_api):
     outcome = CliRunner().invoke(app, ["retrain", "--data", "x.csv", "--model-name", "Bad/Name"])
-    assert outcome.exit_code == 3 and "not a valid registry name" in outcome.output
+    assert outcome.exit_code == 2 and "not a valid registry name" in outcome.output  # configuration, not storage
