@@ -80,10 +80,14 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
         found.append(exc)
         model_path = None
     if is_language_model_run(cfg):
-        if cfg.launch.launcher == "pytorchjob":
+        if cfg.launch.launcher in ("trainjob", "pytorchjob"):
             found.append(
                 ConfigError(
-                    Problem("launch.launcher", "'pytorchjob' does not run language-model training yet", "use 'local' or 'multinode'")
+                    Problem(
+                        "launch.launcher",
+                        f"{cfg.launch.launcher!r} does not run language-model training yet",
+                        "use 'local' or 'multinode'",
+                    )
                 )
             )
         problems = check_lm_config(cfg, info.is_decoder) if model_path is not None and info is not None else []

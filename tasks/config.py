@@ -218,13 +218,15 @@ LM_FIELDS_MOVED_FROM = {
 class LaunchConfig(_Frozen):
     """Where and how the training processes run."""
 
-    launcher: Literal["local", "multinode", "pytorchjob"] = Field(
+    launcher: Literal["local", "multinode", "trainjob", "pytorchjob"] = Field(
         "local",
         description="'local': all training processes on this machine (torchrun, or `accelerate launch` with "
         "accelerate_config). 'multinode': this machine is node `node_rank` of `nnodes`; the same torchrun "
         "agent runs on every node (started by srun on Slurm, or by hand) and meets the others at "
-        "master_addr:master_port. 'pytorchjob': the train task creates a Kubeflow PyTorchJob of `nnodes` pods "
-        "(infra/k8s/pytorchjob.yaml) and follows it; work_dir must be on the shared volume k8s_work_claim.",
+        "master_addr:master_port (elastic with min_nodes/max_nodes). 'trainjob': the train task creates a "
+        "Kubeflow Trainer v2 TrainJob of `nnodes` pods on the k8s_runtime runtime (infra/k8s/trainjob.yaml) and "
+        "follows it. 'pytorchjob': the same for clusters still on the v1 training operator (PyTorchJob, "
+        "infra/k8s/pytorchjob.yaml). On Kubernetes, work_dir must be on the shared volume k8s_work_claim.",
     )
     num_processes: int = Field(
         1, ge=1, le=1024, description="Training processes per node (data parallel). On CPU they use gloo; on GPUs, one per GPU."
@@ -238,12 +240,34 @@ class LaunchConfig(_Frozen):
     node_rank: int = Field(0, ge=0, description="This machine's rank among the nodes; node 0 hosts the rendezvous and writes the outputs.")
     master_addr: str | None = Field(None, description="Address of node 0 as the other nodes reach it ('multinode' launcher).")
     master_port: int = Field(29500, ge=1024, le=65535, description="Rendezvous port on node 0.")
-    k8s_namespace: str = Field("adaptflow", description="Kubernetes namespace of the PyTorchJob ('pytorchjob' launcher).")
-    k8s_image: str = Field("adaptflow-train:latest", description="Training image (infra/Dockerfile) for the PyTorchJob pods.")
+    min_nodes: int | None = Field(
+        None,
+        ge=1,
+        le=4096,
+        description="'multinode' only: make the run elastic (torchrun's c10d rendezvous). It starts once "
+        "min_nodes have joined and carries on while at least min_nodes remain; a node that drops out and comes "
+        "back rejoins, and the workers resume from the last checkpoint. Empty: a fixed group of nnodes.",
+    )
+    max_nodes: int | None = Field(None, ge=1, le=4096, description="'multinode', elastic: the most nodes that may join (default: nnodes).")
+    max_restarts: int = Field(
+        0,
+        ge=0,
+        le=100,
+        description="'multinode': times torchrun's agent restarts the workers after a failure or a change of "
+        "nodes before it gives up (elastic runs need at least 1; set training.checkpoint_every so a restart "
+        "resumes instead of starting over).",
+    )
+    k8s_namespace: str = Field("adaptflow", description="Kubernetes namespace of the TrainJob or PyTorchJob.")
+    k8s_image: str = Field("adaptflow-train:latest", description="Training image (infra/Dockerfile) for the training pods.")
+    k8s_runtime: str = Field(
+        "torch-distributed",
+        description="'trainjob': the ClusterTrainingRuntime the TrainJob runs on: Kubeflow's own 'torch-distributed', "
+        "or 'adaptflow-torch' from infra/k8s/torch-runtime.yaml.",
+    )
     k8s_work_claim: str = Field(
         "adaptflow-work", description="ReadWriteMany volume claim holding work_dir, mounted at the same path in every pod."
     )
-    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs requested by each PyTorchJob pod (0: CPU pods).")
+    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs requested by each training pod on Kubernetes (0: CPU pods).")
     retries: int = Field(
         1,
         ge=0,
@@ -261,9 +285,29 @@ class LaunchConfig(_Frozen):
             problems.append("launch.nnodes must be at least 2 with the 'multinode' launcher")
         if self.node_rank >= self.nnodes:
             problems.append(f"launch.node_rank {self.node_rank} must be below launch.nnodes {self.nnodes}")
+        if (self.min_nodes or self.max_nodes) and self.launcher != "multinode":
+            problems.append("launch.min_nodes/max_nodes make a 'multinode' run elastic: use them with that launcher")
+        elif self.elastic:
+            low, high = self.node_range
+            if not low <= self.nnodes <= high:
+                problems.append(f"launch.nnodes {self.nnodes} must lie between min_nodes {low} and max_nodes {high}")
+            if self.max_restarts < 1:
+                problems.append("an elastic run needs launch.max_restarts of at least 1 to take a node back")
+            if self.accelerate_config:
+                problems.append("an elastic run is started by torchrun: leave launch.accelerate_config empty")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    @property
+    def elastic(self) -> bool:
+        """A 'multinode' run whose membership may change (c10d rendezvous)."""
+        return self.launcher == "multinode" and (self.min_nodes is not None or self.max_nodes is not None)
+
+    @property
+    def node_range(self) -> tuple[int, int]:
+        """The fewest and the most nodes of an elastic run."""
+        return (self.min_nodes or self.nnodes, self.max_nodes or self.nnodes)
 
 
 class RegistryConfig(_Frozen):

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import json
 import os
-import re
 import shlex
-import string
 import subprocess
 import sys
-import time
 from collections import deque
 from pathlib import Path
 from typing import Callable
 
 import torch
-import yaml
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
@@ -34,6 +30,7 @@ from adaptflow.tasks.modeling import cpu_threads_per_process
 from adaptflow.tasks.storage.s3 import S3Settings
 from adaptflow.tasks.training.checkpoints import CheckpointMirror
 from adaptflow.tasks.training.engine import EVENT_PREFIX, RunSpec
+from adaptflow.tasks.training.kubernetes import KUBERNETES_LAUNCHERS, job_name, render_job
 
 Event = dict
 EventSink = Callable[[Event], None]
@@ -104,6 +101,32 @@ def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = No
             ]
         return command + worker
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.num_processes)]
+    if launch.elastic:
+        # c10d rendezvous: ranks are handed out at every (re)join, so no node rank. Node 0 (the
+        # flow's machine, at master_addr) hosts the rendezvous store: said explicitly, because
+        # torchrun's guess (does master_addr name this host?) misses addresses on secondary NICs.
+        # Whichever node gets global rank 0 writes the outputs to the shared run folder. A
+        # restarted group resumes from the run's newest checkpoint.
+        low, high = launch.node_range
+        rendezvous = [
+            "--nnodes",
+            f"{low}:{high}",
+            "--rdzv-backend",
+            "c10d",
+            "--rdzv-endpoint",
+            f"{launch.master_addr}:{launch.master_port}",
+            "--rdzv-id",
+            spec_path.parent.name,
+            "--rdzv-conf",
+            f"is_host={int(rank == 0)}",
+            "--max-restarts",
+            str(launch.max_restarts),
+        ]
+        if rank == 0:
+            # The address the workers of a group led by this node meet at. Other nodes use their
+            # hostname's address; where it is not the one the others reach, set PET_LOCAL_ADDR there.
+            rendezvous += ["--local-addr", str(launch.master_addr)]
+        return torchrun + rendezvous + worker
     if multinode:
         # Static rendezvous: node ranks are fixed, so node 0 (where the flow runs) holds global rank 0.
         rendezvous = [
@@ -116,111 +139,13 @@ def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = No
             "--master-port",
             str(launch.master_port),
         ]
-        return torchrun + rendezvous + ["--max-restarts", "0"] + worker
+        return torchrun + rendezvous + ["--max-restarts", str(launch.max_restarts)] + worker
     if launch.num_processes == 1:
         return [sys.executable, *worker]
     return torchrun + ["--standalone", "--nnodes", "1"] + worker
 
 
-PYTORCHJOB_TEMPLATE = asset("adaptflow.infra", "k8s", "pytorchjob.yaml")
-
-
-def job_name(run_dir: Path) -> str:
-    """A Kubernetes name (DNS-1123) for the run."""
-    return re.sub(r"[^a-z0-9-]", "-", f"adaptflow-{run_dir.name}".lower())[:63].strip("-")
-
-
-def render_pytorchjob(cfg: AdaptConfig, spec_path: Path, name: str) -> dict:
-    """The PyTorchJob of infra/k8s/pytorchjob.yaml for this run: nnodes pods of num_processes each."""
-    launch = cfg.launch
-    text = string.Template(PYTORCHJOB_TEMPLATE.read_text()).substitute(
-        JOB_NAME=name,
-        NAMESPACE=launch.k8s_namespace,
-        PROCS_PER_NODE=launch.num_processes,
-        IMAGE=launch.k8s_image,
-        RUN_SPEC=str(spec_path),
-        GPUS_PER_NODE=launch.gpus_per_node,
-        WORK_DIR=str(cfg.resolved_work_dir()),
-        WORK_CLAIM=launch.k8s_work_claim,
-        WORKERS=launch.nnodes - 1,
-        ACCELERATE_USE_CPU="true" if launch.gpus_per_node == 0 else "false",
-    )
-    job = yaml.safe_load(text)
-    replicas = job["spec"]["pytorchReplicaSpecs"]
-    if launch.nnodes == 1:
-        del replicas["Worker"]
-    for spec in replicas.values():
-        container = spec["template"]["spec"]["containers"][0]
-        if launch.gpus_per_node == 0:
-            container.pop("resources")
-        else:
-            container["resources"]["limits"]["nvidia.com/gpu"] = launch.gpus_per_node
-    return job
-
-
-class PyTorchJob:
-    """A Kubeflow PyTorchJob driven through kubectl: create, wait for the master pod, follow its log, read the outcome."""
-
-    def __init__(self, job: dict, poll_s: float = 2.0, timeout_s: float = 1800.0):
-        self.job = job
-        self.name = job["metadata"]["name"]
-        self.namespace = job["metadata"]["namespace"]
-        self.poll_s, self.timeout_s = poll_s, timeout_s
-
-    def _kubectl(self, *args: str, stdin: str | None = None) -> str:
-        try:
-            done = subprocess.run(["kubectl", "-n", self.namespace, *args], input=stdin, capture_output=True, text=True, timeout=120)
-        except FileNotFoundError:
-            raise TrainingError(
-                Problem("launch.launcher", "'pytorchjob' needs kubectl on the PATH", "install kubectl and configure access to the cluster")
-            ) from None
-        if done.returncode != 0:
-            raise TrainingError(
-                Problem(
-                    f"kubectl {args[0]} {self.name}",
-                    done.stderr.strip() or done.stdout.strip(),
-                    "check the cluster, the namespace and the training operator",
-                )
-            )
-        return done.stdout.strip()
-
-    def submit(self) -> None:
-        self._kubectl("apply", "-f", "-", stdin=json.dumps(self.job))
-
-    def _poll(self, read, done: set[str], what: str) -> str:
-        deadline = time.monotonic() + self.timeout_s
-        while time.monotonic() < deadline:
-            value = read()
-            if value in done:
-                return value
-            time.sleep(self.poll_s)
-        raise TrainingError(
-            Problem(
-                f"PyTorchJob {self.name}", f"{what} did not happen within {self.timeout_s:.0f} s", "look at `kubectl describe pytorchjob`"
-            )
-        )
-
-    def wait_for_master(self) -> None:
-        self._poll(
-            lambda: self._kubectl("get", "pod", f"{self.name}-master-0", "--ignore-not-found", "-o", "jsonpath={.status.phase}"),
-            {"Running", "Succeeded", "Failed"},
-            "the master pod starting",
-        )
-
-    def logs_command(self) -> list[str]:
-        return ["kubectl", "-n", self.namespace, "logs", "-f", f"{self.name}-master-0"]
-
-    def outcome(self) -> int:
-        """0 when the job succeeded, 1 when it failed."""
-        state = self._poll(
-            lambda: self._kubectl("get", "pytorchjob", self.name, "-o", "jsonpath={.status.conditions[-1:].type}"),
-            {"Succeeded", "Failed"},
-            "the job finishing",
-        )
-        return 0 if state == "Succeeded" else 1
-
-
-NODE_ENV = ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED")
+NODE_ENV = ("ACCELERATE_USE_CPU", "OMP_NUM_THREADS", "TOKENIZERS_PARALLELISM", "PYTHONUNBUFFERED", "TORCH_DISABLE_SHARE_RDZV_TCP_STORE")
 
 
 def other_node_commands(cfg: AdaptConfig, spec_path: Path, module: str = WORKER_MODULE) -> list[str]:
@@ -246,6 +171,11 @@ def worker_env(cfg: AdaptConfig) -> dict[str, str]:
     env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_process(cfg.launch.num_processes)))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
+    if cfg.launch.elastic:
+        # torch 2.13 keeps the first round's master address when the group re-forms, but writes it
+        # only under the first round's keys: a node that (re)joins later waits for it forever. Without
+        # the shared store every round publishes its own address.
+        env["TORCH_DISABLE_SHARE_RDZV_TCP_STORE"] = "1"
     if not torch.cuda.is_available():
         # What `accelerate launch --cpu` sets: several processes on CPU form a gloo group (MULTI_CPU).
         env.setdefault("ACCELERATE_USE_CPU", "true")
@@ -274,11 +204,11 @@ def run_training(
             on_line(f"restored checkpoint {restored.name} from {mirror.uri}")
     (run_dir / "config.json").write_text(cfg.to_json())
     job = None
-    if cfg.launch.launcher == "pytorchjob":
-        job = PyTorchJob(render_pytorchjob(cfg, spec_path, job_name(run_dir)))
+    if cfg.launch.launcher in KUBERNETES_LAUNCHERS:
+        job = render_job(cfg, spec_path, job_name(run_dir))
         job.submit()
-        on_line(f"created PyTorchJob {job.name} ({cfg.launch.nnodes} pod(s)); waiting for its master pod")
-        job.wait_for_master()
+        on_line(f"created {job.kind} {job.name} ({cfg.launch.nnodes} node(s)); waiting for its first node's pod")
+        job.wait_for_leader()
         command = job.logs_command()
     else:
         command = launch_command(cfg, spec_path, module=module)

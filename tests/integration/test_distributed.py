@@ -205,3 +205,72 @@ def test_two_node_run_completes_and_registers_one_version(second_host, s3_env, t
     assert metrics["num_processes"] == 2  # world size across both hosts
     assert "--node-rank 1" in line
     assert [v.version for v in list_versions(s3_env, "two-nodes")] == [1]
+
+
+def test_elastic_run_takes_back_a_node_that_dropped_out(second_host, tiny_bert_dir, reviews_csv, tmp_path, monkeypatch):
+    """Elastic torchrun (c10d, 1:2 nodes): node 1 is killed mid-run and started again; it rejoins
+    and the run ends with both nodes, resumed from its last checkpoint."""
+    monkeypatch.setenv("GLOO_SOCKET_IFNAME", second_host["host_if"])
+    raw = tiny_config(
+        tiny_bert_dir,
+        reviews_csv,
+        tmp_path / "work",
+        training={"max_steps": 40, "checkpoint_every": 4, "log_every": 1},
+        launch={
+            "launcher": "multinode",
+            "nnodes": 2,
+            "min_nodes": 1,
+            "max_restarts": 3,
+            "master_addr": second_host["host_addr"],
+            "master_port": _free_port(),
+        },
+    )
+    cfg = load_config(raw)
+    prepared = prepare_data(cfg.data, tiny_bert_dir, tmp_path / "work")
+    run_dir = tmp_path / "work" / "runs" / "elastic" / "20261203T000000Z-elastic"
+    lines: list[str] = []
+    outcome: dict = {}
+
+    def node0() -> None:
+        try:
+            outcome["metrics"] = run_training(cfg, prepared.path, tiny_bert_dir, run_dir, on_line=lines.append)
+        except Exception as exc:  # reported by the assertion below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=node0)
+    thread.start()
+    (line,) = _wait_for(
+        lambda: (run_dir / "node_commands.txt").is_file() and (run_dir / "node_commands.txt").read_text().splitlines(), 60, "node commands"
+    )
+    assert "--rdzv-backend c10d" in line and "--nnodes 1:2" in line
+    # PET_LOCAL_ADDR: the address the others reach this node at (its hostname names the first host's)
+    node1_env = [f"GLOO_SOCKET_IFNAME={second_host['peer_if']}", f"PET_LOCAL_ADDR={second_host['peer_addr']}"]
+    node1_command = ["ip", "netns", "exec", second_host["ns"], "env", *node1_env, *shlex.split(line)]
+    first_log = (tmp_path / "node1.log").open("w")
+    node1 = subprocess.Popen(node1_command, stdout=first_log, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_for(lambda: list(run_dir.glob("checkpoints/step-*/loop_state.json")) or node1.poll() is not None, 180, "the first checkpoint")
+        assert node1.poll() is None, (tmp_path / "node1.log").read_text()[-3000:]
+        # the whole node at once: its agent and its worker (torchrun starts workers in sessions of their own)
+        for proc in [psutil.Process(node1.pid), *psutil.Process(node1.pid).children(recursive=True)]:
+            proc.kill()
+        node1.wait(10)
+        killed_at = time.monotonic()
+        # node 0 alone (min_nodes 1): its agent restarts its worker, which resumes from the checkpoint
+        _wait_for(lambda: any("resuming from checkpoint" in line for line in lines), 240, "node 0 carrying on alone")
+        log1 = tmp_path / "node1-again.log"
+        with log1.open("w") as out:
+            again = subprocess.Popen(node1_command, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+            assert again.wait(300) == 0, log1.read_text()[-3000:]
+        thread.join(300)
+    finally:
+        for proc in (node1, locals().get("again")):
+            if proc is not None and proc.poll() is None:
+                os.killpg(proc.pid, signal.SIGKILL)
+    assert "error" not in outcome, outcome.get("error")
+    metrics = outcome["metrics"]
+    assert metrics["steps"] == 40 and metrics["num_processes"] == 2  # finished with both nodes again
+    assert metrics["resumed_from_step"] is not None and metrics["resumed_from_step"] >= 4
+    print(
+        f"elastic: node 1 back and the run finished {time.monotonic() - killed_at:.1f} s after the kill; resumed from step {metrics['resumed_from_step']}"
+    )

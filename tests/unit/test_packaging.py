@@ -61,6 +61,8 @@ def test_the_wheel_installs_only_the_adaptflow_namespace(wheel_files):
         "adaptflow/tasks/reference/general_text.txt",
         "adaptflow/infra/accelerate/ddp.yaml",
         "adaptflow/infra/k8s/pytorchjob.yaml",
+        "adaptflow/infra/k8s/trainjob.yaml",
+        "adaptflow/infra/k8s/torch-runtime.yaml",
         "adaptflow/infra/k8s/gpu-work-pool.json",
         "adaptflow/infra/Dockerfile",
         "adaptflow/deployments/prefect.yaml",
