@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import json
 import shutil
+import threading
+import time
 from pathlib import Path
 
+import psutil
 import pytest
 
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.data.lm import prepare_lm_data
+from adaptflow.tasks.errors import TrainingError
 from adaptflow.tasks.training.launch import run_training
 
 TERMS = ["patient", "dose", "tablet", "symptom", "clinic", "diagnosis", "therapy", "infection", "insulin", "ward"]
@@ -78,3 +82,42 @@ def test_lm_run_stops_early_and_on_its_time_limit(tiny_gpt2_dir, sft_data, tmp_p
     assert timed["stopped_by_time"] is True and timed["steps"] == 1
     assert any(e.get("message", "").startswith("time limit: stopping at step 1") for e in events)
     assert (tmp_path / "timed" / "model" / "model.safetensors").is_file() and (tmp_path / "timed" / "generations.json").is_file()
+
+
+def test_lm_worker_killed_mid_run_resumes_and_matches_an_uninterrupted_run(tiny_gpt2_dir, sft_data, tmp_path):
+    """A real crash, not a removed checkpoint: the worker is SIGKILLed after a checkpoint; the
+    next attempt in the same run folder resumes there and ends where an uninterrupted run ends."""
+    training = {"max_steps": 40, "checkpoint_every": 4}
+    run_dir = tmp_path / "killed"
+    outcome: dict = {}
+
+    def first_attempt() -> None:
+        try:
+            outcome["metrics"] = _train(tiny_gpt2_dir, sft_data, tmp_path, run_dir, **training)[0]
+        except TrainingError as exc:
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=first_attempt)
+    thread.start()
+    deadline = time.monotonic() + 180
+    while not list(run_dir.glob("checkpoints/step-*/loop_state.json")) and time.monotonic() < deadline:
+        time.sleep(0.02)
+    workers = [
+        p
+        for p in psutil.process_iter(["cmdline"])
+        if "adaptflow.tasks.training.worker" in (p.info["cmdline"] or []) and str(run_dir) in " ".join(p.info["cmdline"])
+    ]
+    assert workers, "the worker finished before it could be killed"
+    for worker in workers:
+        worker.kill()
+    thread.join(120)
+    assert "error" in outcome and "metrics" not in outcome  # the attempt failed, as a crashed worker does
+    killed_at = max(int(p.name.split("-")[1]) for p in run_dir.glob("checkpoints/step-*") if (p / "loop_state.json").is_file())
+
+    resumed, _ = _train(tiny_gpt2_dir, sft_data, tmp_path, run_dir, **training)
+    whole, _ = _train(tiny_gpt2_dir, sft_data, tmp_path, tmp_path / "whole", **training)
+    assert resumed["resumed_from_step"] == killed_at and 4 <= killed_at < 40 and resumed["steps"] == 40
+    assert resumed["examples_sha256"] == whole["examples_sha256"]
+    assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
+    after = [h["train_loss"] for h in resumed["history"] if h["step"] > killed_at]
+    assert after == pytest.approx([h["train_loss"] for h in whole["history"] if h["step"] > killed_at], rel=1e-4)
