@@ -58,7 +58,7 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     if cfg.registry.register_model:
         try:
             validate_name(cfg.model_name(), "registry.model_name (--model-name)")
-        except StorageError as exc:  # a name is the user's input: exit 2, before any work
+        except AdaptFlowError as exc:  # a name is the user's input: exit 2, before any work
             found.append(ConfigError(exc.problems))
     settings = None
     if needs_s3:
