@@ -141,3 +141,46 @@ def test_a_retry_keeps_the_earlier_attempts_logs(tmp_path):
 )
 def test_progress_bars_and_blank_lines_are_not_quoted(line, noise):
     assert is_noise(line) is noise
+
+
+CHILD = """
+import sys, time
+import adaptflow.tasks.training.worker as worker
+if sys.argv[1] == "watchdog-only":
+    worker.sys.platform = "other"  # no prctl: only the thread watching os.getppid()
+worker.die_with_parent(interval_s=0.1)
+print("ready", flush=True)
+time.sleep(120)
+"""
+PARENT = """
+import subprocess, sys
+child = subprocess.Popen([sys.executable, "-c", sys.argv[1], sys.argv[2]], stdout=subprocess.PIPE, text=True)
+assert child.stdout.readline() == "ready\\n"
+print(child.pid, flush=True)
+child.wait()
+"""
+
+
+@pytest.mark.parametrize("mode", ["parent-death-signal", "watchdog-only"])
+def test_a_worker_dies_with_the_process_that_started_it(mode):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    import psutil
+
+    parent = subprocess.Popen([sys.executable, "-c", PARENT, CHILD, mode], stdout=subprocess.PIPE, text=True)
+    try:
+        child = psutil.Process(int(parent.stdout.readline()))
+        assert child.is_running() and child.ppid() == parent.pid
+        os.kill(parent.pid, signal.SIGKILL)
+        parent.wait()
+        deadline = time.monotonic() + 5
+        while time.monotonic() < deadline and child.is_running() and child.status() != psutil.STATUS_ZOMBIE:
+            time.sleep(0.05)
+        assert not child.is_running() or child.status() == psutil.STATUS_ZOMBIE, f"{mode}: the worker outlived its parent"
+    finally:
+        parent.kill()
+        parent.wait()
