@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import signal
 from pathlib import Path
 from typing import Optional
 
@@ -83,8 +82,6 @@ def predict_command(
     hf_logging.disable_progress_bar()  # one bar: ours
     quiet_prefect_tracebacks()
     connect_prefect()
-    # Killed (SIGTERM) like interrupted (Ctrl-C): the unfinished output's temporary file is removed on the way out.
-    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         with progress:
             result = predict(
@@ -102,18 +99,10 @@ def predict_command(
             )
     except AdaptFlowError as exc:
         raise fail(exc) from None
-    except KeyboardInterrupt:
-        console.print(f"[bold red]Stopped[/]: nothing written to {output}", highlight=False)
-        raise typer.Exit(130) from None
     finally:
-        signal.signal(signal.SIGTERM, previous)
         remove()
     if result.get("task") == "causal_lm":
         out.print(f"{result['rows']} prompts answered with [bold]{result['model']}[/] -> {result['output']}")
         return
     counts = ", ".join(f"{label}: {n}" for label, n in result["label_counts"].items())
     out.print(f"{result['rows']} rows predicted with [bold]{result['model']}[/] -> {result['output']} ({counts})")
-
-
-def _interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt

@@ -21,7 +21,8 @@ It streams: the input is checked line by line first (every problem at once, with
 output path and the model reference, before the model loads), then read, tokenized,
 predicted and written :data:`CHUNK_ROWS` rows at a time, so memory does not grow with the
 file. The output is written to a temporary file beside it, created with the umask's
-permissions like any new file, renamed into place when complete and removed on failure.
+permissions like any new file, renamed into place when complete and removed on failure;
+one left by a killed process is removed by the next write of the same output.
 
 :func:`evaluate_version` scores a version on a labelled file with
 :func:`adaptflow.tasks.evaluation.classification.classification_metrics`; the promotion gate uses it so that a
@@ -32,10 +33,12 @@ Plain functions down to the thin Prefect task at the end.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
 import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -45,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -252,6 +256,22 @@ def check_output(output: Path) -> str:
     return fmt
 
 
+def remove_abandoned(output: Path) -> list[Path]:
+    """Remove the temporary files a killed writer of ``output`` on this machine left (its process is gone); returns them.
+
+    A process killed outright (SIGKILL, out of memory) cannot clean up after itself; the next
+    write of the same output does. Files of live processes, or of other machines, are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    for partial in output.parent.glob(f".{glob.escape(output.name)}.*.partial"):
+        owner = partial.name[len(output.name) + 2 : -len(".partial")].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not psutil.pid_exists(int(owner[1])):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
 class OutputFile:
     """CSV or JSON lines written a frame at a time; the file appears complete or not at all.
 
@@ -262,11 +282,12 @@ class OutputFile:
     def __init__(self, output: Path):
         self.output = output
         self.fmt = check_output(output)
-        self.partial = output.parent / f".{output.name}.{os.getpid()}-{secrets.token_hex(4)}.partial"
+        self.partial = output.parent / f".{output.name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial"
         self.header = True
 
     def __enter__(self) -> OutputFile:
         self.output.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.output)
         self.handle = open(self.partial, "x", encoding="utf-8", newline="")
         return self
 

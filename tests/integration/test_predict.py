@@ -278,28 +278,3 @@ def test_cli_output_folder_exits_2_before_inference(registry, prefect_api, tmp_p
     assert "is a folder" in done.stderr and "Traceback" not in done.stderr
     assert "rows predicted" not in done.stdout
     assert sorted(tmp_path.iterdir()) == before  # nothing written
-
-
-def test_cli_killed_with_sigterm_leaves_no_temporary_file(registry, prefect_api, tmp_path):
-    import signal
-    import time
-
-    _, runs, _ = registry
-    _, texts, _ = eval_split(runs["pred-full"], tmp_path)
-    data = _unlabelled(texts * (12000 // len(texts) + 1), tmp_path / "big.csv")  # long enough to be killed mid-way
-    out_dir = tmp_path / "out"
-    out_dir.mkdir()
-    env = {**os.environ, "PREFECT_API_URL": prefect_api}
-    command = [sys.executable, "-m", "adaptflow.flows.cli", "predict", "--model", "pred-full:1", "--data", str(data)]
-    proc = subprocess.Popen([*command, "--output", str(out_dir / "out.csv"), "--batch-size", "4"], env=env, cwd=REPO, text=True,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)  # fmt: skip
-    deadline = time.monotonic() + 240
-    while time.monotonic() < deadline and not any(p.stat().st_size > 0 for p in out_dir.glob(".out.csv.*.partial")):
-        assert proc.poll() is None, proc.communicate()
-        time.sleep(0.1)
-    assert any(out_dir.glob(".out.csv.*.partial")), "no chunk was written in time"
-    proc.send_signal(signal.SIGTERM)
-    _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr[-3000:]
-    assert "Stopped" in stderr and "Traceback" not in stderr
-    assert list(out_dir.iterdir()) == []
