@@ -26,6 +26,7 @@ from adaptflow.tasks.config import AdaptConfig, DomainAdaptation
 from adaptflow.tasks.data.prepare import check_data
 from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, StorageError, raise_together
 from adaptflow.tasks.modeling import inspect_model, resolve_model
+from adaptflow.tasks.registry.store import validate_name
 from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
 from adaptflow.tasks.strategies import check_against_model
 from adaptflow.tasks.training.launch import accelerate_config_path
@@ -54,6 +55,11 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     needs_s3 = cfg.registry.register_model or any(
         ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data, cfg.training.checkpoint_uri)
     )
+    if cfg.registry.register_model:
+        try:
+            validate_name(cfg.model_name(), "registry.model_name (--model-name)")
+        except AdaptFlowError as exc:  # a name is the user's input: exit 2, before any work
+            found.append(ConfigError(exc.problems))
     settings = None
     if needs_s3:
         try:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import unicodedata
 from pathlib import Path
 from typing import Any, Literal, TypeVar
 
@@ -54,6 +55,20 @@ from adaptflow.tasks.strategies import check_config as check_strategy
 SAMPLE_DATA = "sample://reviews"
 DEFAULT_MODEL = "sentence-transformers/all-MiniLM-L6-v2"
 NAME_PATTERN = re.compile(r"^[a-z0-9][a-z0-9._-]{0,62}$")
+SLUG_LENGTH = 40
+"""Characters of a derived name taken from the data's name; the strategy's name follows."""
+
+
+def slug(text: str, max_length: int = SLUG_LENGTH, empty: str = "model") -> str:
+    """``text`` as the start of a registry name: ASCII lowercase letters, digits and single '-'.
+
+    Accents are dropped (``Rëviews`` -> ``reviews``, ``Straße`` -> ``strasse``), every other run of characters becomes
+    one '-', and the result is cut to ``max_length``; ``empty`` when nothing is left.
+    Valid by construction: no '.', so no '..'.
+    """
+    ascii_text = unicodedata.normalize("NFKD", text.casefold()).encode("ascii", "ignore").decode()
+    return re.sub(r"[^a-z0-9]+", "-", ascii_text).strip("-")[:max_length].strip("-") or empty
+
 
 STRATEGY_HELP = (
     "How the model is adapted. Fields of another strategy are ignored (the Prefect form keeps them when the "
@@ -395,9 +410,9 @@ class AdaptConfig(_Frozen):
     def model_name(self) -> str:
         if self.registry.model_name:
             return self.registry.model_name
-        stem = "sample-reviews" if self.data.data == SAMPLE_DATA else Path(self.data.data.rstrip("/")).stem
-        slug = re.sub(r"[^a-z0-9._-]+", "-", stem.lower()).strip("-._") or "model"
-        return f"{slug[:40]}-{self.strategy.name.replace('_', '-')}"
+        name = Path(self.data.data.rstrip("/")).name.removesuffix(".gz")  # reviews.csv.gz: 'reviews'
+        stem = "sample-reviews" if self.data.data == SAMPLE_DATA else Path(name).stem
+        return f"{slug(stem)}-{slug(self.strategy.name)}"
 
     def resolved_work_dir(self) -> Path:
         return Path(self.work_dir).expanduser() if self.work_dir else adaptflow_home() / "work"

@@ -88,6 +88,14 @@ class TrainingError(AdaptFlowError):
     exit_code = 4
 
 
+class WorkerCrashed(TrainingError):
+    """The training processes died without reporting an error (killed, out of memory, a lost node).
+
+    The only training failure worth a retry (it resumes from the last checkpoint); an error
+    the worker reported (bad input, a bad model, a diverged loss) would fail the same way again.
+    """
+
+
 def raise_together(errors: list[AdaptFlowError], mixed: type[AdaptFlowError] = AdaptFlowError) -> None:
     """Raise one error carrying every problem of ``errors``; its type is kept when all agree, else ``mixed``."""
     if not errors:

@@ -33,6 +33,8 @@ from adaptflow.tasks.errors import ModelError, Problem
 MODEL_FORMAT = 1
 META_FILE = "adaptflow_model.json"
 HEAD_FILE = "head.safetensors"
+SAFE_WEIGHTS = ("model.safetensors", "model.safetensors.index.json")
+"""A model folder's weights: one file, or the index of its shards."""
 DECODER_TYPES = {
     "gpt2",
     "gpt_neo",
@@ -124,12 +126,15 @@ def inspect_model(path: Path, trust_remote_code: bool = False) -> ModelInfo:
     problems = []
     if not (path / "config.json").is_file():
         raise ModelError(Problem(f"model {path}", "is not a model folder (no config.json)", "point --model at a Hugging Face model folder"))
-    if not any(path.glob("*.safetensors")):
-        what = (
-            "has only pickled weights (.bin), which AdaptFlow does not load"
-            if any(path.glob("*.bin"))
-            else "has no weights (*.safetensors)"
-        )
+    if not any((path / name).is_file() for name in SAFE_WEIGHTS):
+        # What from_pretrained(use_safetensors=True) reads; another *.safetensors file is not the model's weights.
+        others = sorted(p.name for p in path.glob("*.safetensors"))
+        pickled = sorted(p.name for p in path.glob("*.bin"))
+        what = f"has no {' or '.join(SAFE_WEIGHTS)}"
+        if pickled:
+            what += f"; it has pickled weights ({', '.join(pickled)}), which AdaptFlow does not load"
+        if others:
+            what += f"; {', '.join(others)} is not a model's weights file"
         problems.append(Problem(f"model {path}", what, "save the model with safetensors (save_pretrained(safe_serialization=True))"))
     try:
         config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)

@@ -4,6 +4,7 @@
     adaptflow predict             flows/cli/predict.py
     adaptflow retrain | deploy    flows/cli/retrain.py
     adaptflow models ...          flows/cli/models.py
+    adaptflow runs gc             flows/cli/runs.py
     adaptflow stack ...           flows/cli/stack.py
 
 The subcommand modules share flows/cli/common.py (consoles, errors, Prefect connection,
@@ -26,6 +27,7 @@ from adaptflow.flows.cli.options import with_config_options
 from adaptflow.flows.cli.predict import predict_command
 from adaptflow.flows.cli.retrain import deploy_command, retrain_command
 from adaptflow.flows.cli.run import run_command
+from adaptflow.flows.cli.runs import runs_app
 from adaptflow.flows.cli.stack import stack_app
 from adaptflow.infra.prefect_stack import cli_settings
 from adaptflow.tasks.errors import AdaptFlowError
@@ -42,6 +44,7 @@ app = typer.Typer(
 WIDE = {"max_content_width": 120}
 app.add_typer(stack_app, name="stack")
 app.add_typer(models_app, name="models")
+app.add_typer(runs_app, name="runs")
 app.command("retrain", context_settings=WIDE)(retrain_command)
 app.command("deploy")(deploy_command)
 app.command("run", context_settings=WIDE)(with_config_options(run_command))

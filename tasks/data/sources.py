@@ -27,6 +27,9 @@ if TYPE_CHECKING:
 SAMPLE_SCHEME = "sample://"
 SAMPLES = {"reviews": asset("adaptflow.tasks", "sample_data", "reviews.csv")}
 FILE_FORMATS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".json": "jsonl", ".parquet": "parquet"}
+GZIP_SUFFIX = ".gz"
+"""A text format compressed with gzip (``reviews.csv.gz``) is read as its plain version; Parquet compresses itself."""
+SUPPORTED_FILES = ", ".join([*FILE_FORMATS, *(s + GZIP_SUFFIX for s, f in FILE_FORMATS.items() if f != "parquet")])
 HASH_CHUNK = 1 << 20
 
 Fetch = Callable[[str, Path], Path]
@@ -98,8 +101,20 @@ def _fetched_path(uri: str, got: Path) -> Path:
     return inner if Path(got).is_dir() and inner.is_file() else Path(got)
 
 
+def file_format(path: Path | str) -> str | None:
+    """'csv', 'tsv', 'jsonl' or 'parquet' from the file's name (``.gz`` for a gzip-compressed text file); None if unsupported."""
+    name = Path(path).name.lower()
+    compressed = name.endswith(GZIP_SUFFIX)
+    fmt = FILE_FORMATS.get(Path(name.removesuffix(GZIP_SUFFIX)).suffix)
+    return None if compressed and fmt == "parquet" else fmt
+
+
+def is_gzip(path: Path) -> bool:
+    return path.name.lower().endswith(GZIP_SUFFIX)
+
+
 def looks_like_path(given: str) -> bool:
-    return Path(given).suffix.lower() in FILE_FORMATS or given.startswith((".", "/", "~")) or given.count("/") > 1
+    return file_format(given) is not None or given.startswith((".", "/", "~")) or given.count("/") > 1
 
 
 def is_local(given: str) -> bool:
@@ -117,8 +132,9 @@ def local_source(role: str, given: str, path: Path) -> Source:
                 )
             )
         return Source(role, given, "datasets", path)
-    if path.suffix.lower() not in FILE_FORMATS:
-        raise DataError(Problem(given, f"unsupported file type {path.suffix or '(none)'!r}", f"use one of {', '.join(FILE_FORMATS)}"))
+    if file_format(path) is None:
+        suffix = "".join(path.suffixes[-2:]) if is_gzip(path) else path.suffix
+        raise DataError(Problem(given, f"unsupported file type {suffix or '(none)'!r}", f"use one of {SUPPORTED_FILES}"))
     return Source(role, given, "file", path)
 
 

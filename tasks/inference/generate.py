@@ -25,8 +25,8 @@ from adaptflow.tasks.inference.predict import (
     PREVIEW_ROWS,
     Progress,
     _Reporter,
+    check_output,
     default_cache_dir,
-    output_format,
     read_rows,
     verified_base_model,
     write_predictions,
@@ -118,7 +118,7 @@ def generate_file(
             raise ConfigError(sampling.problems() + ([Problem("--batch-size", "must be 1 or more")] if batch_size < 1 else []))
 
     table, _, _, (name, version) = run_all(
-        lambda: read_rows(settings, data, cache_dir), lambda: output_format(output), check_sampling, lambda: resolve_ref(settings, ref)
+        lambda: read_rows(settings, data, cache_dir), lambda: check_output(output), check_sampling, lambda: resolve_ref(settings, ref)
     )
     if prompt_column not in table.frame.columns:
         raise DataError(

@@ -8,14 +8,21 @@ resolved from the manifest's ``base_model.ref`` and must hash to the
 ``base_model.sha256`` recorded when it was registered, or the adapter would silently run
 on other weights.
 
-:func:`predict_file` reads a CSV, TSV, JSON lines or Parquet file with the readers of
-``tasks/data.py`` (no labels needed), runs batched, length-sorted inference and writes
-CSV or JSON lines (by the output's extension)::
+:func:`predict_file` reads a CSV, TSV, JSON lines or Parquet file (also ``.csv.gz`` ...) with the
+readers of ``tasks/data/readers.py`` (no labels needed), runs batched, length-sorted inference and
+writes CSV or JSON lines (by the output's extension)::
 
     <the input's columns> | label | score | prob_<class> (one per class)
 
 ``label`` is the predicted class name and ``score`` its probability; an input column
 already called ``label``, ``score`` or ``prob_<class>`` is kept as ``input_<name>``.
+
+It streams: the input is checked line by line first (every problem at once, with the
+output path and the model reference, before the model loads), then read, tokenized,
+predicted and written :data:`CHUNK_ROWS` rows at a time, so memory does not grow with the
+file. The output is written to a temporary file beside it, created with the umask's
+permissions like any new file, renamed into place when complete and removed on failure;
+one left by a killed process is removed by the next write of the same output.
 
 :func:`evaluate_version` scores a version on a labelled file with
 :func:`adaptflow.tasks.evaluation.classification.classification_metrics`; the promotion gate uses it so that a
@@ -26,10 +33,12 @@ Plain functions down to the thin Prefect task at the end.
 
 from __future__ import annotations
 
+import glob
 import hashlib
 import json
 import os
-import tempfile
+import secrets
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
@@ -39,6 +48,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import psutil
 import torch
 from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
@@ -47,7 +57,7 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.data.columns import text_column_of, texts_of
 from adaptflow.tasks.data.labels import label_ids_of
-from adaptflow.tasks.data.readers import Table, read_data_file
+from adaptflow.tasks.data.readers import FileScan, Table, iter_data_chunks, read_data_file, scan_data_file
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.evaluation.classification import classification_metrics
 from adaptflow.tasks.modeling import AdaptClassifier, folder_digest, load_classifier, resolve_model
@@ -60,6 +70,8 @@ PROB_PREFIX = "prob_"
 INPUT_PREFIX = "input_"
 MODEL_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 DEFAULT_BATCH_SIZE = 32
+CHUNK_ROWS = 4096
+"""Rows read, tokenized, predicted and written at a time (also the rows the text column is detected on)."""
 PREVIEW_ROWS = 20
 FALLBACK_MAX_LENGTH = 512
 
@@ -165,6 +177,14 @@ def _rows_and_text_column(
     return table, text_column_of(table, wanted, exclude)
 
 
+def _scan_and_text_column(
+    settings: S3Settings | None, data: str, cache_dir: Path, wanted: str | None, exclude: set[str | None], chunk_rows: int
+) -> tuple[FileScan, str]:
+    scan = scan_data_file(data, local_input(settings, data, cache_dir))
+    first = next(iter_data_chunks(scan, chunk_rows))
+    return scan, text_column_of(first, wanted, exclude)
+
+
 def check_batch_size(batch_size: int) -> int:
     if batch_size < 1:
         raise ConfigError(Problem("batch_size", f"must be 1 or more (got {batch_size})"))
@@ -220,20 +240,77 @@ def prediction_frame(frame: pd.DataFrame, label_names: Sequence[str], probabilit
     return out
 
 
-def write_predictions(frame: pd.DataFrame, output: Path) -> Path:
-    """Write CSV or JSON lines; the file appears complete or not at all."""
+def check_output(output: Path) -> str:
+    """The output's format ('csv' or 'jsonl'); a folder, or a place that cannot be written, refused before any work."""
+    where = f"--output {output}"
+    if output.is_dir():
+        raise DataError(
+            Problem(where, "is a folder", f"give a file name ending in {' or '.join(OUTPUT_FORMATS)}, e.g. {output / 'predictions.csv'}")
+        )
+    parent = next(p for p in (output.parent, *output.parent.parents) if p.exists())
     fmt = output_format(output)
-    output.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(prefix=f".{output.name}-", dir=output.parent)
-    os.close(handle)
-    try:
-        if fmt == "csv":
-            frame.to_csv(partial, index=False)
+    if not parent.is_dir():
+        raise DataError(Problem(where, f"{parent} is a file, not a folder", "choose an output path in a folder"))
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise DataError(Problem(where, f"cannot write in {parent} (permission denied)", "choose a folder you can write to"))
+    return fmt
+
+
+def remove_abandoned(output: Path) -> list[Path]:
+    """Remove the temporary files a killed writer of ``output`` on this machine left (its process is gone); returns them.
+
+    A process killed outright (SIGKILL, out of memory) cannot clean up after itself; the next
+    write of the same output does. Files of live processes, or of other machines, are left alone.
+    """
+    removed = []
+    host = socket.gethostname()
+    for partial in output.parent.glob(f".{glob.escape(output.name)}.*.partial"):
+        owner = partial.name[len(output.name) + 2 : -len(".partial")].rsplit("-", 2)
+        if len(owner) == 3 and owner[0] == host and owner[1].isdigit() and not psutil.pid_exists(int(owner[1])):
+            partial.unlink(missing_ok=True)
+            removed.append(partial)
+    return removed
+
+
+class OutputFile:
+    """CSV or JSON lines written a frame at a time; the file appears complete or not at all.
+
+    Rows go to a temporary file beside ``output`` (created like any new file: the umask's
+    permissions), renamed into place when the ``with`` block ends, removed when it fails.
+    """
+
+    def __init__(self, output: Path):
+        self.output = output
+        self.fmt = check_output(output)
+        self.partial = output.parent / f".{output.name}.{socket.gethostname()}-{os.getpid()}-{secrets.token_hex(4)}.partial"
+        self.header = True
+
+    def __enter__(self) -> OutputFile:
+        self.output.parent.mkdir(parents=True, exist_ok=True)
+        remove_abandoned(self.output)
+        self.handle = open(self.partial, "x", encoding="utf-8", newline="")
+        return self
+
+    def write(self, frame: pd.DataFrame) -> None:
+        if self.fmt == "csv":
+            frame.to_csv(self.handle, index=False, header=self.header)
         else:
-            frame.to_json(partial, orient="records", lines=True, force_ascii=False, double_precision=15)
-        os.replace(partial, output)
-    finally:
-        Path(partial).unlink(missing_ok=True)
+            text = frame.to_json(orient="records", lines=True, force_ascii=False, double_precision=15)
+            self.handle.write(text if text.endswith("\n") else text + "\n")
+        self.header = False
+
+    def __exit__(self, exc_type, exc, traceback) -> None:
+        self.handle.close()
+        if exc_type is None:
+            os.replace(self.partial, self.output)
+        else:
+            self.partial.unlink(missing_ok=True)
+
+
+def write_predictions(frame: pd.DataFrame, output: Path) -> Path:
+    """Write CSV or JSON lines in one go (see :class:`OutputFile`)."""
+    with OutputFile(output) as out:
+        out.write(frame)
     return output
 
 
@@ -264,34 +341,44 @@ def predict_file(
     batch_size: int = DEFAULT_BATCH_SIZE,
     on_progress: Progress | None = None,
     cache_dir: Path | None = None,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> PredictionResult:
     """Predict a label for every row of ``data`` with version ``ref``; write ``output``.
 
-    The input file and its text column, the output type, the batch size and the model
-    reference are all checked (every problem reported at once) before the model is
-    loaded. A missing text is predicted as an empty string.
+    The input file (every line) and its text column, the output path, the batch size and
+    the model reference are all checked (every problem reported at once) before the model
+    is loaded. Then ``chunk_rows`` rows at a time are read, predicted and written, in the
+    input's order. A missing text is predicted as an empty string.
     """
     started = time.perf_counter()
     cache_dir = cache_dir or default_cache_dir()
     output = Path(output).expanduser()
-    (table, column), _, _, (name, version) = run_all(
-        lambda: _rows_and_text_column(settings, data, cache_dir, text_column, {"label"}),
-        lambda: output_format(output),
+    (scan, column), _, _, (name, version) = run_all(
+        lambda: _scan_and_text_column(settings, data, cache_dir, text_column, {"label"}, chunk_rows),
+        lambda: check_output(output),
         lambda: check_batch_size(batch_size),
         lambda: resolve_ref(settings, ref),
     )
     loaded = load_version(settings, name, version, cache_dir=cache_dir)
-    probabilities = predict_probabilities(loaded, texts_of(table, column), batch_size=batch_size, on_progress=on_progress)
-    frame = prediction_frame(table.frame, loaded.label_names, probabilities)
-    write_predictions(frame, output)
-    counts = Counter(frame["label"])
-    preview = json.loads(frame.head(PREVIEW_ROWS).to_json(orient="records", force_ascii=False))
+    counts: Counter[str] = Counter()
+    preview: list[dict[str, Any]] = []
+    done = 0
+    with OutputFile(output) as out:
+        for chunk in iter_data_chunks(scan, chunk_rows):
+            progress = None if on_progress is None else (lambda n, _total, before=done: on_progress(before + n, scan.rows))
+            probabilities = predict_probabilities(loaded, texts_of(chunk, column), batch_size=batch_size, on_progress=progress)
+            frame = prediction_frame(chunk.frame, loaded.label_names, probabilities)
+            out.write(frame)
+            counts.update(frame["label"])
+            if len(preview) < PREVIEW_ROWS:
+                preview += json.loads(frame.head(PREVIEW_ROWS - len(preview)).to_json(orient="records", force_ascii=False))
+            done += len(frame)
     return PredictionResult(
         model=loaded.ref,
         data=data,
         output=output,
         text_column=column,
-        rows=len(frame),
+        rows=done,
         label_counts={label: counts.get(label, 0) for label in loaded.label_names},
         preview=preview,
         wall_s=time.perf_counter() - started,

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shlex
 import subprocess
 import sys
@@ -25,7 +26,7 @@ from prefect.cache_policies import NO_CACHE
 from adaptflow.tasks import errors
 from adaptflow.tasks.assets import asset
 from adaptflow.tasks.config import AdaptConfig
-from adaptflow.tasks.errors import ConfigError, Problem, TrainingError
+from adaptflow.tasks.errors import ConfigError, Problem, TrainingError, WorkerCrashed
 from adaptflow.tasks.modeling import cpu_threads_per_process
 from adaptflow.tasks.storage.s3 import S3Settings
 from adaptflow.tasks.training.checkpoints import CheckpointMirror
@@ -182,6 +183,27 @@ def worker_env(cfg: AdaptConfig) -> dict[str, str]:
     return env
 
 
+TAIL_LINES = 20
+"""Lines of the worker's output quoted when it crashes."""
+PROGRESS_BAR = re.compile(r"\d+%\|")
+
+
+def is_noise(line: str) -> bool:
+    """A blank line or a progress bar's refresh (tqdm: ``40%|####      | 4/10``): nothing to quote in an error."""
+    return not line.strip() or PROGRESS_BAR.search(line) is not None
+
+
+def fresh_log(run_dir: Path) -> Path:
+    """``RUN/worker.log`` for this attempt; an earlier attempt's log is kept as ``worker.attemptN.log``."""
+    log = run_dir / "worker.log"
+    if log.exists():
+        attempt = 1
+        while (run_dir / f"worker.attempt{attempt}.log").exists():
+            attempt += 1
+        log.rename(run_dir / f"worker.attempt{attempt}.log")
+    return log
+
+
 def run_training(
     cfg: AdaptConfig,
     prepared_path: Path,
@@ -219,10 +241,11 @@ def run_training(
         pending.write_text("\n".join(others) + "\n")
         pending.replace(run_dir / "node_commands.txt")
         on_line(f"waiting for {len(others)} other node(s); on each, run the line for its rank from {run_dir / 'node_commands.txt'}")
-    tail: deque[str] = deque(maxlen=30)
+    tail: deque[str] = deque(maxlen=TAIL_LINES)
     worker_error: Event | None = None
+    log_path = fresh_log(run_dir)
     with (
-        open(run_dir / "worker.log", "w") as log,
+        open(log_path, "w", buffering=1) as log,  # line-buffered: the log can be followed while the run goes on
         subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, bufsize=1, env=worker_env(cfg)) as proc,
     ):
         assert proc.stdout is not None
@@ -246,7 +269,8 @@ def run_training(
                         else f"checkpoint {Path(event['path']).name} superseded before its upload; skipped"
                     )
                 continue
-            tail.append(line)
+            if not is_noise(line):
+                tail.append(line)
             on_line(line)
         returncode = proc.wait()
     if job is not None:
@@ -256,11 +280,11 @@ def run_training(
         raise error_class([Problem(**p) for p in worker_error["problems"]])
     if returncode != 0:
         last = "\n".join(tail)
-        raise TrainingError(
+        raise WorkerCrashed(
             Problem(
                 "training worker",
                 f"exited with code {returncode}; last output:\n{last}",
-                f"see {run_dir / 'worker.log'} for the whole log",
+                f"see {log_path} for the whole log",
             )
         )
     metrics_path = run_dir / "metrics.json"
@@ -302,8 +326,10 @@ def describe_event(event: Event) -> str | None:
 
 
 def retry_after_crash(task, task_run, state) -> bool:
-    """Retry a training whose processes crashed (it resumes from its checkpoint); not one rejected as bad input."""
-    return isinstance(state.data, TrainingError)
+    """Retry a training whose processes crashed (it resumes from its checkpoint), never an error the worker reported
+    or bad input: those would fail the same way again."""
+    failure = getattr(state.data, "result", state.data)  # the exception, or Prefect's result record holding it
+    return isinstance(failure, WorkerCrashed)
 
 
 def checkpoint_mirror(cfg: AdaptConfig) -> CheckpointMirror | None:

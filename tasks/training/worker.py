@@ -11,8 +11,13 @@ A :class:`RunSpec` goes in; ``ADAPTFLOW_EVENT`` lines come out, and the run's fi
 
 from __future__ import annotations
 
+import ctypes
 import json
+import os
+import signal
 import sys
+import threading
+import time
 from pathlib import Path
 
 from adaptflow.tasks.errors import AdaptFlowError
@@ -33,12 +38,39 @@ def run(spec: RunSpec) -> dict:
     return run_task(spec, task_for(spec))
 
 
+PR_SET_PDEATHSIG = 1
+"""prctl(2) option: the signal this process gets when its parent dies (Linux)."""
+WATCH_PARENT_S = 1.0
+
+
+def die_with_parent(interval_s: float = WATCH_PARENT_S) -> None:
+    """End this process when the one that started it (the launcher: torchrun's agent, or the train task) dies.
+
+    A rank left running without its agent would train unsupervised and write checkpoints a
+    retry then resumes from. Linux's parent-death signal does it at once; a thread that
+    watches ``os.getppid()`` is the fallback (other systems, or a parent that died before
+    the signal was set).
+    """
+    parent = os.getppid()
+    if sys.platform.startswith("linux"):
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGKILL), 0, 0, 0)
+
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval_s)
+        os.kill(os.getpid(), signal.SIGKILL)
+
+    threading.Thread(target=watch, name="watch-parent", daemon=True).start()
+
+
 def main(argv: list[str] | None = None) -> int:
     """Read the spec, run, report an AdaptFlowError as one error event."""
     args = sys.argv[1:] if argv is None else argv
     if len(args) != 1:
         print(f"usage: python -m {MODULE} RUN_DIR/run_spec.json", file=sys.stderr)
         return 2
+    die_with_parent()
     try:
         run(RunSpec.read(Path(args[0])))
     except AdaptFlowError as exc:

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -183,3 +184,48 @@ def test_cli_reports_language_model_settings_before_prefect(cli_env, tiny_bert_d
     assert "is an encoder" in output and "'pytorchjob' does not run language-model training yet" in output
     assert "Prefect server:" not in output and "Traceback" not in output
     assert not (tmp_path / "w" / "runs").exists()
+
+
+def _error_lines(output: str) -> list[str]:
+    return [line for line in output.splitlines() if line.startswith("Error")]
+
+
+def test_cli_pickled_weights_beside_a_stray_safetensors_exit_2_before_training(cli_env, tiny_bert_dir, tmp_path, s3_env):
+    stray = tmp_path / "stray"
+    stray.mkdir()
+    for f in tiny_bert_dir.iterdir():
+        if f.suffix != ".safetensors":
+            (stray / f.name).write_bytes(f.read_bytes())
+    (stray / "pytorch_model.bin").write_bytes(b"never unpickled")
+    (stray / "x.safetensors").write_bytes((tiny_bert_dir / "model.safetensors").read_bytes())
+    data = write_reviews(tmp_path / "ok.csv", rows=40)
+    started = time.monotonic()
+    result = _cli(["--model", str(stray), "--data", str(data), "--work-dir", str(tmp_path / "w"), "--model-name", NAME], cli_env)
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    (line,) = _error_lines(output)
+    assert "pytorch_model.bin" in line and "x.safetensors" in line and "model.safetensors" in line
+    assert "Traceback" not in output and "Prefect server:" not in output
+    assert time.monotonic() - started < 60
+    assert not (tmp_path / "w" / "runs").exists()
+    assert list_versions(s3_env, NAME) == []
+
+
+def test_cli_invalid_model_name_exits_2_within_seconds(cli_env, tiny_bert_dir, tmp_path):
+    data = write_reviews(tmp_path / "ok.csv", rows=40)
+    started = time.monotonic()
+    result = _cli(
+        ["--model", str(tiny_bert_dir), "--data", str(data), "--work-dir", str(tmp_path / "w"), "--model-name", "r-views-..-copy"], cli_env
+    )
+    output = result.stdout + result.stderr
+    assert result.returncode == 2, output
+    assert "registry.model_name" in output and "Traceback" not in output
+    assert time.monotonic() - started < 30
+    assert not (tmp_path / "w" / "runs").exists()
+
+
+def test_odd_data_file_name_derives_a_valid_name_and_registers(s3_env, tiny_bert_dir, tmp_path):
+    data = write_reviews(tmp_path / "Rëviews ..(copy) ÿ.csv", rows=60)
+    summary = adapt(config=load_config(tiny_config(tiny_bert_dir, data, tmp_path / "work", training={"max_steps": 2})))
+    assert summary["model_name"] == "reviews-copy-y-full-fine-tuning"
+    assert [v.version for v in list_versions(s3_env, "reviews-copy-y-full-fine-tuning")] == [1]

@@ -29,6 +29,7 @@ from safetensors.torch import load_file
 from adaptflow.flows.adapt import adapt
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.data.prepare import prepare_data
+from adaptflow.tasks.errors import WorkerCrashed
 from adaptflow.tasks.registry.store import list_versions
 from adaptflow.tasks.training.launch import run_training
 from tests.integration.conftest import tiny_config
@@ -115,6 +116,7 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     assert metrics["steps"] == 40
     assert metrics["resumed_from_step"] is not None and 10 <= metrics["resumed_from_step"] < 40
     assert "resuming from checkpoint" in (run_dir / "worker.log").read_text()
+    assert '"type": "progress"' in (run_dir / "worker.attempt1.log").read_text()  # the killed attempt's log is kept
     assert [v.version for v in list_versions(s3_env, "killed")] == [1]
 
     reference = load_config(
@@ -128,6 +130,55 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     reference_head = load_file(str(Path(ref_summary["run_dir"]) / "model" / "head.safetensors"))
     for key, value in reference_head.items():
         assert torch.allclose(resumed_head[key], value, atol=1e-4), key
+
+
+def _run_processes(marker: str) -> list[psutil.Process]:
+    """Every process whose command line names the run (torchrun's agent and its ranks)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        try:
+            if any(marker in part for part in proc.info["cmdline"] or []) and proc.status() != psutil.STATUS_ZOMBIE:
+                found.append(proc)
+        except psutil.NoSuchProcess:
+            continue
+    return found
+
+
+def test_killing_the_torchrun_agent_ends_its_ranks_and_the_log_follows_the_run(tiny_bert_dir, reviews_csv, tmp_path):
+    prepared = prepare_data(load_config({"data": {"data": str(reviews_csv), "max_length": 32}}).data, tiny_bert_dir, tmp_path / "work")
+    run_dir = tmp_path / "orphans"
+    cfg = load_config(
+        {
+            "model": str(tiny_bert_dir),
+            "data": {"max_length": 32},
+            "strategy": {"name": "full_fine_tuning"},
+            "training": {"max_steps": 100000, "batch_size": 8, "log_every": 1},
+            "launch": {"num_processes": 2},
+        }
+    )
+    outcome: dict = {}
+
+    def run() -> None:
+        try:
+            run_training(cfg, prepared.path, tiny_bert_dir, run_dir)
+        except BaseException as exc:  # expected: the run is killed; checked below
+            outcome["error"] = exc
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    log = run_dir / "worker.log"
+    # line-buffered: the progress of the running ranks is in the log while they train
+    _wait_for(lambda: log.is_file() and '"type": "progress"' in log.read_text(), 240, "progress lines in worker.log")
+    ranks = _wait_for(lambda: len(_worker_processes(str(run_dir))) == 2 and _worker_processes(str(run_dir)), 30, "both ranks")
+    (agent,) = {rank.parent() for rank in ranks}
+    assert "torch.distributed.run" in agent.cmdline()
+    agent.send_signal(signal.SIGKILL)
+    killed_at = time.monotonic()
+    _wait_for(lambda: not _run_processes(str(run_dir)), 5, "every process of the run to end")
+    assert time.monotonic() - killed_at < 5
+    thread.join(60)
+    assert isinstance(outcome.get("error"), WorkerCrashed), outcome
+    assert "worker.log" in str(outcome["error"])
 
 
 # ---- two nodes -------------------------------------------------------------------------

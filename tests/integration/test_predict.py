@@ -189,3 +189,92 @@ def test_predict_reads_parquet_and_keeps_a_label_column(registry, tmp_path):
     out = pd.read_csv(tmp_path / "out.csv")
     assert result.text_column == "text"
     assert out["input_label"].tolist() == ["?"] * len(texts) and out["label"].tolist() == expected
+
+
+def _unlabelled(texts: list[str], path: Path) -> Path:
+    pd.DataFrame({"id": range(len(texts)), "review": texts}).to_csv(path, index=False)
+    return path
+
+
+@pytest.mark.parametrize("output_name", ["out.csv", "out.jsonl"])
+def test_streaming_in_small_chunks_writes_what_one_chunk_writes(registry, tmp_path, output_name):
+    settings, runs, _ = registry
+    _, texts, expected = eval_split(runs["pred-full"], tmp_path)
+    many = texts * 3  # 3x the rows: several chunks of 7, and the last one short
+    data = _unlabelled(many, tmp_path / "many.csv")
+    whole = predict_file(settings, "pred-full", str(data), tmp_path / "whole" / output_name, text_column="review", batch_size=4)
+    chunked = predict_file(
+        settings, "pred-full", str(data), tmp_path / "chunked" / output_name, text_column="review", batch_size=4, chunk_rows=7
+    )
+    read = pd.read_csv if output_name.endswith(".csv") else (lambda p: pd.read_json(p, lines=True))
+    a, b = read(tmp_path / "whole" / output_name), read(tmp_path / "chunked" / output_name)
+    assert list(a.columns) == list(b.columns) and len(a) == len(b) == len(many) == chunked.rows
+    assert b["id"].tolist() == list(range(len(many))) and b["review"].tolist() == many  # row order kept across chunks
+    assert a["label"].tolist() == b["label"].tolist() == expected * 3
+    probs = [c for c in a.columns if c.startswith("prob_")]
+    assert np.allclose(a[probs].to_numpy(), b[probs].to_numpy(), atol=1e-6)  # padding per batch differs, nothing else
+    assert whole.label_counts == chunked.label_counts and whole.preview == chunked.preview
+
+
+def test_predict_reads_gzip_input_like_the_plain_file(registry, tmp_path):
+    import gzip
+
+    settings, runs, _ = registry
+    _, texts, expected = eval_split(runs["pred-full"], tmp_path)
+    plain = _unlabelled(texts, tmp_path / "in.csv")
+    packed = tmp_path / "in.csv.gz"
+    packed.write_bytes(gzip.compress(plain.read_bytes()))
+    predict_file(settings, "pred-full", str(packed), tmp_path / "out.csv", chunk_rows=5)
+    assert pd.read_csv(tmp_path / "out.csv")["label"].tolist() == expected
+
+
+def test_output_gets_the_umask_permissions_and_a_failed_run_leaves_no_temp_file(registry, tmp_path, monkeypatch):
+    from adaptflow.tasks.inference import predict as predict_module
+
+    settings, runs, _ = registry
+    _, texts, _ = eval_split(runs["pred-full"], tmp_path)
+    data = _unlabelled(texts, tmp_path / "in.csv")
+    out_dir = tmp_path / "out"
+    old = os.umask(0o022)
+    try:
+        predict_file(settings, "pred-full", str(data), out_dir / "ok.csv")
+    finally:
+        os.umask(old)
+    assert (out_dir / "ok.csv").stat().st_mode & 0o777 == 0o644
+
+    real, calls = predict_module.prediction_frame, []
+
+    def fail_on_the_second_chunk(*args):
+        calls.append(1)
+        if len(calls) == 2:
+            raise DataError("the disk is full")  # any failure after a chunk was written
+        return real(*args)
+
+    monkeypatch.setattr(predict_module, "prediction_frame", fail_on_the_second_chunk)
+    with pytest.raises(DataError):
+        predict_file(settings, "pred-full", str(data), out_dir / "failed.csv", chunk_rows=3)
+    assert len(calls) == 2
+    assert sorted(p.name for p in out_dir.iterdir()) == ["ok.csv"]  # no failed.csv, no temporary file
+
+
+def test_output_folder_is_refused_before_the_model_loads(registry, tmp_path):
+    settings, runs, _ = registry
+    _, texts, _ = eval_split(runs["pred-full"], tmp_path)
+    data = _unlabelled(texts, tmp_path / "in.csv")
+    folder = tmp_path / "preds.csv"
+    folder.mkdir()
+    with pytest.raises(AdaptFlowError) as caught:  # with a model that does not exist: both are reported, nothing was loaded
+        predict_file(settings, "no-such-model", str(data), folder)
+    assert len(caught.value.problems) == 2 and "is a folder" in str(caught.value) and "no-such-model" in str(caught.value)
+
+
+def test_cli_output_folder_exits_2_before_inference(registry, prefect_api, tmp_path):
+    _, runs, _ = registry
+    _, texts, _ = eval_split(runs["pred-full"], tmp_path)
+    data = _unlabelled(texts, tmp_path / "in.csv")
+    before = sorted(tmp_path.iterdir())
+    done = cli(["--model", "pred-full:1", "--data", str(data), "--output", str(tmp_path)], prefect_api, tmp_path)
+    assert done.returncode == 2, done.stderr[-3000:]
+    assert "is a folder" in done.stderr and "Traceback" not in done.stderr
+    assert "rows predicted" not in done.stdout
+    assert sorted(tmp_path.iterdir()) == before  # nothing written

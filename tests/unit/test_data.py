@@ -445,3 +445,82 @@ def test_sst2_train_and_dev(tmp_path, prepare):
     assert manifest["source"]["data"]["sha256"] == "e981ceb4fe6c9acd1c79851d0d091b9e78103f1f2a399ca83dda27915d41c56c"
     ds, _ = load_prepared(prepared.path)
     assert any('"' in text for text in ds["eval"]["text"]) or any("'" in text for text in ds["eval"]["text"])
+
+
+# ---- gzip-compressed inputs -------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "name, content",
+    [
+        ("train.csv", csv_of(reviews())),
+        ("train.jsonl", "".join(json.dumps({"text": t, "label": lab}) + "\n" for t, lab in reviews())),
+        ("train.tsv", "text\tlabel\n" + "".join(f"{t}\t{lab}\n" for t, lab in reviews())),
+        ("train.json", json.dumps([{"text": t, "label": lab} for t, lab in reviews()])),
+    ],
+)
+def test_gzip_input_prepares_like_its_plain_version(tmp_path, prepare, name, content):
+    import gzip
+
+    plain = write(tmp_path, name, content)
+    packed = write(tmp_path, name + ".gz", gzip.compress(content.encode()))
+    a, b = prepare(data=plain, eval_fraction=0.25), prepare(data=packed, eval_fraction=0.25)
+    ds_a, _ = load_prepared(a.path)
+    ds_b, _ = load_prepared(b.path)
+    for split in ("train", "eval"):
+        assert ds_a[split]["text"] == ds_b[split]["text"] and ds_a[split]["labels"] == ds_b[split]["labels"]
+    for key in ("splits", "label_names", "columns", "dropped", "label_balance"):
+        assert a.manifest[key] == b.manifest[key]
+    assert b.manifest["source"]["data"]["uri"] == packed
+
+
+def test_gzip_problems_name_the_file_and_line(tmp_path, prepare):
+    import gzip
+
+    latin = write(tmp_path, "latin1.csv.gz", gzip.compress("text,label\ngood,pos\ncaf\xe9 bad,neg\n".encode("latin-1")))
+    assert "latin1.csv.gz, line 3" in data_error(prepare, data=latin) and "UTF-8" in data_error(prepare, data=latin)
+    broken = write(tmp_path, "broken.csv.gz", b"not gzip at all")
+    assert "broken.csv.gz" in data_error(prepare, data=broken)
+    parquet = write(tmp_path, "train.parquet.gz", b"x")
+    assert "unsupported file type '.parquet.gz'" in data_error(prepare, data=parquet)
+
+
+# ---- reading a chunk at a time ----------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["rows.csv", "rows.csv.gz", "rows.jsonl", "rows.tsv", "rows.parquet", "rows.json"])
+def test_chunks_hold_the_rows_of_a_whole_read(tmp_path, name):
+    from adaptflow.tasks.data.readers import iter_data_chunks, read_data_file, scan_data_file
+
+    frame = pd.DataFrame({"id": [str(i) for i in range(23)], "text": [f"row {i}, with a comma" for i in range(23)]})
+    path = tmp_path / name
+    if name.endswith(".parquet"):
+        frame.to_parquet(path)
+    elif name.endswith(".json"):
+        path.write_text(frame.to_json(orient="records"))
+    elif name.endswith(".jsonl"):
+        rows = frame.to_dict("records")
+        rows[20]["extra"] = "late key"  # a key first seen in the last chunk is a column of every chunk
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    else:
+        text = frame.to_csv(index=False, sep="\t" if ".tsv" in name else ",")
+        path.write_bytes(__import__("gzip").compress(text.encode()) if name.endswith(".gz") else text.encode())
+    whole = read_data_file(str(path)).frame
+    scan = scan_data_file(str(path))
+    chunks = list(iter_data_chunks(scan, 5))
+    assert scan.rows == 23 and [len(c.frame) for c in chunks] == [5, 5, 5, 5, 3]
+    assert scan.columns == [str(c) for c in whole.columns] and all(list(c.frame.columns) == scan.columns for c in chunks)
+    joined = pd.concat([c.frame for c in chunks], ignore_index=True)
+    pd.testing.assert_frame_equal(joined.astype(str), whole.astype(str))
+
+
+def test_a_scan_reports_every_bad_line_before_any_chunk(tmp_path):
+    from adaptflow.tasks.data.readers import scan_data_file
+
+    path = write(tmp_path, "bad.csv", "text,label\nok,pos\n" + "one,two,three\n" * 2 + "fine,neg\n" + '"open quote,pos\n')
+    with pytest.raises(DataError) as caught:
+        scan_data_file(path)
+    message = str(caught.value)
+    assert "line 3" in message and "line 4" in message and "line 6" in message and "3 problems" in message
+    with pytest.raises(DataError, match="holds no data rows"):
+        scan_data_file(write(tmp_path, "header.csv", "text,label\n"))

@@ -2,6 +2,11 @@
 
 from __future__ import annotations
 
+import os
+import socket
+import subprocess
+import sys
+
 import numpy as np
 import pandas as pd
 import pytest
@@ -10,7 +15,7 @@ from adaptflow.tasks.data.columns import text_column_of
 from adaptflow.tasks.data.labels import label_ids_of
 from adaptflow.tasks.data.readers import Table
 from adaptflow.tasks.errors import DataError
-from adaptflow.tasks.inference.predict import output_format, prediction_frame
+from adaptflow.tasks.inference.predict import OutputFile, output_format, prediction_frame
 from adaptflow.tasks.promotion import Approval, PromotionApproval, PromotionDecision, apply_approval, approval_markdown, decide
 from adaptflow.tasks.registry.store import AliasInfo
 
@@ -171,3 +176,42 @@ def test_text_column_is_detected_or_named():
         text_column_of(table, None, set())
     with pytest.raises(DataError, match="no text column 'body'"):
         text_column_of(table, "body", {"label"})
+
+
+# ---- the output file --------------------------------------------------------------------
+
+
+def _dead_pid() -> int:
+    done = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    return int(done.stdout)
+
+
+def test_output_file_appears_whole_with_umask_permissions(tmp_path):
+    old = os.umask(0o027)
+    try:
+        with OutputFile(tmp_path / "out.csv") as out:
+            out.write(pd.DataFrame({"a": [1, 2]}))
+            assert not (tmp_path / "out.csv").exists()  # not before it is complete
+            out.write(pd.DataFrame({"a": [3]}))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "out.csv").read_text() == "a\n1\n2\n3\n"
+    assert (tmp_path / "out.csv").stat().st_mode & 0o777 == 0o640
+    assert [p.name for p in tmp_path.iterdir()] == ["out.csv"]
+
+
+def test_a_failed_write_leaves_nothing_and_a_killed_one_is_cleaned_up_next_time(tmp_path):
+    with pytest.raises(RuntimeError), OutputFile(tmp_path / "out.jsonl") as out:
+        out.write(pd.DataFrame({"a": [1]}))
+        raise RuntimeError("inference failed")
+    assert list(tmp_path.iterdir()) == []
+    host = socket.gethostname()
+    killed = tmp_path / f".out.jsonl.{host}-{_dead_pid()}-0badc0de.partial"  # what a SIGKILLed predict leaves
+    running = tmp_path / f".out.jsonl.{host}-{os.getpid()}-1234abcd.partial"  # another predict still writing
+    elsewhere = tmp_path / f".out.jsonl.other-host-{_dead_pid()}-5678abcd.partial"  # not ours to judge
+    for path in (killed, running, elsewhere):
+        path.write_text("{}\n")
+    with OutputFile(tmp_path / "out.jsonl") as out:
+        out.write(pd.DataFrame({"a": [1]}))
+    assert sorted(p.name for p in tmp_path.iterdir()) == sorted([running.name, elsewhere.name, "out.jsonl"])
+    assert (tmp_path / "out.jsonl").read_text() == '{"a":1}\n'
