@@ -387,7 +387,9 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
     events.emit("start", total_steps=total_steps, epochs=epochs, resumed_from_step=state.resumed_from_step)
     loop_started = time.perf_counter()
     module.train()
-    for epoch in range(state.epoch, epochs):
+    # Resumed from the final checkpoint (the process was stopped while finishing): nothing is left to train.
+    first_epoch = epochs if state.step >= total_steps else state.epoch
+    for epoch in range(first_epoch, epochs):
         train_loader.set_epoch(epoch)
         skip = state.batches_in_epoch if epoch == state.epoch else 0
         state.epoch, state.batches_in_epoch = epoch, skip

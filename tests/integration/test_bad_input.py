@@ -92,13 +92,18 @@ def test_folder_that_is_not_a_model(s3_env, reviews_csv, tmp_path):
     _run_flow_expecting(ModelError, tiny_config(not_a_model, reviews_csv, tmp_path / "work"), s3_env, "not-a-model", "config.json")
 
 
-def test_pickle_only_model_is_refused(s3_env, tiny_bert_dir, reviews_csv, tmp_path):
-    pickled = tmp_path / "pickled"
-    pickled.mkdir()
-    for f in tiny_bert_dir.iterdir():
+def _pickle_only_copy(model_dir: Path, dest: Path) -> Path:
+    """``model_dir`` with its safetensors weights replaced by a ``pytorch_model.bin`` (never unpickled)."""
+    dest.mkdir()
+    for f in model_dir.iterdir():
         if f.suffix != ".safetensors":
-            (pickled / f.name).write_bytes(f.read_bytes())
-    (pickled / "pytorch_model.bin").write_bytes(b"not loaded")
+            (dest / f.name).write_bytes(f.read_bytes())
+    (dest / "pytorch_model.bin").write_bytes(b"never unpickled")
+    return dest
+
+
+def test_pickle_only_model_is_refused(s3_env, tiny_bert_dir, reviews_csv, tmp_path):
+    pickled = _pickle_only_copy(tiny_bert_dir, tmp_path / "pickled")
     _run_flow_expecting(ModelError, tiny_config(pickled, reviews_csv, tmp_path / "work"), s3_env, "pickled weights", "safetensors")
 
 
@@ -191,12 +196,7 @@ def _error_lines(output: str) -> list[str]:
 
 
 def test_cli_pickled_weights_beside_a_stray_safetensors_exit_2_before_training(cli_env, tiny_bert_dir, tmp_path, s3_env):
-    stray = tmp_path / "stray"
-    stray.mkdir()
-    for f in tiny_bert_dir.iterdir():
-        if f.suffix != ".safetensors":
-            (stray / f.name).write_bytes(f.read_bytes())
-    (stray / "pytorch_model.bin").write_bytes(b"never unpickled")
+    stray = _pickle_only_copy(tiny_bert_dir, tmp_path / "stray")
     (stray / "x.safetensors").write_bytes((tiny_bert_dir / "model.safetensors").read_bytes())
     data = write_reviews(tmp_path / "ok.csv", rows=40)
     started = time.monotonic()

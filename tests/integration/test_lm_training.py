@@ -68,6 +68,10 @@ def test_lm_run_resumes_from_its_checkpoint_like_an_uninterrupted_run(tiny_gpt2_
     assert resumed["eval_loss"] == pytest.approx(whole["eval_loss"], rel=1e-4)
     assert (run_dir / "model" / "model.safetensors").is_file()
 
+    (run_dir / "metrics.json").unlink()  # stopped after its final checkpoint, before the end: nothing left to train
+    again, _ = _train(tiny_gpt2_dir, sft_data, tmp_path, run_dir, **training)
+    assert again["resumed_from_step"] == 4 and again["steps"] == 4 and again["history"] == resumed["history"]
+
 
 def test_lm_run_stops_early_and_on_its_time_limit(tiny_gpt2_dir, sft_data, tmp_path):
     # a rate too small to move the weights: the evaluation loss never improves after the first evaluation
