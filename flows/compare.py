@@ -1,9 +1,10 @@
 """The ``compare`` flow: several strategies on the same data, evaluation set and budget, one report.
 
 check inputs -> prepare data (once) -> [search on the validation split] -> train every
-strategy -> evaluate -> forgetting score -> [register] -> table, chart, recommendation.
-The report is saved in the compare folder (``compare_report.json``, ``quality_vs_cost.png``,
-``report.md``, one run folder per strategy) and published as Prefect artifacts.
+strategy (x seeds) -> evaluate -> intervals and paired tests -> forgetting score -> [register]
+-> table, learning curves, chart, recommendation. The report is saved in the compare folder
+(``compare_report.json``, ``quality_vs_cost.png``, ``learning_curves.png``, ``report.md``,
+one run folder per strategy and seed) and published as Prefect artifacts.
 """
 
 from __future__ import annotations
@@ -24,15 +25,25 @@ from adaptflow.tasks.errors import raise_together
 from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
+    CURVES_FILE,
     REPORT_FILE,
     SEARCH_DATA,
     CompareConfig,
+    backbone_budget,
+    backbone_examples,
+    bootstrap_intervals,
+    budget_sentence,
+    curve_findings,
+    examples_per_step,
     final_config,
     folder_size_mb,
     grid,
+    learning_curve,
     load_compare_config,
+    paired_tests,
     pareto_front,
     pick_best,
+    plot_learning_curves,
     plot_quality_vs_cost,
     point_label,
     recommend,
@@ -42,6 +53,7 @@ from adaptflow.tasks.evaluation.compare import (
     table_rows,
     trial_config,
     with_budget,
+    with_seed,
 )
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
@@ -124,11 +136,22 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     searched = search(cc, plans, prepared.path, model_path, out) if cc.search_enabled() else {}
     plans = [final_config(cfg, searched.get(cfg.strategy.name, {}).get("winner", {}).get("point")) for cfg in plans]
 
-    run_dirs = [out / "strategies" / cfg.strategy.name for cfg in plans]
-    all_metrics = train_all([(cfg, prepared.path, model_path, d) for cfg, d in zip(plans, run_dirs)], cc.concurrency)
-    rows = []
-    for cfg, run_dir, metrics in zip(plans, run_dirs, all_metrics):
-        evaluation = evaluate_task(run_dir)
+    jobs = [
+        (with_seed(cfg, k), out / "strategies" / cfg.strategy.name / (f"seed-{k}" if cc.seeds > 1 else ""))
+        for cfg in plans
+        for k in range(cc.seeds)
+    ]
+    trained = train_all([(cfg, prepared.path, model_path, d) for cfg, d in jobs], cc.concurrency)
+    label_names = prepared.manifest["label_names"]
+    rows, correct, curves = [], {}, {}
+    for i, cfg in enumerate(plans):
+        runs = list(zip(jobs[i * cc.seeds : (i + 1) * cc.seeds], trained[i * cc.seeds : (i + 1) * cc.seeds]))
+        evaluations = [evaluate_task(run_dir) for (_, run_dir), _ in runs]
+        (_, run_dir), metrics = runs[0]  # the first seed's model: intervals, paired test, forgetting, registration
+        evaluation = evaluations[0]
+        predictions = json.loads((run_dir / "predictions.json").read_text())
+        correct[cfg.strategy.name] = [p == y for p, y in zip(predictions["predictions"], predictions["labels"])]
+        curves[cfg.strategy.name] = learning_curve(metrics["evals"], examples_per_step(cfg), metrics.get("feature_time_s", 0.0))
         version = (
             register_task(cfg, run_dir, prepared.manifest, model_path, metrics_markdown(evaluation))
             if cfg.registry.register_model
@@ -146,37 +169,49 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
                 "artifact_mb": folder_size_mb(run_dir / "model"),
                 "accuracy": evaluation.metrics["accuracy"],
                 "macro_f1": evaluation.metrics["macro_f1"],
+                **{f"{k}_ci": v for k, v in bootstrap_intervals(predictions["labels"], predictions["predictions"], label_names).items()},
+                "seeds": {
+                    "seed": [c.training.seed for (c, _), _ in runs],
+                    "accuracy": [e.metrics["accuracy"] for e in evaluations],
+                    "macro_f1": [e.metrics["macro_f1"] for e in evaluations],
+                    "train_runtime_s": [m["train_runtime_s"] for _, m in runs],
+                },
                 "forgetting": forgetting_task(model_path, run_dir / "model"),
                 "hyperparameters": _hyperparameters(cfg),
                 "steps": metrics["steps"],
                 "examples_seen": metrics["examples_seen"],
+                "backbone_examples": backbone_examples(cfg, metrics["examples_seen"], splits["train"]),
                 "examples_sha256": metrics.get("examples_sha256"),
                 "stopped_by_time": metrics.get("stopped_by_time", False),
                 "run_dir": str(run_dir),
                 "version_uri": version.uri if version else None,
             }
         )
+    tests = paired_tests(rows, correct)
+    for row in rows:
+        row["paired"] = tests.get(row["strategy"])
     for cost in ("train_runtime_s", "peak_memory_mb"):
         for row, on_front in zip(rows, pareto_front(rows, cost)):
             row[f"pareto_{cost}"] = on_front
 
     chart = plot_quality_vs_cost(rows, out / CHART_FILE)
-    budget = (
-        f"{cc.budget_seconds:g} s of training per strategy"
-        if cc.budget_seconds
-        else f"{rows[0]['examples_seen']:,} training examples per strategy, the same ones in the same order ({plans[0].training.max_steps} steps)"
-    )
+    curves_chart = plot_learning_curves(curves, out / CURVES_FILE)
+    budget = budget_sentence(cc, splits["train"], plans)
     result = CompareResult(
         model=cc.model,
         compare_dir=str(out),
         prepared_data=str(prepared.path),
         eval_rows=splits["eval"],
         splits=splits,
-        budget={"examples": None if cc.budget_seconds else rows[0]["examples_seen"], "seconds": cc.budget_seconds, "description": budget},
+        budget={"backbone_examples": backbone_budget(cc, splits["train"]), "seconds": cc.budget_seconds, "description": budget},
         rows=rows,
         search=searched,
         recommendation=recommend(rows, cc.max_train_seconds, cc.max_memory_mb),
         chart=str(chart),
+        seeds=cc.seeds,
+        curves=curves,
+        curve_findings=curve_findings(curves),
+        curves_chart=str(curves_chart),
         config=cc.model_dump(mode="json"),
         flow_run_id=flow_run.get_id(),
     )
@@ -185,7 +220,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown)
     create_table_artifact(table_rows(rows), key="compare-table", description="Strategies on the same data and budget")
-    shown = report_markdown(report, chart_src=png_data_uri(chart))  # the chart inline: the UI renders data: images
+    shown = report_markdown(report, chart_src=png_data_uri(chart), curves_src=png_data_uri(curves_chart))  # the UI renders data: images
     create_markdown_artifact(shown, key="compare-report", description="Strategy comparison: table, search, recommendation, chart")
     logger.info(" ".join(result.recommendation["text"]).replace("**", ""))
     return result

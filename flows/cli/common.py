@@ -8,6 +8,7 @@ message and exit code, never a traceback.
 from __future__ import annotations
 
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -27,7 +28,8 @@ console = Console(stderr=True)
 # Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
 # machine the worker's threads own the cores, and every redraw takes one of them for a moment.
 BAR_REFRESH_PER_S = 2
-out = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the results table
+# Logs and CI: wide enough for the results table, unless COLUMNS says how wide (rich reads it).
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
 
 
 def fail(exc: AdaptFlowError) -> typer.Exit:
