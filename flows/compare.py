@@ -25,6 +25,7 @@ from adaptflow.tasks.errors import raise_together
 from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
+    CURVE_DATA,
     CURVES_FILE,
     REPORT_FILE,
     SEARCH_DATA,
@@ -34,6 +35,7 @@ from adaptflow.tasks.evaluation.compare import (
     bootstrap_intervals,
     budget_sentence,
     curve_findings,
+    curve_view,
     examples_per_step,
     final_config,
     folder_size_mb,
@@ -51,6 +53,7 @@ from adaptflow.tasks.evaluation.compare import (
     search_view,
     slug,
     table_rows,
+    training_seconds,
     trial_config,
     with_budget,
     with_seed,
@@ -131,7 +134,8 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     out = _compare_dir(cc)
     out.mkdir(parents=True, exist_ok=True)
     logger.info(f"compare folder: {out}")
-    splits = prepared.manifest["splits"]
+    data_path = curve_view(prepared.path, out / CURVE_DATA, prepared.manifest["splits"], cc.data.data_seed)
+    splits = json.loads((data_path / "manifest.json").read_text())["splits"]
     plans = [with_budget(cfg, cc, splits["train"]) for cfg in plans]
     searched = search(cc, plans, prepared.path, model_path, out) if cc.search_enabled() else {}
     plans = [final_config(cfg, searched.get(cfg.strategy.name, {}).get("winner", {}).get("point")) for cfg in plans]
@@ -141,7 +145,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
         for cfg in plans
         for k in range(cc.seeds)
     ]
-    trained = train_all([(cfg, prepared.path, model_path, d) for cfg, d in jobs], cc.concurrency)
+    trained = train_all([(cfg, data_path, model_path, d) for cfg, d in jobs], cc.concurrency)
     label_names = prepared.manifest["label_names"]
     rows, correct, curves = [], {}, {}
     for i, cfg in enumerate(plans):
@@ -163,7 +167,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
                 "trainable_params": metrics["trainable_params"],
                 "total_params": metrics["total_params"],
                 "trainable_pct": 100 * metrics["trainable_params"] / max(1, metrics["total_params"]),
-                "train_runtime_s": metrics["train_runtime_s"],
+                "train_runtime_s": training_seconds(metrics),
                 "samples_per_s": metrics["samples_per_s"],
                 "peak_memory_mb": metrics["peak_memory_mb"],
                 "artifact_mb": folder_size_mb(run_dir / "model"),
@@ -174,7 +178,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
                     "seed": [c.training.seed for (c, _), _ in runs],
                     "accuracy": [e.metrics["accuracy"] for e in evaluations],
                     "macro_f1": [e.metrics["macro_f1"] for e in evaluations],
-                    "train_runtime_s": [m["train_runtime_s"] for _, m in runs],
+                    "train_runtime_s": [training_seconds(m) for _, m in runs],
                 },
                 "forgetting": forgetting_task(model_path, run_dir / "model"),
                 "hyperparameters": _hyperparameters(cfg),

@@ -52,6 +52,8 @@ CURVES_FILE = "learning_curves.png"
 CURVE_POINTS = 5  # validation evaluations per strategy under an examples budget
 SIGNIFICANCE = 0.05  # a difference whose paired-test p-value is at least this is called a tie
 BOOTSTRAP_RESAMPLES = 1000
+CURVE_VALIDATION_ROWS = 1000  # validation rows the learning curves are measured on (a seeded sample)
+CURVE_DATA = "curve_data"
 COMPARE_VALIDATION_FRACTION = 0.1  # training rows held out for the learning curves unless the data section says otherwise
 
 
@@ -256,6 +258,12 @@ def budget_sentence(cc: CompareConfig, train_rows: int, plans: Sequence[AdaptCon
     return "; ".join(parts)
 
 
+def training_seconds(metrics: dict[str, Any]) -> float:
+    """A training's time in the table: its loop without the learning curves' validation evaluations, plus transfer
+    learning's feature pass (which also covers the validation and evaluation rows)."""
+    return metrics["train_runtime_s"] - metrics.get("eval_time_s", 0.0)
+
+
 def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
     """The config of the seed_index-th repetition (seed, seed+1, ...)."""
     return cfg if seed_index == 0 else _updated(cfg, {"seed": cfg.training.seed + seed_index})
@@ -293,6 +301,27 @@ def final_config(cfg: AdaptConfig, point: dict[str, Any] | None) -> AdaptConfig:
     return _updated(cfg, {"learning_rate": point["learning_rate"]}, {"lora_r": point["lora_r"]} if "lora_r" in point else {})
 
 
+def prepared_view(prepared_path: Path, dest: Path, splits: dict[str, str], max_rows: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """A prepared folder holding the given splits of another one: ``{view split: source split}``.
+
+    Only the named source split folders are opened. ``max_rows`` caps a view split to a
+    seeded random sample of that many rows. Written once per ``dest``.
+    """
+    from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
+
+    source = open_prepared(Path(prepared_path), reused=True)
+    if (dest / "manifest.json").is_file():
+        return dest
+    view = DatasetDict({name: load_from_disk(str(source.dataset_path / split)) for name, split in splits.items()})
+    for name, cap in (max_rows or {}).items():
+        if len(view[name]) > cap:
+            view[name] = view[name].shuffle(seed=seed).select(range(cap))
+    view.save_to_disk(str(dest / source.dataset_path.name))
+    manifest = {**source.manifest, "view_of": str(prepared_path), "view_splits": splits, "splits": {k: len(v) for k, v in view.items()}}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
 def search_view(prepared_path: Path, dest: Path) -> Path:
     """A prepared folder holding only the training and validation rows, the validation rows as its 'eval' split.
 
@@ -300,18 +329,18 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     reach at all: every number a trial reports, and so every choice, comes from the
     validation split. Only the ``train`` and ``validation`` split folders are opened.
     """
-    from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
+    return prepared_view(prepared_path, dest, {"train": "train", "eval": "validation"})
 
-    source = open_prepared(Path(prepared_path), reused=True)
-    if (dest / "manifest.json").is_file():
-        return dest
-    view = DatasetDict(
-        {"train": load_from_disk(str(source.dataset_path / "train")), "eval": load_from_disk(str(source.dataset_path / "validation"))}
+
+def curve_view(prepared_path: Path, dest: Path, splits: dict[str, int], seed: int) -> Path:
+    """The prepared data the compared strategies train on: the same training and evaluation rows, and at most
+    ``CURVE_VALIDATION_ROWS`` validation rows for the learning curves (a seeded sample), so that evaluating
+    them several times costs little next to training. Without a validation split: the prepared folder itself."""
+    if "validation" not in splits:
+        return Path(prepared_path)
+    return prepared_view(
+        prepared_path, dest, {"train": "train", "validation": "validation", "eval": "eval"}, {"validation": CURVE_VALIDATION_ROWS}, seed
     )
-    view.save_to_disk(str(dest / source.dataset_path.name))
-    manifest = {**source.manifest, "search_view_of": str(prepared_path), "splits": {"train": len(view["train"]), "eval": len(view["eval"])}}
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return dest
 
 
 def pick_best(trials: Sequence[dict[str, Any]]) -> dict[str, Any]:
