@@ -7,14 +7,13 @@ apply to the strategies that have them.
 
 from __future__ import annotations
 
-import sys
 from typing import Any, Optional
 
 import typer
 from rich import box
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, out, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.common import check_before_prefect, out, print_json_stdout, reported, run_flow_with_training_bars
 from adaptflow.flows.cli.options import config_options, options_to_config
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import load_config_file
@@ -173,7 +172,7 @@ def compare_command(
     check_before_prefect(cc.adapt_configs()[0])  # the strategies share the model and data
     report = run_compare_with_progress(cc)
     if as_json:
-        sys.stdout.write(report.model_dump_json(indent=2) + "\n")
+        print_json_stdout(report.model_dump(mode="json"))
     else:
         print_compare(report)
 

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from adaptflow.flows.cli.common import console, out, reported
+from adaptflow.flows.cli.common import console, out, print_json_stdout, reported
 from adaptflow.tasks.errors import ConfigError, Problem
 from adaptflow.tasks.registry.store import (
     AliasInfo,
@@ -48,70 +48,108 @@ models_app = typer.Typer(
 @models_app.command("list")
 def list_command(
     name: Optional[str] = typer.Argument(None, help="A model name: list its versions. Empty: list the models."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout (an array of objects) instead of a table."),
 ) -> None:
     """List the registered models, or the versions of one model with their metrics and aliases.
 
-    Examples:  adaptflow models list     adaptflow models list reviews-lora
+    Examples:  adaptflow models list     adaptflow models list reviews-lora     adaptflow models list --json | jq
     """
     with reported():
         settings = S3Settings.resolve()
-        table = _versions_table(settings, name) if name else _models_table(settings)
-    if table.row_count == 0:
+        records = _version_records(settings, name) if name else _model_records(settings)
+    if as_json:
+        print_json_stdout(records)
+        return
+    if not records:
         out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
         return
-    out.print(table)
+    out.print(_versions_table(name, records) if name else _models_table(records))
 
 
-def _models_table(settings: S3Settings) -> Table:
+def _model_records(settings: S3Settings) -> list[dict[str, Any]]:
+    records = []
+    for name in list_models(settings):
+        versions = list_versions(settings, name)
+        if versions:
+            aliases = list_aliases(settings, name)
+            records.append(
+                {
+                    "model": name,
+                    "versions": len(versions),
+                    "latest": versions[-1].version,
+                    "registered": versions[-1].committed_at.astimezone(timezone.utc).isoformat(),
+                    "aliases": {info.alias: info.version for info in aliases},
+                }
+            )
+    return records
+
+
+def _models_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title="Registered models", title_style="bold")
     for column in ("model", "versions", "latest", "registered", "aliases"):
         table.add_column(column, justify="right" if column in ("versions", "latest") else "left", no_wrap=True)
-    for name in list_models(settings):
-        versions = list_versions(settings, name)
-        if not versions:
-            continue
-        table.add_row(
-            name,
-            str(len(versions)),
-            str(versions[-1].version),
-            _when(versions[-1].committed_at),
-            _aliases_text(list_aliases(settings, name)),
-        )
+    for r in records:
+        aliases = ", ".join(f"{alias} -> {version}" for alias, version in r["aliases"].items())
+        table.add_row(r["model"], str(r["versions"]), str(r["latest"]), _when(datetime.fromisoformat(r["registered"])), aliases)
     return table
 
 
-def _versions_table(settings: S3Settings, name: str) -> Table:
+def _version_records(settings: S3Settings, name: str) -> list[dict[str, Any]]:
     aliases = _aliases_by_version(list_aliases(settings, name))
+    records = []
+    for info in list_versions(settings, name):
+        manifest = get_manifest(settings, name, info.version)
+        metrics = manifest.get("metrics", {})
+        records.append(
+            {
+                "version": info.version,
+                "uri": info.uri,
+                "strategy": manifest.get("strategy"),
+                "accuracy": metrics.get("accuracy"),
+                "macro_f1": metrics.get("macro_f1"),
+                "size_bytes": sum(entry["size"] for entry in manifest["files"]),
+                "registered": info.committed_at.astimezone(timezone.utc).isoformat(),
+                "aliases": aliases.get(info.version, []),
+            }
+        )
+    return records
+
+
+def _versions_table(name: str, records: list[dict[str, Any]]) -> Table:
     table = Table(title=f"Versions of {name}", title_style="bold")
     for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
         justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
         table.add_column(column, justify=justify, no_wrap=True)
-    for info in list_versions(settings, name):
-        manifest = get_manifest(settings, name, info.version)
-        metrics = manifest.get("metrics", {})
+    for r in records:
         table.add_row(
-            str(info.version),
-            str(manifest.get("strategy", "-")),
-            _number(metrics.get("accuracy")),
-            _number(metrics.get("macro_f1")),
-            _size(sum(entry["size"] for entry in manifest["files"])),
-            _when(info.committed_at),
-            ", ".join(aliases.get(info.version, [])),
+            str(r["version"]),
+            str(r["strategy"] or "-"),
+            _number(r["accuracy"]),
+            _number(r["macro_f1"]),
+            _size(r["size_bytes"]),
+            _when(datetime.fromisoformat(r["registered"])),
+            ", ".join(r["aliases"]),
         )
     return table
 
 
 @models_app.command("show")
-def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
+def show_command(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the version (name, version, aliases, manifest) as JSON on stdout."),
+) -> None:
     """Show one version: strategy, base model, data fingerprint, metrics, files, lineage, versions of the code.
 
-    Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion
+    Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion --json | jq .manifest.metrics
     """
     with reported():
         settings = S3Settings.resolve()
         name, version = resolve_ref(settings, ref)
         manifest = get_manifest(settings, name, version)
         aliases = _aliases_by_version(list_aliases(settings, name)).get(version, [])
+    if as_json:
+        print_json_stdout({"name": name, "version": version, "aliases": aliases, "manifest": manifest})
+        return
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))
     out.print(_files_table(manifest))
@@ -380,10 +418,6 @@ def _aliases_by_version(aliases: list[AliasInfo]) -> dict[int, list[str]]:
     for info in aliases:
         by_version.setdefault(info.version, []).append(info.alias)
     return by_version
-
-
-def _aliases_text(aliases: list[AliasInfo]) -> str:
-    return ", ".join(f"{info.alias} -> {info.version}" for info in aliases)
 
 
 def _size(size: int) -> str:
