@@ -10,8 +10,11 @@ one run folder per strategy and seed) and published as Prefect artifacts.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -20,6 +23,7 @@ from prefect.runtime import flow_run
 from adaptflow.flows.preflight import InputError, check_inputs, collect
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import raise_together
 from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
@@ -27,6 +31,9 @@ from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
     CURVE_DATA,
     CURVES_FILE,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    PROBE_STEPS,
     REPORT_FILE,
     SEARCH_DATA,
     CompareConfig,
@@ -39,6 +46,7 @@ from adaptflow.tasks.evaluation.compare import (
     examples_per_step,
     final_config,
     folder_size_mb,
+    gpu_seconds,
     grid,
     learning_curve,
     load_compare_config,
@@ -48,11 +56,15 @@ from adaptflow.tasks.evaluation.compare import (
     plot_learning_curves,
     plot_quality_vs_cost,
     point_label,
+    probe_config,
+    probe_view,
+    projected_seconds,
     recommend,
     report_markdown,
     search_view,
     slug,
     table_rows,
+    training_flops,
     training_seconds,
     trial_config,
     with_budget,
@@ -60,7 +72,7 @@ from adaptflow.tasks.evaluation.compare import (
 )
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
-from adaptflow.tasks.training.launch import train_task
+from adaptflow.tasks.training.launch import run_training, train_task
 
 
 def _compare_dir(cc: CompareConfig) -> Path:
@@ -118,6 +130,64 @@ def search(cc: CompareConfig, plans: list[AdaptConfig], prepared_path: Path, mod
 def _hyperparameters(cfg: AdaptConfig) -> str:
     text = f"lr {cfg.learning_rate():.2g}"
     return text + (f", r {cfg.strategy.lora_r}" if cfg.strategy.name == "lora" else "")
+
+
+def estimate(cc: CompareConfig, gpu: str | None = None, on_line: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Cost before spending: time a few steps of every strategy on the user's data, project the whole budget.
+
+    Each strategy trains PROBE_STEPS optimizer steps (transfer learning: its feature pass and
+    head passes over PROBE_STEPS batches of rows) in its own worker, on a seeded sample of the
+    rows compare would use; the seconds per step (per row for features) times the budget's
+    steps (rows) give the projected train time, and the probe's peak memory the projected
+    peak (same batch size). With ``gpu``, also a projection from FLOP counts at
+    GPU_UTILISATION of that GPU's published peak. No Prefect server is involved.
+    """
+    plans = cc.adapt_configs()
+    model_path, found = check_inputs(plans[0])
+    raise_together(found, mixed=InputError)
+    assert model_path is not None
+    prepared = prepare_data(cc.data, model_path, cc.resolved_work_dir())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = cc.resolved_work_dir() / "compare-estimate" / stamp
+    data_path = curve_view(prepared.path, out / CURVE_DATA, prepared.manifest["splits"], cc.data.data_seed)
+    splits = json.loads((data_path / "manifest.json").read_text())["splits"]
+    plans = [with_budget(cfg, cc, splits["train"]) for cfg in plans]
+    probe_rows_n = PROBE_STEPS * max(examples_per_step(cfg) for cfg in plans)
+    probe = probe_view(data_path, out / "probe_data", probe_rows_n, cc.data.data_seed)
+    probe_splits = json.loads((probe / "manifest.json").read_text())["splits"]
+    mean_tokens = {split: stats["mean"] for split, stats in prepared.manifest["token_lengths"].items()}
+    rows = []
+    for cfg in plans:
+        on_line(f"probing {cfg.strategy.name} ...")
+        started = time.perf_counter()
+        metrics = run_training(probe_config(cfg), probe, model_path, out / "probe" / cfg.strategy.name)
+        row = {
+            "strategy": cfg.strategy.name,
+            "probe_steps": metrics["steps"],
+            "probe_wall_s": time.perf_counter() - started,
+            "projected_train_s": projected_seconds(cfg, metrics, probe_splits, splits),
+            "projected_peak_memory_mb": metrics["peak_memory_mb"],
+            "budget_steps": cfg.training.max_steps,
+            "device": metrics["device"],
+        }
+        if gpu:
+            flops = training_flops(cfg, metrics["trainable_params"], metrics["total_params"], mean_tokens, splits)
+            row |= {"flops": flops, "gpu_projected_train_s": gpu_seconds(flops, gpu)}
+        rows.append(row)
+    return {
+        "budget": budget_sentence(cc, splits["train"], plans),
+        "splits": splits,
+        "rows": rows,
+        "projected_total_train_s": sum(r["projected_train_s"] for r in rows) * cc.seeds,
+        "gpu": gpu,
+        "gpu_assumption": (
+            f"projection for {gpu}: FLOP counts at {GPU_UTILISATION:.0%} of its published peak "
+            f"({GPU_PEAK_TFLOPS[gpu]:g} TFLOP/s); not a measurement"
+            if gpu
+            else None
+        ),
+        "folder": str(out),
+    }
 
 
 @flow(name="compare", description="Compare adaptation strategies on the same data, evaluation set and budget; recommend one.")

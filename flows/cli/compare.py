@@ -13,12 +13,20 @@ import typer
 from rich import box
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, out, print_json_stdout, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.common import check_before_prefect, console, out, print_json_stdout, reported, run_flow_with_training_bars
 from adaptflow.flows.cli.options import config_options, options_to_config
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import load_config_file
 from adaptflow.tasks.errors import ConfigError, Problem
-from adaptflow.tasks.evaluation.compare import CLASSIFICATION_STRATEGIES, CompareConfig, interval_text, load_compare_config, score_text
+from adaptflow.tasks.evaluation.compare import (
+    CLASSIFICATION_STRATEGIES,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    CompareConfig,
+    interval_text,
+    load_compare_config,
+    score_text,
+)
 
 PANEL = "Comparison"
 
@@ -140,6 +148,20 @@ def compare_command(
         None, "--config", "-c", help="YAML/JSON file with the compare configuration (as printed by --print-config); options override it."
     ),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and exit."),
+    estimate: bool = typer.Option(
+        False,
+        "--estimate",
+        help="Cost before spending: time a few steps of each strategy on this data and print the projected train time and "
+        "peak memory of the whole budget (about a minute); trains nothing else.",
+        rich_help_panel=PANEL,
+    ),
+    gpu: Optional[str] = typer.Option(
+        None,
+        "--gpu",
+        help=f"With --estimate: also project the train time on this GPU class ({', '.join(GPU_PEAK_TFLOPS)}) from FLOP counts "
+        f"at {GPU_UTILISATION:.0%} of its published peak.",
+        rich_help_panel=PANEL,
+    ),
     as_json: bool = typer.Option(
         False, "--json", help="Print the report (compare_report.json) as JSON on stdout instead of the table; logs stay on stderr."
     ),
@@ -166,10 +188,21 @@ def compare_command(
             "concurrency": concurrency,
         }
         cc = build_compare_config(values, compare_values, load_config_file(config) if config else None)
+        if gpu is not None and gpu.lower() not in GPU_PEAK_TFLOPS:
+            raise ConfigError(Problem("--gpu", f"unknown GPU class {gpu!r}", f"choose from {', '.join(GPU_PEAK_TFLOPS)}"))
+        if gpu is not None and not estimate:
+            raise ConfigError(Problem("--gpu", "projects the cost of --estimate", "add --estimate"))
     if print_config:
         out.print_json(cc.model_dump_json(indent=2))
         return
     check_before_prefect(cc.adapt_configs()[0])  # the strategies share the model and data
+    if estimate:
+        from adaptflow.flows.compare import estimate as run_estimate  # imports torch, as the flow does
+
+        with reported():
+            projection = run_estimate(cc, gpu.lower() if gpu else None, on_line=lambda line: console.print(line, highlight=False))
+        print_json_stdout(projection) if as_json else print_estimate(projection)
+        return
     report = run_compare_with_progress(cc)
     if as_json:
         print_json_stdout(report.model_dump(mode="json"))
@@ -220,6 +253,22 @@ def fit_columns(rows: list[dict[str, Any]], width: int) -> tuple[list[tuple[str,
             chosen.append(i)
             used += widths[i] + per_column
     return [(cells[i][0], cells[i][1]) for i in sorted(chosen)], style
+
+
+def print_estimate(projection: dict[str, Any]) -> None:
+    out.print(f"[bold]Budget[/]: {projection['budget']}.", highlight=False)
+    gpu = projection["gpu"]
+    table = Table(title="Projected cost of the comparison (from a few timed steps per strategy)", title_style="bold")
+    for header in ("strategy", "projected train time", "peak memory", *([f"on {gpu} (projection)"] if gpu else [])):
+        table.add_column(header, justify="left" if header == "strategy" else "right", no_wrap=True)
+    for r in projection["rows"]:
+        cells = [r["strategy"], f"{r['projected_train_s']:.1f} s", f"{r['projected_peak_memory_mb']:.0f} MB"]
+        table.add_row(*cells, *([f"{r['gpu_projected_train_s']:.2f} s"] if gpu else []))
+    out.print(table)
+    out.print(f"projected train time of all strategies: {projection['projected_total_train_s']:.0f} s", highlight=False)
+    if gpu:
+        out.print(projection["gpu_assumption"], highlight=False)
+    out.print(f"probes: {projection['folder']}", soft_wrap=True, highlight=False)
 
 
 def print_compare(report: CompareResult) -> None:

@@ -269,6 +269,73 @@ def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
     return cfg if seed_index == 0 else _updated(cfg, {"seed": cfg.training.seed + seed_index})
 
 
+# ---- cost before spending ---------------------------------------------------------------
+
+PROBE_STEPS = 8  # optimizer steps each strategy is timed for by --estimate
+PROBE_ROWS = 32  # validation and evaluation rows of the probe
+GPU_PEAK_TFLOPS = {  # published dense bf16 (T4: fp16) peaks, TFLOP/s
+    "t4": 65.0,
+    "l4": 121.0,
+    "a10": 125.0,
+    "a100": 312.0,
+    "h100": 989.0,
+    "h200": 989.0,
+}
+GPU_UTILISATION = 0.3  # the share of the peak assumed reached: a projection, not a measurement
+
+
+def probe_config(cfg: AdaptConfig) -> AdaptConfig:
+    """A strategy's config for the --estimate probe: a few steps, no curves, nothing registered."""
+    steps = PROBE_STEPS if not get_strategy(cfg.strategy.name).uses_cached_features else None
+    cfg = _updated(cfg, {"max_steps": steps, "eval_every": None, "early_stopping_patience": None, "time_limit_s": None})
+    return AdaptConfig.model_validate({**cfg.model_dump(), "registry": {"register_model": False}})
+
+
+def probe_view(prepared_path: Path, dest: Path, rows: int, seed: int) -> Path:
+    """The probe's data: ``rows`` training rows and PROBE_ROWS validation and evaluation rows, seeded samples of the real ones."""
+    source = open_prepared(Path(prepared_path), reused=True)
+    splits = {"train": "train", "eval": "eval", **({"validation": "validation"} if "validation" in source.manifest["splits"] else {})}
+    caps = {"train": rows, "eval": PROBE_ROWS, "validation": PROBE_ROWS}
+    return prepared_view(prepared_path, dest, splits, {k: v for k, v in caps.items() if k in splits}, seed)
+
+
+def projected_seconds(cfg: AdaptConfig, probe: dict[str, Any], probe_rows: dict[str, int], splits: dict[str, int]) -> float:
+    """A strategy's train time under the budget (as the table counts it) from its probe's metrics.
+
+    Fine-tuning: seconds per optimizer step in the probe x the budget's steps. Transfer
+    learning: seconds per row of its feature pass x the rows it featurizes (training,
+    validation and evaluation), plus seconds per head step x its head steps. Under a time
+    budget: at most that many seconds (and the step that crosses it).
+    """
+    step_s = (probe["loop_time_s"] - probe.get("eval_time_s", 0.0)) / max(1, probe["steps"])
+    steps = cfg.training.max_steps or cfg.strategy.passes(cfg.training) * math.ceil(splits["train"] / examples_per_step(cfg))
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        row_s = probe["feature_time_s"] / max(1, sum(probe_rows.values()))
+        seconds = row_s * sum(splits.values()) + step_s * steps
+    else:
+        seconds = step_s * steps
+    return min(seconds, cfg.training.time_limit_s + step_s) if cfg.training.time_limit_s else seconds
+
+
+def training_flops(cfg: AdaptConfig, trainable: int, total: int, mean_tokens: dict[str, float], rows: dict[str, int]) -> float:
+    """FLOPs of a strategy's training under the budget (``cfg`` from :func:`with_budget`).
+
+    Per token: 2 x parameters forward; backward 2 x parameters (activation gradients, an
+    upper bound for partial fine-tuning) plus 2 x trainable parameters (weight gradients).
+    Transfer learning: one forward pass over every split's rows (its head is negligible).
+    ``mean_tokens``: tokens per row of each split (the prepared data's manifest).
+    """
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        return 2.0 * total * sum(mean_tokens[split] * n for split, n in rows.items())
+    trained_rows = (cfg.training.max_steps or 0) * examples_per_step(cfg)
+    return (4.0 * total + 2.0 * trainable) * trained_rows * mean_tokens["train"]
+
+
+def gpu_seconds(flops: float, gpu: str, utilisation: float = GPU_UTILISATION) -> float:
+    """A projection: ``flops`` at ``utilisation`` of the GPU's published peak."""
+    return flops / (GPU_PEAK_TFLOPS[gpu] * 1e12 * utilisation)
+
+
 # ---- search ----------------------------------------------------------------------------
 
 

@@ -9,10 +9,12 @@ import pytest
 from adaptflow.flows.cli.compare import fit_columns
 from adaptflow.tasks.errors import ConfigError
 from adaptflow.tasks.evaluation.compare import (
+    PROBE_STEPS,
     bootstrap_intervals,
     budget_sentence,
     curve_findings,
     final_config,
+    gpu_seconds,
     grid,
     learning_curve,
     load_compare_config,
@@ -21,7 +23,10 @@ from adaptflow.tasks.evaluation.compare import (
     paired_tests,
     pareto_front,
     pick_best,
+    probe_config,
+    projected_seconds,
     recommend,
+    training_flops,
     trial_config,
     with_budget,
 )
@@ -227,3 +232,25 @@ def test_final_run_uses_the_winning_point_without_the_trial_settings():
     final = final_config(lora, {"learning_rate": 5e-4, "lora_r": 16})
     assert final.learning_rate() == 5e-4 and final.strategy.lora_r == 16
     assert final.training.early_stopping_patience is None and final_config(lora, None) == lora
+
+
+def test_estimate_projects_the_budget_from_the_probe_and_flops_for_a_gpu():
+    cc = load_compare_config({"training": {"batch_size": 32}, "budget_examples": 3200})
+    plans = {c.strategy.name: with_budget(c, cc, train_rows=2000) for c in cc.adapt_configs()}
+    splits = {"train": 2000, "validation": 1000, "eval": 872}
+    probe = {"loop_time_s": 9.0, "eval_time_s": 1.0, "steps": 8, "feature_time_s": 0.0}
+    assert projected_seconds(plans["lora"], probe, {}, splits) == pytest.approx(100 * 1.0)  # 100 budget steps at 1 s
+    assert probe_config(plans["lora"]).training.max_steps == PROBE_STEPS and not probe_config(plans["lora"]).registry.register_model
+    tl_probe = {"loop_time_s": 1.6, "eval_time_s": 0.0, "steps": 160, "feature_time_s": 3.2}
+    probe_rows = {"train": 256, "validation": 32, "eval": 32}  # 320 rows in 3.2 s: 0.01 s per row
+    # features for 3,872 rows, then 20 head passes of 63 steps at 0.01 s
+    assert projected_seconds(plans["transfer_learning"], tl_probe, probe_rows, splits) == pytest.approx(38.72 + 12.6)
+    timed = load_compare_config({"training": {"batch_size": 32}, "budget_seconds": 30})
+    assert projected_seconds(with_budget(timed.adapt_configs()[3], timed, 2000), probe, {}, splits) == pytest.approx(31.0)
+
+    tokens = {"train": 10.0, "validation": 10.0, "eval": 20.0}
+    full = training_flops(plans["full_fine_tuning"], 1000, 1000, tokens, splits)
+    lora = training_flops(plans["lora"], 10, 1000, tokens, splits)
+    assert full == pytest.approx(6 * 1000 * 3200 * 10) and lora == pytest.approx((4 * 1000 + 20) * 3200 * 10)
+    assert training_flops(plans["transfer_learning"], 1, 1000, tokens, splits) == pytest.approx(2 * 1000 * (20000 + 10000 + 17440))
+    assert gpu_seconds(312e12 * 0.3, "a100") == pytest.approx(1.0) and gpu_seconds(1e12, "t4", utilisation=1.0) == pytest.approx(1 / 65)
