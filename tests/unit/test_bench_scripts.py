@@ -8,7 +8,9 @@ import importlib
 import pytest
 
 
-@pytest.mark.parametrize("name", ["overhead", "speed", "quality", "scaling", "registry_sizes", "hf_loading", "lora_cost"])  # each imports bench.common
+@pytest.mark.parametrize(
+    "name", ["overhead", "speed", "quality", "scaling", "registry_sizes", "hf_loading", "lora_cost"]
+)  # each imports bench.common
 def test_benchmark_script_imports(name):
     module = importlib.import_module(f"bench.{name}")
     assert callable(module.main)
