@@ -1,6 +1,6 @@
 """What LoRA costs on CPU, and why: its settings against each other and against full fine-tuning.
 
-    python bench/lora_cost.py [--train-samples 1000] [--repeats 1]
+    python -m bench.lora_cost [--train-samples 1000] [--repeats 1]
 
 Every configuration trains the offline MiniLM on the same prepared SST-2 rows for one pass,
 in a fresh worker process of its own, and is scored on the dev set. The LoRA settings
@@ -27,7 +27,7 @@ from bench.common import SST2, console, prepare_sst2, print_table, require_sst2,
 
 CONFIGS: list[tuple[str, str, dict]] = [
     ("lora, dropout 0.05, all-linear (old default)", "lora", {"lora_dropout": 0.05}),
-    ("lora, dropout 0, all-linear", "lora", {"lora_dropout": 0.0}),
+    ("lora, dropout 0, all-linear (default)", "lora", {"lora_dropout": 0.0}),
     ("lora, dropout 0.05, query,value", "lora", {"lora_dropout": 0.05, "lora_target_modules": ["query", "value"]}),
     ("lora, dropout 0, query,value", "lora", {"lora_dropout": 0.0, "lora_target_modules": ["query", "value"]}),
     ("full_fine_tuning (reference)", "full_fine_tuning", {}),
