@@ -53,11 +53,11 @@ def prepare_sst2(
     return model, data_cfg, prepare_data(data_cfg, model, work)
 
 
-def strategy_config(model: Path, data_cfg: DataConfig, strategy: str, work: Path, **training) -> AdaptConfig:
+def strategy_config(model: Path, data_cfg: DataConfig, strategy: str, work: Path, params: dict | None = None, **training) -> AdaptConfig:
     return load_config(
         {
             "model": str(model),
-            "strategy": {"name": strategy},
+            "strategy": {"name": strategy, **(params or {})},
             "data": data_cfg.model_dump(),
             "training": {"log_every": 25, **training},
             "registry": {"register_model": False},

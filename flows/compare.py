@@ -1,16 +1,20 @@
 """The ``compare`` flow: several strategies on the same data, evaluation set and budget, one report.
 
 check inputs -> prepare data (once) -> [search on the validation split] -> train every
-strategy -> evaluate -> forgetting score -> [register] -> table, chart, recommendation.
-The report is saved in the compare folder (``compare_report.json``, ``quality_vs_cost.png``,
-``report.md``, one run folder per strategy) and published as Prefect artifacts.
+strategy (x seeds) -> evaluate -> intervals and paired tests -> forgetting score -> [register]
+-> table, learning curves, chart, recommendation. The report is saved in the compare folder
+(``compare_report.json``, ``quality_vs_cost.png``, ``learning_curves.png``, ``report.md``,
+one run folder per strategy and seed) and published as Prefect artifacts.
 """
 
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
+from typing import Any
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
@@ -19,33 +23,56 @@ from prefect.runtime import flow_run
 from adaptflow.flows.preflight import InputError, check_inputs, collect
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import AdaptConfig
+from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import raise_together
 from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.compare import (
     CHART_FILE,
+    CURVE_DATA,
+    CURVES_FILE,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    PROBE_STEPS,
     REPORT_FILE,
     SEARCH_DATA,
     CompareConfig,
+    backbone_budget,
+    backbone_examples,
+    bootstrap_intervals,
+    budget_sentence,
+    curve_findings,
+    curve_view,
+    examples_per_step,
     final_config,
     folder_size_mb,
+    gpu_seconds,
     grid,
+    learning_curve,
     load_compare_config,
+    paired_tests,
     pareto_front,
     pick_best,
+    plot_learning_curves,
     plot_quality_vs_cost,
     point_label,
+    probe_config,
+    probe_view,
+    projected_seconds,
     recommend,
     report_markdown,
     search_view,
     slug,
     table_rows,
+    training_flops,
+    training_seconds,
     trial_config,
     with_budget,
+    with_seed,
 )
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
-from adaptflow.tasks.training.launch import train_task
+from adaptflow.tasks.training.launch import run_training, train_task
 
 
 def _compare_dir(cc: CompareConfig) -> Path:
@@ -105,6 +132,64 @@ def _hyperparameters(cfg: AdaptConfig) -> str:
     return text + (f", r {cfg.strategy.lora_r}" if cfg.strategy.name == "lora" else "")
 
 
+def estimate(cc: CompareConfig, gpu: str | None = None, on_line: Callable[[str], None] = lambda line: None) -> dict[str, Any]:
+    """Cost before spending: time a few steps of every strategy on the user's data, project the whole budget.
+
+    Each strategy trains PROBE_STEPS optimizer steps (transfer learning: its feature pass and
+    head passes over PROBE_STEPS batches of rows) in its own worker, on a seeded sample of the
+    rows compare would use; the seconds per step (per row for features) times the budget's
+    steps (rows) give the projected train time, and the probe's peak memory the projected
+    peak (same batch size). With ``gpu``, also a projection from FLOP counts at
+    GPU_UTILISATION of that GPU's published peak. No Prefect server is involved.
+    """
+    plans = cc.adapt_configs()
+    model_path, found = check_inputs(plans[0])
+    raise_together(found, mixed=InputError)
+    assert model_path is not None
+    prepared = prepare_data(cc.data, model_path, cc.resolved_work_dir())
+    stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    out = cc.resolved_work_dir() / "compare-estimate" / stamp
+    data_path = curve_view(prepared.path, out / CURVE_DATA, prepared.manifest["splits"], cc.data.data_seed)
+    splits = json.loads((data_path / "manifest.json").read_text())["splits"]
+    plans = [with_budget(cfg, cc, splits["train"]) for cfg in plans]
+    probe_rows_n = PROBE_STEPS * max(examples_per_step(cfg) for cfg in plans)
+    probe = probe_view(data_path, out / "probe_data", probe_rows_n, cc.data.data_seed)
+    probe_splits = json.loads((probe / "manifest.json").read_text())["splits"]
+    mean_tokens = {split: stats["mean"] for split, stats in prepared.manifest["token_lengths"].items()}
+    rows = []
+    for cfg in plans:
+        on_line(f"probing {cfg.strategy.name} ...")
+        started = time.perf_counter()
+        metrics = run_training(probe_config(cfg), probe, model_path, out / "probe" / cfg.strategy.name)
+        row = {
+            "strategy": cfg.strategy.name,
+            "probe_steps": metrics["steps"],
+            "probe_wall_s": time.perf_counter() - started,
+            "projected_train_s": projected_seconds(cfg, metrics, probe_splits, splits),
+            "projected_peak_memory_mb": metrics["peak_memory_mb"],
+            "budget_steps": cfg.training.max_steps,
+            "device": metrics["device"],
+        }
+        if gpu:
+            flops = training_flops(cfg, metrics["trainable_params"], metrics["total_params"], mean_tokens, splits)
+            row |= {"flops": flops, "gpu_projected_train_s": gpu_seconds(flops, gpu)}
+        rows.append(row)
+    return {
+        "budget": budget_sentence(cc, splits["train"], plans),
+        "splits": splits,
+        "rows": rows,
+        "projected_total_train_s": sum(r["projected_train_s"] for r in rows) * cc.seeds,
+        "gpu": gpu,
+        "gpu_assumption": (
+            f"projection for {gpu}: FLOP counts at {GPU_UTILISATION:.0%} of its published peak "
+            f"({GPU_PEAK_TFLOPS[gpu]:g} TFLOP/s); not a measurement"
+            if gpu
+            else None
+        ),
+        "folder": str(out),
+    }
+
+
 @flow(name="compare", description="Compare adaptation strategies on the same data, evaluation set and budget; recommend one.")
 def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     """Train every chosen strategy on the same prepared data and budget; publish a table, a chart and a recommendation."""
@@ -119,16 +204,28 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     out = _compare_dir(cc)
     out.mkdir(parents=True, exist_ok=True)
     logger.info(f"compare folder: {out}")
-    splits = prepared.manifest["splits"]
+    data_path = curve_view(prepared.path, out / CURVE_DATA, prepared.manifest["splits"], cc.data.data_seed)
+    splits = json.loads((data_path / "manifest.json").read_text())["splits"]
     plans = [with_budget(cfg, cc, splits["train"]) for cfg in plans]
     searched = search(cc, plans, prepared.path, model_path, out) if cc.search_enabled() else {}
     plans = [final_config(cfg, searched.get(cfg.strategy.name, {}).get("winner", {}).get("point")) for cfg in plans]
 
-    run_dirs = [out / "strategies" / cfg.strategy.name for cfg in plans]
-    all_metrics = train_all([(cfg, prepared.path, model_path, d) for cfg, d in zip(plans, run_dirs)], cc.concurrency)
-    rows = []
-    for cfg, run_dir, metrics in zip(plans, run_dirs, all_metrics):
-        evaluation = evaluate_task(run_dir)
+    jobs = [
+        (with_seed(cfg, k), out / "strategies" / cfg.strategy.name / (f"seed-{k}" if cc.seeds > 1 else ""))
+        for cfg in plans
+        for k in range(cc.seeds)
+    ]
+    trained = train_all([(cfg, data_path, model_path, d) for cfg, d in jobs], cc.concurrency)
+    label_names = prepared.manifest["label_names"]
+    rows, correct, curves = [], {}, {}
+    for i, cfg in enumerate(plans):
+        runs = list(zip(jobs[i * cc.seeds : (i + 1) * cc.seeds], trained[i * cc.seeds : (i + 1) * cc.seeds]))
+        evaluations = [evaluate_task(run_dir) for (_, run_dir), _ in runs]
+        (_, run_dir), metrics = runs[0]  # the first seed's model: intervals, paired test, forgetting, registration
+        evaluation = evaluations[0]
+        predictions = json.loads((run_dir / "predictions.json").read_text())
+        correct[cfg.strategy.name] = [p == y for p, y in zip(predictions["predictions"], predictions["labels"])]
+        curves[cfg.strategy.name] = learning_curve(metrics["evals"], examples_per_step(cfg), metrics.get("feature_time_s", 0.0))
         version = (
             register_task(cfg, run_dir, prepared.manifest, model_path, metrics_markdown(evaluation))
             if cfg.registry.register_model
@@ -140,43 +237,55 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
                 "trainable_params": metrics["trainable_params"],
                 "total_params": metrics["total_params"],
                 "trainable_pct": 100 * metrics["trainable_params"] / max(1, metrics["total_params"]),
-                "train_runtime_s": metrics["train_runtime_s"],
+                "train_runtime_s": training_seconds(metrics),
                 "samples_per_s": metrics["samples_per_s"],
                 "peak_memory_mb": metrics["peak_memory_mb"],
                 "artifact_mb": folder_size_mb(run_dir / "model"),
                 "accuracy": evaluation.metrics["accuracy"],
                 "macro_f1": evaluation.metrics["macro_f1"],
+                **{f"{k}_ci": v for k, v in bootstrap_intervals(predictions["labels"], predictions["predictions"], label_names).items()},
+                "seeds": {
+                    "seed": [c.training.seed for (c, _), _ in runs],
+                    "accuracy": [e.metrics["accuracy"] for e in evaluations],
+                    "macro_f1": [e.metrics["macro_f1"] for e in evaluations],
+                    "train_runtime_s": [training_seconds(m) for _, m in runs],
+                },
                 "forgetting": forgetting_task(model_path, run_dir / "model"),
                 "hyperparameters": _hyperparameters(cfg),
                 "steps": metrics["steps"],
                 "examples_seen": metrics["examples_seen"],
+                "backbone_examples": backbone_examples(cfg, metrics["examples_seen"], splits["train"]),
                 "examples_sha256": metrics.get("examples_sha256"),
                 "stopped_by_time": metrics.get("stopped_by_time", False),
                 "run_dir": str(run_dir),
                 "version_uri": version.uri if version else None,
             }
         )
+    tests = paired_tests(rows, correct)
+    for row in rows:
+        row["paired"] = tests.get(row["strategy"])
     for cost in ("train_runtime_s", "peak_memory_mb"):
         for row, on_front in zip(rows, pareto_front(rows, cost)):
             row[f"pareto_{cost}"] = on_front
 
     chart = plot_quality_vs_cost(rows, out / CHART_FILE)
-    budget = (
-        f"{cc.budget_seconds:g} s of training per strategy"
-        if cc.budget_seconds
-        else f"{rows[0]['examples_seen']:,} training examples per strategy, the same ones in the same order ({plans[0].training.max_steps} steps)"
-    )
+    curves_chart = plot_learning_curves(curves, out / CURVES_FILE)
+    budget = budget_sentence(cc, splits["train"], plans)
     result = CompareResult(
         model=cc.model,
         compare_dir=str(out),
         prepared_data=str(prepared.path),
         eval_rows=splits["eval"],
         splits=splits,
-        budget={"examples": None if cc.budget_seconds else rows[0]["examples_seen"], "seconds": cc.budget_seconds, "description": budget},
+        budget={"backbone_examples": backbone_budget(cc, splits["train"]), "seconds": cc.budget_seconds, "description": budget},
         rows=rows,
         search=searched,
         recommendation=recommend(rows, cc.max_train_seconds, cc.max_memory_mb),
         chart=str(chart),
+        seeds=cc.seeds,
+        curves=curves,
+        curve_findings=curve_findings(curves),
+        curves_chart=str(curves_chart),
         config=cc.model_dump(mode="json"),
         flow_run_id=flow_run.get_id(),
     )
@@ -185,7 +294,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     (out / REPORT_FILE).write_text(json.dumps(report, indent=2, default=str))
     (out / "report.md").write_text(markdown)
     create_table_artifact(table_rows(rows), key="compare-table", description="Strategies on the same data and budget")
-    shown = report_markdown(report, chart_src=png_data_uri(chart))  # the chart inline: the UI renders data: images
+    shown = report_markdown(report, chart_src=png_data_uri(chart), curves_src=png_data_uri(curves_chart))  # the UI renders data: images
     create_markdown_artifact(shown, key="compare-report", description="Strategy comparison: table, search, recommendation, chart")
     logger.info(" ".join(result.recommendation["text"]).replace("**", ""))
     return result

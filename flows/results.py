@@ -119,5 +119,10 @@ class CompareResult(Result):
     search: dict[str, Any]
     recommendation: dict[str, Any]
     chart: str
+    seeds: int = 1
+    curves: dict[str, list[dict[str, Any]]] = {}
+    """Per strategy: its validation evaluations (examples seen, seconds of training, accuracy, loss)."""
+    curve_findings: list[str] = []
+    curves_chart: str | None = None
     config: dict[str, Any]
     flow_run_id: str | None

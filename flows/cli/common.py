@@ -7,11 +7,13 @@ message and exit code, never a traceback.
 
 from __future__ import annotations
 
+import json
 import logging
+import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import typer
 from rich.console import Console
@@ -27,7 +29,14 @@ console = Console(stderr=True)
 # Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
 # machine the worker's threads own the cores, and every redraw takes one of them for a moment.
 BAR_REFRESH_PER_S = 2
-out = Console(width=None if sys.stdout.isatty() else 120)  # logs and CI: wide enough for the results table
+# Logs and CI: wide enough for the results table, unless COLUMNS says how wide (rich reads it).
+out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
+
+
+def print_json_stdout(data: Any) -> None:
+    """A command's machine-readable result (``--json``): plain JSON on stdout, nothing else there; logs stay on stderr."""
+    sys.stdout.write(json.dumps(data, indent=2, default=str) + "\n")
+    sys.stdout.flush()
 
 
 def fail(exc: AdaptFlowError) -> typer.Exit:

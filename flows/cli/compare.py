@@ -10,14 +10,23 @@ from __future__ import annotations
 from typing import Any, Optional
 
 import typer
+from rich import box
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, out, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.common import check_before_prefect, console, out, print_json_stdout, reported, run_flow_with_training_bars
 from adaptflow.flows.cli.options import config_options, options_to_config
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import load_config_file
 from adaptflow.tasks.errors import ConfigError, Problem
-from adaptflow.tasks.evaluation.compare import CLASSIFICATION_STRATEGIES, CompareConfig, load_compare_config
+from adaptflow.tasks.evaluation.compare import (
+    CLASSIFICATION_STRATEGIES,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    CompareConfig,
+    interval_text,
+    load_compare_config,
+    score_text,
+)
 
 PANEL = "Comparison"
 
@@ -64,6 +73,8 @@ def build_compare_config(values: dict[str, Any], compare_values: dict[str, Any],
         "strategies": [c.strategy.model_dump() for c in configs],
         **{k: v for k, v in compare_values.items() if v is not None},
     }
+    if values.get("validation_fraction") is None and "validation_fraction" not in (base.get("data") or {}):
+        raw["data"].pop("validation_fraction")  # compare's own default: a validation split for the learning curves
     return load_compare_config(raw)
 
 
@@ -78,7 +89,24 @@ def compare_command(
         None,
         "--budget-examples",
         min=1,
-        help="Training examples every strategy sees (the same ones, in the same order). (default: --epochs passes over the training data)",
+        help="Training examples through the backbone's forward pass, for every strategy: fine-tuning sees the same ones in the same "
+        "order; transfer learning's backbone runs once over the training rows and its head makes its --head-epochs passes "
+        "over the cached features. (default: --budget-passes)",
+        rich_help_panel=PANEL,
+    ),
+    budget_passes: Optional[int] = typer.Option(
+        None,
+        "--budget-passes",
+        min=1,
+        help="Instead: this many passes over the training rows through the backbone, for every strategy. (default: --epochs)",
+        rich_help_panel=PANEL,
+    ),
+    seeds: Optional[int] = typer.Option(
+        None,
+        "--seeds",
+        min=1,
+        max=20,
+        help="Train each strategy N times (seeds seed, seed+1, ...); scores as mean ± sd. (default: 1)",
         rich_help_panel=PANEL,
     ),
     budget_seconds: Optional[float] = typer.Option(
@@ -120,6 +148,23 @@ def compare_command(
         None, "--config", "-c", help="YAML/JSON file with the compare configuration (as printed by --print-config); options override it."
     ),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and exit."),
+    estimate: bool = typer.Option(
+        False,
+        "--estimate",
+        help="Cost before spending: time a few steps of each strategy on this data and print the projected train time and "
+        "peak memory of the whole budget (about a minute); trains nothing else.",
+        rich_help_panel=PANEL,
+    ),
+    gpu: Optional[str] = typer.Option(
+        None,
+        "--gpu",
+        help=f"With --estimate: also project the train time on this GPU class ({', '.join(GPU_PEAK_TFLOPS)}) from FLOP counts "
+        f"at {GPU_UTILISATION:.0%} of its published peak.",
+        rich_help_panel=PANEL,
+    ),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the report (compare_report.json) as JSON on stdout instead of the table; logs stay on stderr."
+    ),
     **values: Any,
 ) -> None:
     """Run the [bold]compare[/] flow: every strategy on the same data, evaluation set and budget, then one report.
@@ -132,7 +177,9 @@ def compare_command(
         compare_values = {
             "strategies": strategies,
             "budget_examples": budget_examples,
+            "budget_passes": budget_passes,
             "budget_seconds": budget_seconds,
+            "seeds": seeds,
             "search_lr_factors": _floats(search_lr_factors, "--search-lr-factors") or None,
             "search_lora_ranks": [int(v) for v in _floats(search_lora_ranks, "--search-lora-ranks")] or None,
             "search_patience": search_patience,
@@ -141,12 +188,26 @@ def compare_command(
             "concurrency": concurrency,
         }
         cc = build_compare_config(values, compare_values, load_config_file(config) if config else None)
+        if gpu is not None and gpu.lower() not in GPU_PEAK_TFLOPS:
+            raise ConfigError(Problem("--gpu", f"unknown GPU class {gpu!r}", f"choose from {', '.join(GPU_PEAK_TFLOPS)}"))
+        if gpu is not None and not estimate:
+            raise ConfigError(Problem("--gpu", "projects the cost of --estimate", "add --estimate"))
     if print_config:
         out.print_json(cc.model_dump_json(indent=2))
         return
     check_before_prefect(cc.adapt_configs()[0])  # the strategies share the model and data
+    if estimate:
+        from adaptflow.flows.compare import estimate as run_estimate  # imports torch, as the flow does
+
+        with reported():
+            projection = run_estimate(cc, gpu.lower() if gpu else None, on_line=lambda line: console.print(line, highlight=False))
+        print_json_stdout(projection) if as_json else print_estimate(projection)
+        return
     report = run_compare_with_progress(cc)
-    print_compare(report)
+    if as_json:
+        print_json_stdout(report.model_dump(mode="json"))
+    else:
+        print_compare(report)
 
 
 def run_compare_with_progress(cc: CompareConfig) -> CompareResult:
@@ -156,45 +217,91 @@ def run_compare_with_progress(cc: CompareConfig) -> CompareResult:
     return run_flow_with_training_bars(lambda: compare(config=cc), lambda n: f"training run {n + 1}")
 
 
-def print_compare(report: CompareResult) -> None:
-    table = Table(title=f"AdaptFlow comparison ({report.budget['description']})", title_style="bold")
-    for col in (
-        "strategy",
-        "trainable params",
-        "train time",
-        "samples/s",
-        "peak memory",
-        "artifact",
-        "accuracy",
-        "macro-F1",
-        "forgetting",
-        "hyper-parameters",
-    ):
-        table.add_column(col, justify="left" if col in ("strategy", "hyper-parameters") else "right", no_wrap=True)
-    for r in report.rows:
-        star = " *" if r["pareto_train_runtime_s"] or r["pareto_peak_memory_mb"] else ""
-        table.add_row(
-            r["strategy"] + star,
-            f"{r['trainable_params']:,} ({r['trainable_pct']:.2f}%)",
-            f"{r['train_runtime_s']:.1f} s",
-            f"{r['samples_per_s']:.1f}",
-            f"{r['peak_memory_mb']:.0f} MB",
-            f"{r['artifact_mb']:.1f} MB",
-            f"{r['accuracy']:.4f}",
-            f"{r['macro_f1']:.4f}",
-            f"{r['forgetting']:.4f}",
-            r["hyperparameters"],
-        )
+# (header, cell, key): key columns are never dropped or cut; the others, last first, give way on narrow terminals.
+COLUMNS: list[tuple[str, Any, bool]] = [
+    ("strategy", lambda r: r["strategy"] + ("*" if r["pareto_train_runtime_s"] or r["pareto_peak_memory_mb"] else ""), True),
+    ("accuracy", lambda r: score_text(r, "accuracy"), True),
+    ("95% CI", lambda r: interval_text(r, "accuracy"), True),
+    ("macro-F1", lambda r: score_text(r, "macro_f1"), True),
+    ("time", lambda r: f"{r['train_runtime_s']:.1f} s", True),
+    ("memory", lambda r: f"{r['peak_memory_mb']:.0f} MB", True),
+    ("F1 95% CI", lambda r: interval_text(r, "macro_f1"), False),
+    ("p vs best", lambda r: f"{r['paired']['p_value']:.3f}" if r.get("paired") else "best", False),
+    ("trainable params", lambda r: f"{r['trainable_params']:,} ({r['trainable_pct']:.2f}%)", False),
+    ("samples/s", lambda r: f"{r['samples_per_s']:.1f}", False),
+    ("artifact", lambda r: f"{r['artifact_mb']:.1f} MB", False),
+    ("forgetting", lambda r: f"{r['forgetting']:.4f}", False),
+    ("hyper-parameters", lambda r: r["hyperparameters"], False),
+]
+
+
+def fit_columns(rows: list[dict[str, Any]], width: int) -> tuple[list[tuple[str, list[str]]], box.Box]:
+    """The columns that fit ``width`` whole: every key column, then the others in order while they fit.
+
+    A boxed table takes 3 characters per column (padding and a border) plus one; when the
+    key columns alone do not fit that, the table loses its vertical borders (2 per column).
+    """
+    cells = [(header, [cell(r) for r in rows], key) for header, cell, key in COLUMNS]
+    widths = [max(len(header), *(len(c) for c in column)) for header, column, _ in cells]
+    keys = [i for i, (_, _, key) in enumerate(cells) if key]
+    style, per_column, edge = box.HEAVY_HEAD, 3, 1
+    if edge + sum(widths[i] + per_column for i in keys) > width:
+        style, per_column, edge = box.SIMPLE_HEAD, 2, 0
+    chosen, used = list(keys), edge + sum(widths[i] + per_column for i in keys)
+    for i, (_, _, key) in enumerate(cells):
+        if not key and used + widths[i] + per_column <= width:
+            chosen.append(i)
+            used += widths[i] + per_column
+    return [(cells[i][0], cells[i][1]) for i in sorted(chosen)], style
+
+
+def print_estimate(projection: dict[str, Any]) -> None:
+    out.print(f"[bold]Budget[/]: {projection['budget']}.", highlight=False)
+    gpu = projection["gpu"]
+    table = Table(title="Projected cost of the comparison (from a few timed steps per strategy)", title_style="bold")
+    for header in ("strategy", "projected train time", "peak memory", *([f"on {gpu} (projection)"] if gpu else [])):
+        table.add_column(header, justify="left" if header == "strategy" else "right", no_wrap=True)
+    for r in projection["rows"]:
+        cells = [r["strategy"], f"{r['projected_train_s']:.1f} s", f"{r['projected_peak_memory_mb']:.0f} MB"]
+        table.add_row(*cells, *([f"{r['gpu_projected_train_s']:.2f} s"] if gpu else []))
     out.print(table)
-    out.print("* on the Pareto front (no other strategy is both cheaper and better) for time or memory")
+    out.print(f"projected train time of all strategies: {projection['projected_total_train_s']:.0f} s", highlight=False)
+    if gpu:
+        out.print(projection["gpu_assumption"], highlight=False)
+    out.print(f"probes: {projection['folder']}", soft_wrap=True, highlight=False)
+
+
+def print_compare(report: CompareResult) -> None:
+    out.print(f"[bold]Budget[/]: {report.budget['description']}.", highlight=False)
+    columns, style = fit_columns(report.rows, out.width)
+    table = Table(title="AdaptFlow comparison", title_style="bold", box=style, pad_edge=style is box.HEAVY_HEAD)
+    for header, _ in columns:
+        table.add_column(header, justify="left" if header in ("strategy", "hyper-parameters") else "right", no_wrap=True)
+    for i in range(len(report.rows)):
+        table.add_row(*(column[i] for _, column in columns))
+    out.print(table)
+    shown = {header for header, _ in columns}
+    if hidden := [header for header, _, _ in COLUMNS if header not in shown]:
+        out.print(f"not shown at this width: {', '.join(hidden)} (all in the report, or --json)", highlight=False)
+    seeds = f" (mean±sd over {report.seeds} seeds; intervals and tests of the first)" if report.seeds > 1 else ""
+    out.print(f"95% CI: bootstrap over the evaluation rows{seeds}; * on the Pareto front for time or memory", highlight=False)
+    for r in report.rows:
+        if r.get("paired"):
+            p = r["paired"]
+            out.print(
+                f"paired test {r['strategy']} vs {p['against']}: McNemar mid-p {p['p_value']:.3f} "
+                f"({p['b_only']} rows only it got right, {p['a_only']} only {p['against']})",
+                highlight=False,
+            )
     for name, s in report.search.items():
         out.print(
             f"search {name}: {len(s['trials'])} points, winner {s['winner']['label']} (validation loss {s['winner']['validation_loss']:.4f})"
         )
-    for line in report.recommendation["text"]:
-        out.print(line.replace("**", ""))
-    out.print(f"chart: {report.chart}")
-    out.print(f"report: {report.compare_dir}/compare_report.json")
+    for line in [*report.curve_findings, *report.recommendation["text"]]:
+        out.print(line.replace("**", ""), highlight=False)
+    out.print(f"learning curves: {report.curves_chart}", soft_wrap=True, highlight=False)
+    out.print(f"chart: {report.chart}", soft_wrap=True, highlight=False)
+    out.print(f"report: {report.compare_dir}/compare_report.json", soft_wrap=True, highlight=False)
     for r in report.rows:
         if r["version_uri"]:
             out.print(f"registered {r['strategy']}: [bold green]{r['version_uri']}[/]")

@@ -16,7 +16,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from adaptflow.flows.cli.common import console, out, reported
+from adaptflow.flows.cli.common import console, out, print_json_stdout, reported
 from adaptflow.tasks.errors import ConfigError, Problem, StorageError, TransientStorageError
 from adaptflow.tasks.registry.store import (
     AliasInfo,
@@ -49,51 +49,62 @@ models_app = typer.Typer(
 @models_app.command("list")
 def list_command(
     name: Optional[str] = typer.Argument(None, help="A model name: list its versions. Empty: list the models."),
+    as_json: bool = typer.Option(False, "--json", help="Print the list as JSON on stdout (an array of objects) instead of a table."),
 ) -> None:
     """List the registered models, or the versions of one model with their metrics and aliases.
 
-    Examples:  adaptflow models list     adaptflow models list reviews-lora
+    Examples:  adaptflow models list     adaptflow models list reviews-lora     adaptflow models list --json | jq
     """
     problems: list[StorageError] = []
     with reported():
         settings = S3Settings.resolve()
-        table = _versions_table(settings, name, problems) if name else _models_table(settings)
-    if table.row_count == 0 and not problems:
+        records = _version_records(settings, name, problems) if name else _model_records(settings)
+    if as_json:
+        print_json_stdout(records)
+    elif not records and not problems:
         out.print(f"model '{name}' has no committed version." if name else "No models registered yet.")
         return
-    if table.row_count:
-        out.print(table)
+    elif records:
+        out.print(_versions_table(name, records) if name else _models_table(records))
     for problem in problems:  # the versions that could be read are listed; each refused one is a line, exit code 3
         console.print(f"[bold red]Error[/]: {problem}", highlight=False, soft_wrap=True)
     if problems:
         raise typer.Exit(StorageError.exit_code)
 
 
-def _models_table(settings: S3Settings) -> Table:
+def _model_records(settings: S3Settings) -> list[dict[str, Any]]:
+    records = []
+    for name in list_models(settings):
+        versions = list_versions(settings, name)
+        if versions:
+            aliases = list_aliases(settings, name)
+            records.append(
+                {
+                    "model": name,
+                    "versions": len(versions),
+                    "latest": versions[-1].version,
+                    "registered": versions[-1].committed_at.astimezone(timezone.utc).isoformat(),
+                    "aliases": {info.alias: info.version for info in aliases},
+                }
+            )
+    return records
+
+
+def _models_table(records: list[dict[str, Any]]) -> Table:
     table = Table(title="Registered models", title_style="bold")
     for column in ("model", "versions", "latest", "registered", "aliases"):
         table.add_column(column, justify="right" if column in ("versions", "latest") else "left", no_wrap=True)
-    for name in list_models(settings):
-        versions = list_versions(settings, name)
-        if not versions:
-            continue
-        table.add_row(
-            name,
-            str(len(versions)),
-            str(versions[-1].version),
-            _when(versions[-1].committed_at),
-            _aliases_text(list_aliases(settings, name)),
-        )
+    for r in records:
+        aliases = ", ".join(f"{alias} -> {version}" for alias, version in r["aliases"].items())
+        table.add_row(r["model"], str(r["versions"]), str(r["latest"]), _when(datetime.fromisoformat(r["registered"])), aliases)
     return table
 
 
-def _versions_table(settings: S3Settings, name: str, problems: list[StorageError]) -> Table:
+def _version_records(settings: S3Settings, name: str, problems: list[StorageError]) -> list[dict[str, Any]]:
+    """One record per committed version whose manifest passes pull's checks; each refused one goes to ``problems``."""
     every_alias = list_aliases(settings, name)
     aliases = _aliases_by_version(every_alias)
-    table = Table(title=f"Versions of {name}", title_style="bold")
-    for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
-        justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
-        table.add_column(column, justify=justify, no_wrap=True)
+    records = []
     for info in list_versions(settings, name):
         try:
             manifest = verified_manifest(settings, name, info.version, aliases=every_alias)
@@ -103,23 +114,47 @@ def _versions_table(settings: S3Settings, name: str, problems: list[StorageError
             problems.append(exc)
             continue
         metrics = manifest.get("metrics", {})
+        records.append(
+            {
+                "version": info.version,
+                "uri": info.uri,
+                "strategy": manifest.get("strategy"),
+                "accuracy": metrics.get("accuracy"),
+                "macro_f1": metrics.get("macro_f1"),
+                "size_bytes": sum(entry["size"] for entry in manifest["files"]),
+                "registered": info.committed_at.astimezone(timezone.utc).isoformat(),
+                "aliases": aliases.get(info.version, []),
+            }
+        )
+    return records
+
+
+def _versions_table(name: str, records: list[dict[str, Any]]) -> Table:
+    table = Table(title=f"Versions of {name}", title_style="bold")
+    for column in ("version", "strategy", "accuracy", "macro-F1", "size", "registered", "aliases"):
+        justify = "right" if column in ("version", "accuracy", "macro-F1", "size") else "left"
+        table.add_column(column, justify=justify, no_wrap=True)
+    for r in records:
         table.add_row(
-            str(info.version),
-            str(manifest.get("strategy", "-")),
-            _number(metrics.get("accuracy")),
-            _number(metrics.get("macro_f1")),
-            _size(sum(entry["size"] for entry in manifest["files"])),
-            _when(info.committed_at),
-            ", ".join(aliases.get(info.version, [])),
+            str(r["version"]),
+            str(r["strategy"] or "-"),
+            _number(r["accuracy"]),
+            _number(r["macro_f1"]),
+            _size(r["size_bytes"]),
+            _when(datetime.fromisoformat(r["registered"])),
+            ", ".join(r["aliases"]),
         )
     return table
 
 
 @models_app.command("show")
-def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
+def show_command(
+    ref: str = typer.Argument(..., help=REF_HELP),
+    as_json: bool = typer.Option(False, "--json", help="Print the version (name, version, aliases, manifest) as JSON on stdout."),
+) -> None:
     """Show one version: strategy, base model, data fingerprint, metrics, files, lineage, versions of the code.
 
-    Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion
+    Examples:  adaptflow models show reviews-lora     adaptflow models show reviews-lora@champion --json | jq .manifest.metrics
     """
     with reported():
         settings = S3Settings.resolve()
@@ -127,6 +162,9 @@ def show_command(ref: str = typer.Argument(..., help=REF_HELP)) -> None:
         every_alias = list_aliases(settings, name)
         manifest = verified_manifest(settings, name, version, aliases=every_alias)
         aliases = _aliases_by_version(every_alias).get(version, [])
+    if as_json:
+        print_json_stdout({"name": name, "version": version, "aliases": aliases, "manifest": manifest})
+        return
     out.print(f"[bold]{name}:{version}[/]" + (f"  (aliases: {', '.join(aliases)})" if aliases else ""))
     out.print(_summary_table(manifest))
     out.print(_files_table(manifest))
@@ -400,10 +438,6 @@ def _aliases_by_version(aliases: list[AliasInfo]) -> dict[int, list[str]]:
     for info in aliases:
         by_version.setdefault(info.version, []).append(info.alias)
     return by_version
-
-
-def _aliases_text(aliases: list[AliasInfo]) -> str:
-    return ", ".join(f"{info.alias} -> {info.version}" for info in aliases)
 
 
 def _size(size: int) -> str:

@@ -12,7 +12,7 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, out, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.common import check_before_prefect, out, print_json_stdout, reported, run_flow_with_training_bars
 from adaptflow.flows.cli.options import StrategyChoice, options_to_config
 from adaptflow.flows.results import ClassificationResult, DomainThenTaskResult, LanguageModelResult, RunResult
 from adaptflow.tasks.config import AdaptConfig, load_config_file
@@ -34,6 +34,9 @@ def run_command(
         None, "--config", "-c", help="YAML/JSON config file (sections as in `--print-config`); options given here override it."
     ),
     print_config: bool = typer.Option(False, "--print-config", help="Print the resolved configuration as JSON and exit."),
+    as_json: bool = typer.Option(
+        False, "--json", help="Print the run's result as JSON on stdout instead of the table; logs stay on stderr."
+    ),
     **values: Any,
 ) -> None:
     """Run the [bold]adapt[/] flow: prepare data, train, evaluate, register the model to S3.
@@ -50,7 +53,11 @@ def run_command(
         out.print_json(cfg.to_json())
         return
     check_before_prefect(cfg)
-    print_result(run_with_progress(cfg))
+    result = run_with_progress(cfg)
+    if as_json:
+        print_json_stdout({"kind": type(result).__name__, **result.model_dump(mode="json")})
+    else:
+        print_result(result)
 
 
 def run_with_progress(cfg: AdaptConfig) -> RunResult:

@@ -2,8 +2,9 @@
 
 ``flows/compare.py`` runs the strategies; everything here is Prefect-free and unit-tested:
 the per-strategy configurations (same data, same budget), the hyper-parameter grid and
-the search's view of the data (training + validation rows only), the Pareto front, the
-recommendation, the chart and the markdown/table renderings.
+the search's view of the data (training + validation rows only), the uncertainty of the
+scores (bootstrap intervals, the paired McNemar test), the learning curves, the Pareto
+front, the recommendation, the charts and the markdown/table renderings.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ import re
 from pathlib import Path
 from typing import Any, Sequence
 
+import numpy as np
 from matplotlib.figure import Figure
 from pydantic import Field, model_validator
 
@@ -35,7 +37,8 @@ from adaptflow.tasks.config import (
     validate_strictly,
 )
 from adaptflow.tasks.data.store import open_prepared
-from adaptflow.tasks.evaluation.classification import save_figure
+from adaptflow.tasks.evaluation.classification import classification_metrics, save_figure
+from adaptflow.tasks.strategies import get_strategy
 
 CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first stage, not a strategy to compare
 REPORT_FILE = "compare_report.json"
@@ -45,7 +48,13 @@ CONCURRENCY_HELP = (
     "Strategies trained at the same time. 1 on CPU: parallel trainings fight for the same cores and "
     "memory bandwidth, which distorts the time and samples/s being compared. Raise it with one GPU per training."
 )
-TIE_TOLERANCE = 0.005  # accuracy differences below half a point are called a tie
+CURVES_FILE = "learning_curves.png"
+CURVE_POINTS = 5  # validation evaluations per strategy under an examples budget
+SIGNIFICANCE = 0.05  # a difference whose paired-test p-value is at least this is called a tie
+BOOTSTRAP_RESAMPLES = 1000
+CURVE_VALIDATION_ROWS = 500  # validation rows the learning curves are measured on (a seeded sample)
+CURVE_DATA = "curve_data"
+COMPARE_VALIDATION_FRACTION = 0.1  # training rows held out for the learning curves unless the data section says otherwise
 
 
 class CompareConfig(_Frozen):
@@ -61,7 +70,12 @@ class CompareConfig(_Frozen):
         "Fields of another strategy are ignored in the Prefect form and an error in config files; a field of no strategy "
         "is always an error.",
     )
-    data: DataConfig = shared_field("data", description="The task data, prepared once for every strategy.")
+    data: DataConfig = shared_field(
+        "data",
+        default_factory=lambda: DataConfig(validation_fraction=COMPARE_VALIDATION_FRACTION),
+        description="The task data, prepared once for every strategy. The learning curves are measured on the "
+        f"validation split (validation_fraction, {COMPARE_VALIDATION_FRACTION} by default here), never on the evaluation set.",
+    )
     training: TrainingConfig = shared_field("training", description="Optimisation hyperparameters shared by every strategy.")
     launch: LaunchConfig = shared_field("launch", description="Training processes of each strategy.")
     registry: RegistryConfig = shared_field(
@@ -73,14 +87,25 @@ class CompareConfig(_Frozen):
     budget_examples: int | None = Field(
         None,
         ge=1,
-        description="Training examples every strategy sees: the same examples in the same seeded order "
-        "(transfer learning's head included). Empty: `epochs` passes over the training split.",
+        description="Examples through the backbone's forward pass in training, the same count for every strategy: "
+        "fine-tuning strategies train on the same examples in the same seeded order; transfer learning's backbone "
+        "runs once over the training rows and its head then makes its `head_epochs` passes over the cached features "
+        "(no backbone cost). Empty: `budget_passes` passes.",
+    )
+    budget_passes: int | None = Field(
+        None,
+        ge=1,
+        description="Passes over the training rows through the backbone, the same for every strategy (the examples "
+        "budget of passes x training rows). Empty: `epochs`.",
     )
     budget_seconds: float | None = Field(
         None,
         gt=0,
         description="Instead of an examples budget: each strategy trains with its own schedule (transfer learning "
         "makes its `head_epochs` passes) and stops after this many seconds of training.",
+    )
+    seeds: int = Field(
+        1, ge=1, le=20, description="Train every strategy this many times (seeds seed, seed+1, ...); the report gives mean +- sd."
     )
     search_lr_factors: list[float] = Field(
         default_factory=list,
@@ -101,6 +126,13 @@ class CompareConfig(_Frozen):
     )
     concurrency: int = Field(1, ge=1, le=16, description=CONCURRENCY_HELP)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _validation_split_by_default(cls, raw: Any) -> Any:
+        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "validation_fraction" not in raw["data"]:
+            return {**raw, "data": {**raw["data"], "validation_fraction": COMPARE_VALIDATION_FRACTION}}
+        return raw
+
     @model_validator(mode="after")
     def _checks(self) -> "CompareConfig":
         problems = []
@@ -113,8 +145,8 @@ class CompareConfig(_Frozen):
             problems.append(
                 f"strategies: compare takes classification strategies ({', '.join(CLASSIFICATION_STRATEGIES)}), not {', '.join(others)}"
             )
-        if self.budget_examples and self.budget_seconds:
-            problems.append("budget_examples and budget_seconds: give one budget, not both")
+        if sum(b is not None for b in (self.budget_examples, self.budget_passes, self.budget_seconds)) > 1:
+            problems.append("budget_examples, budget_passes and budget_seconds: give one budget, not several")
         if self.search_enabled() and self.data.validation_fraction == 0:
             problems.append(
                 "data.validation_fraction must be above 0 for the search (e.g. --validation-fraction 0.1): "
@@ -161,19 +193,147 @@ def _updated(cfg: AdaptConfig, training: dict | None = None, strategy: dict | No
 # ---- budget ----------------------------------------------------------------------------
 
 
-def with_budget(cfg: AdaptConfig, cc: CompareConfig, train_rows: int) -> AdaptConfig:
-    """The config trained under the comparison's budget.
+def examples_per_step(cfg: AdaptConfig) -> int:
+    t = cfg.training
+    return t.batch_size * t.gradient_accumulation_steps * cfg.launch.num_processes * cfg.launch.nnodes
 
-    Examples budget: every strategy makes the same number of optimizer steps over the
-    same sampler order, so each sees the same examples (default: ``epochs`` passes).
+
+def backbone_budget(cc: CompareConfig, train_rows: int) -> int | None:
+    """The examples budget: examples through the backbone's forward pass per strategy (None under a time budget)."""
+    if cc.budget_seconds:
+        return None
+    return cc.budget_examples or (cc.budget_passes or cc.training.epochs) * train_rows
+
+
+def with_budget(cfg: AdaptConfig, cc: CompareConfig, train_rows: int) -> AdaptConfig:
+    """The config trained under the comparison's budget, each strategy on its natural schedule inside it.
+
+    Examples budget (what costs money is the backbone): a fine-tuning strategy makes the
+    optimizer steps that push the budget's examples through its backbone, over the same
+    seeded sampler order as every other fine-tuning strategy. Transfer learning's backbone
+    runs once over the training rows to cache their features; its head then makes its
+    ``head_epochs`` passes over them, which cost no backbone forward pass.
     Time budget: the strategy's own schedule, stopped after ``budget_seconds``.
+    Under an examples budget the validation split is evaluated about ``CURVE_POINTS`` times
+    (the learning curves); under a time budget once per epoch.
     """
     if cc.budget_seconds:
         return _updated(cfg, {"time_limit_s": cc.budget_seconds, "max_steps": None})
-    t = cfg.training
-    per_step = t.batch_size * t.gradient_accumulation_steps * cfg.launch.num_processes * cfg.launch.nnodes
-    examples = cc.budget_examples or t.epochs * train_rows
-    return _updated(cfg, {"max_steps": max(1, math.ceil(examples / per_step))})
+    per_step = examples_per_step(cfg)
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        steps = cfg.strategy.passes(cfg.training) * math.ceil(train_rows / per_step)
+        training: dict[str, Any] = {"max_steps": None}
+    else:
+        steps = max(1, math.ceil(backbone_budget(cc, train_rows) / per_step))
+        training = {"max_steps": steps}
+    if cc.data.validation_fraction > 0:
+        training["eval_every"] = max(1, steps // CURVE_POINTS)
+    return _updated(cfg, training)
+
+
+def backbone_examples(cfg: AdaptConfig, examples_seen: int, train_rows: int) -> int:
+    """Examples that went through the backbone's forward pass in training."""
+    return train_rows if get_strategy(cfg.strategy.name).uses_cached_features else examples_seen
+
+
+def budget_sentence(cc: CompareConfig, train_rows: int, plans: Sequence[AdaptConfig]) -> str:
+    """The budget rule in one sentence, for the report."""
+    if cc.budget_seconds:
+        return (
+            f"every strategy trains on its own schedule for at most {cc.budget_seconds:g} s of training "
+            "(transfer learning: its head passes over features cached by one backbone pass)"
+        )
+    budget = backbone_budget(cc, train_rows)
+    cached = [c for c in plans if get_strategy(c.strategy.name).uses_cached_features]
+    tuned = [c for c in plans if not get_strategy(c.strategy.name).uses_cached_features]
+    parts = [f"{budget:,} training examples through the backbone's forward pass per strategy"]
+    if tuned:
+        parts.append(f"fine-tuning strategies see the same examples in the same seeded order ({tuned[0].training.max_steps} steps)")
+    for c in cached:
+        over = f", {train_rows - budget:,} more than the budget" if train_rows > budget else ""
+        parts.append(
+            f"{c.strategy.name} runs its backbone once over the {train_rows:,} training rows{over} and then makes its "
+            f"{c.strategy.passes(c.training)} head passes over the cached features, which cost no backbone pass"
+        )
+    return "; ".join(parts)
+
+
+def training_seconds(metrics: dict[str, Any]) -> float:
+    """A training's time in the table: its loop without the learning curves' validation evaluations, plus transfer
+    learning's feature pass (which also covers the validation and evaluation rows)."""
+    return metrics["train_runtime_s"] - metrics.get("eval_time_s", 0.0)
+
+
+def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
+    """The config of the seed_index-th repetition (seed, seed+1, ...)."""
+    return cfg if seed_index == 0 else _updated(cfg, {"seed": cfg.training.seed + seed_index})
+
+
+# ---- cost before spending ---------------------------------------------------------------
+
+PROBE_STEPS = 8  # optimizer steps each strategy is timed for by --estimate
+PROBE_ROWS = 32  # validation and evaluation rows of the probe
+GPU_PEAK_TFLOPS = {  # published dense bf16 (T4: fp16) peaks, TFLOP/s
+    "t4": 65.0,
+    "l4": 121.0,
+    "a10": 125.0,
+    "a100": 312.0,
+    "h100": 989.0,
+    "h200": 989.0,
+}
+GPU_UTILISATION = 0.3  # the share of the peak assumed reached: a projection, not a measurement
+
+
+def probe_config(cfg: AdaptConfig) -> AdaptConfig:
+    """A strategy's config for the --estimate probe: a few steps, no curves, nothing registered."""
+    steps = PROBE_STEPS if not get_strategy(cfg.strategy.name).uses_cached_features else None
+    cfg = _updated(cfg, {"max_steps": steps, "eval_every": None, "early_stopping_patience": None, "time_limit_s": None})
+    return AdaptConfig.model_validate({**cfg.model_dump(), "registry": {"register_model": False}})
+
+
+def probe_view(prepared_path: Path, dest: Path, rows: int, seed: int) -> Path:
+    """The probe's data: ``rows`` training rows and PROBE_ROWS validation and evaluation rows, seeded samples of the real ones."""
+    source = open_prepared(Path(prepared_path), reused=True)
+    splits = {"train": "train", "eval": "eval", **({"validation": "validation"} if "validation" in source.manifest["splits"] else {})}
+    caps = {"train": rows, "eval": PROBE_ROWS, "validation": PROBE_ROWS}
+    return prepared_view(prepared_path, dest, splits, {k: v for k, v in caps.items() if k in splits}, seed)
+
+
+def projected_seconds(cfg: AdaptConfig, probe: dict[str, Any], probe_rows: dict[str, int], splits: dict[str, int]) -> float:
+    """A strategy's train time under the budget (as the table counts it) from its probe's metrics.
+
+    Fine-tuning: seconds per optimizer step in the probe x the budget's steps. Transfer
+    learning: seconds per row of its feature pass x the rows it featurizes (training,
+    validation and evaluation), plus seconds per head step x its head steps. Under a time
+    budget: at most that many seconds (and the step that crosses it).
+    """
+    step_s = (probe["loop_time_s"] - probe.get("eval_time_s", 0.0)) / max(1, probe["steps"])
+    steps = cfg.training.max_steps or cfg.strategy.passes(cfg.training) * math.ceil(splits["train"] / examples_per_step(cfg))
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        row_s = probe["feature_time_s"] / max(1, sum(probe_rows.values()))
+        seconds = row_s * sum(splits.values()) + step_s * steps
+    else:
+        seconds = step_s * steps
+    return min(seconds, cfg.training.time_limit_s + step_s) if cfg.training.time_limit_s else seconds
+
+
+def training_flops(cfg: AdaptConfig, trainable: int, total: int, mean_tokens: dict[str, float], rows: dict[str, int]) -> float:
+    """FLOPs of a strategy's training under the budget (``cfg`` from :func:`with_budget`).
+
+    Per token: 2 x parameters forward; backward 2 x parameters (activation gradients, an
+    upper bound for partial fine-tuning) plus 2 x trainable parameters (weight gradients).
+    Transfer learning: one forward pass over every split's rows (its head is negligible).
+    ``mean_tokens``: tokens per row of each split (the prepared data's manifest).
+    """
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        return 2.0 * total * sum(mean_tokens[split] * n for split, n in rows.items())
+    trained_rows = (cfg.training.max_steps or 0) * examples_per_step(cfg)
+    return (4.0 * total + 2.0 * trainable) * trained_rows * mean_tokens["train"]
+
+
+def gpu_seconds(flops: float, gpu: str, utilisation: float = GPU_UTILISATION) -> float:
+    """A projection: ``flops`` at ``utilisation`` of the GPU's published peak."""
+    return flops / (GPU_PEAK_TFLOPS[gpu] * 1e12 * utilisation)
 
 
 # ---- search ----------------------------------------------------------------------------
@@ -208,6 +368,27 @@ def final_config(cfg: AdaptConfig, point: dict[str, Any] | None) -> AdaptConfig:
     return _updated(cfg, {"learning_rate": point["learning_rate"]}, {"lora_r": point["lora_r"]} if "lora_r" in point else {})
 
 
+def prepared_view(prepared_path: Path, dest: Path, splits: dict[str, str], max_rows: dict[str, int] | None = None, seed: int = 0) -> Path:
+    """A prepared folder holding the given splits of another one: ``{view split: source split}``.
+
+    Only the named source split folders are opened. ``max_rows`` caps a view split to a
+    seeded random sample of that many rows. Written once per ``dest``.
+    """
+    from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
+
+    source = open_prepared(Path(prepared_path), reused=True)
+    if (dest / "manifest.json").is_file():
+        return dest
+    view = DatasetDict({name: load_from_disk(str(source.dataset_path / split)) for name, split in splits.items()})
+    for name, cap in (max_rows or {}).items():
+        if len(view[name]) > cap:
+            view[name] = view[name].shuffle(seed=seed).select(range(cap))
+    view.save_to_disk(str(dest / source.dataset_path.name))
+    manifest = {**source.manifest, "view_of": str(prepared_path), "view_splits": splits, "splits": {k: len(v) for k, v in view.items()}}
+    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
+    return dest
+
+
 def search_view(prepared_path: Path, dest: Path) -> Path:
     """A prepared folder holding only the training and validation rows, the validation rows as its 'eval' split.
 
@@ -215,18 +396,18 @@ def search_view(prepared_path: Path, dest: Path) -> Path:
     reach at all: every number a trial reports, and so every choice, comes from the
     validation split. Only the ``train`` and ``validation`` split folders are opened.
     """
-    from datasets import DatasetDict, load_from_disk  # datasets loads slowly: imported where prepared data is read
+    return prepared_view(prepared_path, dest, {"train": "train", "eval": "validation"})
 
-    source = open_prepared(Path(prepared_path), reused=True)
-    if (dest / "manifest.json").is_file():
-        return dest
-    view = DatasetDict(
-        {"train": load_from_disk(str(source.dataset_path / "train")), "eval": load_from_disk(str(source.dataset_path / "validation"))}
+
+def curve_view(prepared_path: Path, dest: Path, splits: dict[str, int], seed: int) -> Path:
+    """The prepared data the compared strategies train on: the same training and evaluation rows, and at most
+    ``CURVE_VALIDATION_ROWS`` validation rows for the learning curves (a seeded sample), so that evaluating
+    them several times costs little next to training. Without a validation split: the prepared folder itself."""
+    if "validation" not in splits:
+        return Path(prepared_path)
+    return prepared_view(
+        prepared_path, dest, {"train": "train", "validation": "validation", "eval": "eval"}, {"validation": CURVE_VALIDATION_ROWS}, seed
     )
-    view.save_to_disk(str(dest / source.dataset_path.name))
-    manifest = {**source.manifest, "search_view_of": str(prepared_path), "splits": {"train": len(view["train"]), "eval": len(view["eval"])}}
-    (dest / "manifest.json").write_text(json.dumps(manifest, indent=2))
-    return dest
 
 
 def pick_best(trials: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -248,27 +429,94 @@ def pareto_front(rows: Sequence[dict[str, Any]], cost: str, quality: str = "accu
     return flags
 
 
+# ---- uncertainty ---------------------------------------------------------------------
+
+
+def bootstrap_intervals(
+    labels: Sequence[int], predictions: Sequence[int], label_names: Sequence[str], resamples: int = BOOTSTRAP_RESAMPLES, seed: int = 0
+) -> dict[str, list[float]]:
+    """95% percentile-bootstrap intervals of accuracy and macro-F1: the evaluation rows resampled with replacement."""
+    y, p = np.asarray(labels), np.asarray(predictions)
+    rng = np.random.default_rng(seed)
+    draws: dict[str, list[float]] = {"accuracy": [], "macro_f1": []}
+    for _ in range(resamples):
+        idx = rng.integers(0, len(y), len(y))
+        m = classification_metrics(y[idx], p[idx], label_names)
+        draws["accuracy"].append(m["accuracy"])
+        draws["macro_f1"].append(m["macro_f1"])
+    return {k: [float(np.percentile(v, 2.5)), float(np.percentile(v, 97.5))] for k, v in draws.items()}
+
+
+def mcnemar_midp(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[str, Any]:
+    """The paired McNemar test (exact, mid-p) of two classifiers on the same rows.
+
+    Only the discordant rows count: ``a_only`` right for A and wrong for B, ``b_only`` the
+    reverse. Under "equally good" each discordant row goes either way with probability 1/2;
+    the two-sided mid-p value is 2 * (P[X < k] + P[X = k] / 2) for k = min(a_only, b_only),
+    X ~ Binomial(a_only + b_only, 1/2).
+    """
+    if len(correct_a) != len(correct_b):
+        raise ValueError(f"paired test needs the same rows ({len(correct_a)} vs {len(correct_b)})")
+    a_only = sum(1 for a, b in zip(correct_a, correct_b) if a and not b)
+    b_only = sum(1 for a, b in zip(correct_a, correct_b) if b and not a)
+    n, k = a_only + b_only, min(a_only, b_only)
+    below = sum(math.comb(n, i) for i in range(k))
+    p = 1.0 if n == 0 else min(1.0, 2 * (below + math.comb(n, k) / 2) / 2**n)
+    return {"a_only": a_only, "b_only": b_only, "p_value": p}
+
+
+def mean_sd(values: Sequence[float]) -> tuple[float, float]:
+    """Mean and sample standard deviation (0 for a single value)."""
+    mean = sum(values) / len(values)
+    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
+    return mean, sd
+
+
+def paired_tests(rows: Sequence[dict[str, Any]], correct: dict[str, list[bool]]) -> dict[str, dict[str, Any]]:
+    """McNemar of the most accurate strategy against each other one, on the same evaluation rows."""
+    best = _best_of(rows)
+    return {
+        r["strategy"]: {"against": best["strategy"], **mcnemar_midp(correct[best["strategy"]], correct[r["strategy"]])}
+        for r in rows
+        if r is not best
+    }
+
+
+def _best_of(candidates: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    return max(candidates, key=lambda r: (r["accuracy"], r["macro_f1"], -r["train_runtime_s"]))
+
+
 def recommend(
-    rows: Sequence[dict[str, Any]], max_train_seconds: float | None = None, max_memory_mb: float | None = None, tie: float = TIE_TOLERANCE
+    rows: Sequence[dict[str, Any]],
+    max_train_seconds: float | None = None,
+    max_memory_mb: float | None = None,
+    alpha: float = SIGNIFICANCE,
 ) -> dict[str, Any]:
-    """The best quality overall, and the best within the given time/memory budget, with the reasons in words."""
+    """The best quality overall, and the best within the given time/memory budget, with the reasons in words.
 
-    def best_of(candidates):
-        return max(candidates, key=lambda r: (r["accuracy"], r["macro_f1"], -r["train_runtime_s"]))
-
-    best = best_of(rows)
+    Each row but the best carries ``paired`` (:func:`paired_tests`): a strategy whose
+    difference from the best is not significant (p >= ``alpha``) is tied with it, and the
+    cheapest of the tied strategies is named.
+    """
+    best = _best_of(rows)
     lines = [f"Best quality: **{best['strategy']}** (accuracy {best['accuracy']:.4f}, macro-F1 {best['macro_f1']:.4f})."]
-    close = [r for r in rows if r is not best and best["accuracy"] - r["accuracy"] <= tie]
+    close = [r for r in rows if r is not best and r["paired"]["p_value"] >= alpha]
+    beaten = [r for r in rows if r is not best and r not in close]
     if close:
         cheapest = min([best, *close], key=lambda r: r["train_runtime_s"])
-        names = ", ".join(r["strategy"] for r in close)
+        names = ", ".join(f"{r['strategy']} (p = {r['paired']['p_value']:.2f})" for r in close)
         lines.append(
-            f"Tie: {names} {'is' if len(close) == 1 else 'are'} within {100 * tie:.1f} accuracy points of it, which is within "
-            f"the noise of one run; the cheapest of them to train is **{cheapest['strategy']}** ({cheapest['train_runtime_s']:.1f} s)."
+            f"Tie: the difference of {names} from it is not significant (paired McNemar test on the same evaluation rows, "
+            f"p >= {alpha:g}); the cheapest of the tied strategies to train is **{cheapest['strategy']}** "
+            f"({cheapest['train_runtime_s']:.1f} s)."
         )
+    if beaten:
+        names = ", ".join(f"{r['strategy']} (p = {r['paired']['p_value']:.3g})" for r in beaten)
+        lines.append(f"Significantly behind it (p < {alpha:g}): {names}.")
     result: dict[str, Any] = {
         "best_quality": best["strategy"],
         "tied_with": [r["strategy"] for r in close],
+        "cheapest_of_tie": min([best, *close], key=lambda r: r["train_runtime_s"])["strategy"],
         "within_budget": None,
         "budget": {"max_train_seconds": max_train_seconds, "max_memory_mb": max_memory_mb},
     }
@@ -283,7 +531,7 @@ def recommend(
             and (not max_memory_mb or r["peak_memory_mb"] <= max_memory_mb)
         ]
         if fitting:
-            pick = best_of(fitting)
+            pick = _best_of(fitting)
             result["within_budget"] = pick["strategy"]
             lines.append(
                 f"Best within your budget ({limits}): **{pick['strategy']}** (accuracy {pick['accuracy']:.4f}, "
@@ -298,6 +546,76 @@ def recommend(
             )
     result["text"] = lines
     return result
+
+
+# ---- learning curves ---------------------------------------------------------------------
+
+
+def learning_curve(evals: Sequence[dict[str, Any]], examples_per_step: int, start_s: float = 0.0) -> list[dict[str, Any]]:
+    """The validation evaluations of one training as points: examples seen, seconds of training, accuracy, loss.
+
+    ``start_s`` is training time before the loop (transfer learning's feature pass).
+    """
+    return [
+        {
+            "step": e["step"],
+            "examples": e["step"] * examples_per_step,
+            "seconds": start_s + e.get("train_s", 0.0),
+            "accuracy": e["accuracy"],
+            "loss": e["eval_loss"],
+        }
+        for e in evals
+        if e.get("split") == "validation"
+    ]
+
+
+def curve_findings(curves: dict[str, list[dict[str, Any]]]) -> list[str]:
+    """In words: whether the leader on the validation split changed along the way, and which curves still rose at the end."""
+    curves = {k: v for k, v in curves.items() if v}
+    if not curves:
+        return ["No learning curves: there was no validation split (validation_fraction 0)."]
+    lines = []
+    points = min(len(v) for v in curves.values())
+    if len(curves) > 1 and points > 1:
+        leaders = []
+        for i in range(points):  # the i-th evaluation of each strategy: the same share of its schedule
+            leader = max(curves, key=lambda k: curves[k][round(i * (len(curves[k]) - 1) / max(1, points - 1))]["accuracy"])
+            if not leaders or leaders[-1][1] != leader:
+                leaders.append((i, leader))
+        if len(leaders) > 1:
+            steps = ", then ".join(f"{name} from {100 * (i + 1) // points}% of the budget" for i, name in leaders)
+            lines.append(f"The leader on the validation split changed along the way: {steps}.")
+        else:
+            lines.append(f"{leaders[0][1]} led on the validation split at every point of the curves.")
+    rising = [
+        k
+        for k, v in curves.items()
+        if len(v) > 1 and v[-1]["accuracy"] > v[-2]["accuracy"] and v[-1]["accuracy"] >= max(p["accuracy"] for p in v)
+    ]
+    for name in rising:
+        lines.append(f"{name}'s validation accuracy was still rising at the end: more budget would likely help {name}.")
+    if not rising:
+        lines.append("No curve was still rising at the end: more of the same budget is unlikely to change the ranking.")
+    return lines
+
+
+def plot_learning_curves(curves: dict[str, list[dict[str, Any]]], path: Path) -> Path:
+    """Validation accuracy against examples seen (left) and against seconds of training (right), one line per strategy."""
+    fig = Figure(figsize=(11, 4.6))
+    axes = fig.subplots(1, 2, sharey=True)
+    for ax, (key, label) in zip(
+        axes, (("examples", "training examples seen, log scale (transfer learning: head passes)"), ("seconds", "seconds of training"))
+    ):
+        for name, points in curves.items():
+            if points:
+                ax.plot([p[key] for p in points], [p["accuracy"] for p in points], marker="o", label=name)
+        ax.set_xlabel(label)
+        ax.grid(True, alpha=0.3)
+    axes[0].set_xscale("log")  # transfer learning's head passes see 20x the examples of one fine-tuning pass
+    axes[0].set_ylabel("validation accuracy")
+    axes[1].legend(loc="lower right", fontsize=9, frameon=False)
+    fig.suptitle("Learning curves on the validation split (never the evaluation set)")
+    return save_figure(fig, path)
 
 
 def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
@@ -328,18 +646,41 @@ def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     return save_figure(fig, path)
 
 
+def score_text(r: dict[str, Any], key: str) -> str:
+    """A score of a report row: '0.8012', or mean±sd over the seeds when there were several ('0.801±0.004')."""
+    values = (r.get("seeds") or {}).get(key, [])
+    if len(values) > 1:
+        mean, sd = mean_sd(values)
+        return f"{mean:.3f}±{sd:.3f}"
+    return f"{r[key]:.4f}"
+
+
+def interval_text(r: dict[str, Any], key: str) -> str:
+    """A row's 95% interval of accuracy or macro_f1: '0.776-0.831'."""
+    lo, hi = r[f"{key}_ci"]
+    return f"{lo:.3f}-{hi:.3f}"
+
+
+def _p_value(r: dict[str, Any]) -> str:
+    return f"{r['paired']['p_value']:.3f}" if r.get("paired") else "best"
+
+
 def table_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the results table (Prefect table artifact and the JSON report)."""
+    """Rows of the results table (Prefect table artifact and the markdown report); the key columns first."""
     return [
         {
             "strategy": r["strategy"],
-            "trainable params": f"{r['trainable_params']:,} ({r['trainable_pct']:.2f}%)",
+            "accuracy": score_text(r, "accuracy"),
+            "accuracy 95% CI": interval_text(r, "accuracy"),
+            "macro-F1": score_text(r, "macro_f1"),
+            "macro-F1 95% CI": interval_text(r, "macro_f1"),
+            "p vs best": _p_value(r),
             "train time (s)": round(r["train_runtime_s"], 1),
-            "samples/s": round(r["samples_per_s"], 1),
             "peak memory (MB)": round(r["peak_memory_mb"]),
+            "trainable params": f"{r['trainable_params']:,} ({r['trainable_pct']:.2f}%)",
+            "backbone examples": f"{r['backbone_examples']:,}",
+            "samples/s": round(r["samples_per_s"], 1),
             "artifact (MB)": round(r["artifact_mb"], 1),
-            "accuracy": round(r["accuracy"], 4),
-            "macro-F1": round(r["macro_f1"], 4),
             "forgetting": round(r["forgetting"], 4),
             "hyper-parameters": r["hyperparameters"],
         }
@@ -351,11 +692,11 @@ def _cell(value: Any) -> str:
     return str(value).replace("|", "\\|")
 
 
-def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
-    """The whole report for a person: budget, table, search, recommendation, chart.
+def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE, curves_src: str = CURVES_FILE) -> str:
+    """The whole report for a person: budget, table, uncertainty, search, learning curves, recommendation, charts.
 
-    ``chart_src`` is the image's source: the chart's file name for ``report.md`` next to it,
-    a ``data:`` URI for the Prefect artifact (:func:`adaptflow.tasks.evaluation.classification.png_data_uri`).
+    ``chart_src`` and ``curves_src`` are the images' sources: the file names for ``report.md``
+    next to them, ``data:`` URIs for the Prefect artifact (:func:`adaptflow.tasks.evaluation.classification.png_data_uri`).
     """
     rows = table_rows(report["rows"])
     header = list(rows[0])
@@ -364,6 +705,14 @@ def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
         "",
         f"Same prepared data (`{report['prepared_data']}`), same evaluation set ({report['eval_rows']} rows), "
         f"same budget: {report['budget']['description']}.",
+        "",
+        f"Intervals: 95% bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the evaluation rows). p vs best: the paired McNemar "
+        "test (exact, mid-p) of each strategy against the most accurate one on the same evaluation rows"
+        + (
+            f"; scores are mean±sd over {report['seeds']} seeds, intervals and tests of the first seed."
+            if report.get("seeds", 1) > 1
+            else "."
+        ),
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
@@ -386,6 +735,12 @@ def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE) -> str:
             )
         lines.append("")
     lines += [
+        "## Learning curves (validation split)",
+        "",
+        *report.get("curve_findings", []),
+        "",
+        f"![learning curves]({curves_src})",
+        "",
         "## Recommendation",
         "",
         *report["recommendation"]["text"],

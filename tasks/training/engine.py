@@ -340,6 +340,7 @@ class LoopState:
     examples_sha256: str = ""  # chained over the example ids of every batch, in training order
     last_eval: Any = None  # the newest Evaluation, while it still describes the current weights
     eval_time: float = 0.0  # seconds of this process spent evaluating inside the loop
+    loop_started: float = 0.0  # perf_counter() when this process's loop began (evaluations record their training seconds)
 
     PERSISTENT = (
         "step",
@@ -385,7 +386,7 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
     state = _resume(accelerator, run_dir, events) or LoopState()
     running, running_n = torch.zeros((), device=accelerator.device), 0
     events.emit("start", total_steps=total_steps, epochs=epochs, resumed_from_step=state.resumed_from_step)
-    loop_started = time.perf_counter()
+    loop_started = state.loop_started = time.perf_counter()
     module.train()
     # Resumed from the final checkpoint (the process was stopped while finishing): nothing is left to train.
     first_epoch = epochs if state.step >= total_steps else state.epoch
@@ -461,10 +462,18 @@ def _evaluate_and_check(run: Run, task: TrainingTask, module, loader, split: str
     """Evaluate on the monitoring split; return True when early stopping says stop."""
     accelerator, events = run.accelerator, run.events
     started = time.perf_counter()
+    train_s = started - state.loop_started - state.eval_time  # seconds of training before this evaluation (learning curves)
     result = task.evaluate(module, loader, accelerator, state.step, split)
     state.eval_time += time.perf_counter() - started
     state.last_eval = result
-    record = {"step": state.step, "epoch": round(epoch, 4), "eval_loss": result.loss, **result.scores(), "split": split}
+    record = {
+        "step": state.step,
+        "epoch": round(epoch, 4),
+        "eval_loss": result.loss,
+        **result.scores(),
+        "split": split,
+        "train_s": round(train_s, 3),
+    }
     state.evals.append(record)
     events.emit("eval", **record)
     patience = run.cfg.training.early_stopping_patience

@@ -29,13 +29,17 @@ def _compare_config(model_dir, data, work_dir, **extra) -> dict:
     }
 
 
-def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir, reviews_csv, tmp_path, prefect_api):
+def test_compare_same_backbone_examples_report_curves_and_artifacts(tiny_bert_dir, reviews_csv, tmp_path, prefect_api):
     raw = _compare_config(
         tiny_bert_dir,
         reviews_csv,
         tmp_path / "work",
-        strategies=[{"name": "transfer_learning", "pooling": "mean"}, {"name": "lora", "lora_r": 2}],
-        budget_examples=48,
+        strategies=[
+            {"name": "transfer_learning", "pooling": "mean", "head_epochs": 6},
+            {"name": "partial_fine_tuning", "last_n_layers": 1},
+            {"name": "lora", "lora_r": 2},
+        ],
+        budget_passes=1,
         max_train_seconds=3600,
     )
     report = compare(config=load_compare_config(raw))
@@ -44,29 +48,52 @@ def test_compare_two_strategies_same_examples_report_and_artifacts(tiny_bert_dir
     (folder,) = list(out.iterdir())
     saved = json.loads((folder / "compare_report.json").read_text())
     assert saved["rows"] == json.loads(json.dumps(report["rows"]))
-    assert (folder / "quality_vs_cost.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## Recommendation" in (folder / "report.md").read_text()
+    for image in ("quality_vs_cost.png", "learning_curves.png"):
+        assert (folder / image).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    markdown = (folder / "report.md").read_text()
+    assert "## Recommendation" in markdown and "![learning curves](learning_curves.png)" in markdown
 
+    train_rows = report["splits"]["train"]
     rows = {r["strategy"]: r for r in report["rows"]}
-    # budget fairness: the workers recorded the ids of what they trained on, batch by batch, through two
-    # different data paths (cached features for transfer learning, token batches for LoRA): same examples, same order
-    assert rows["transfer_learning"]["examples_seen"] == rows["lora"]["examples_seen"] == 48
+    # the budget rule: every strategy pushed the same examples through its backbone (one pass here). The workers
+    # recorded the ids of what they trained on, batch by batch: the fine-tuning strategies saw the same examples in
+    # the same order; transfer learning's backbone ran once over the training rows and its head took its 6 passes.
+    assert report["budget"]["backbone_examples"] == train_rows
+    assert {r["backbone_examples"] for r in rows.values()} == {train_rows}
+    assert rows["partial_fine_tuning"]["examples_seen"] == rows["lora"]["examples_seen"] == train_rows
     assert len(rows["lora"]["examples_sha256"]) == 64
-    assert rows["transfer_learning"]["examples_sha256"] == rows["lora"]["examples_sha256"]
+    assert rows["partial_fine_tuning"]["examples_sha256"] == rows["lora"]["examples_sha256"]
+    assert rows["transfer_learning"]["examples_seen"] == 6 * train_rows
+    assert "head passes over the cached features" in report["budget"]["description"]
     # transfer learning leaves the backbone alone; LoRA moves it
     assert abs(rows["transfer_learning"]["forgetting"]) < 1e-6 < rows["lora"]["forgetting"]
-    for r in rows.values():
+    best = report["recommendation"]["best_quality"]
+    for name, r in rows.items():
         assert 0 <= r["accuracy"] <= 1 and r["train_runtime_s"] > 0 and r["peak_memory_mb"] > 0 and r["artifact_mb"] > 0
         assert r["pareto_train_runtime_s"] in (True, False)
+        for key in ("accuracy", "macro_f1"):  # the interval holds the point estimate
+            lo, hi = r[f"{key}_ci"]
+            assert lo <= r[key] <= hi and hi - lo > 0
+        if name == best:
+            assert r["paired"] is None
+        else:  # McNemar against the best on the same evaluation rows
+            assert r["paired"]["against"] == best and 0 < r["paired"]["p_value"] <= 1
+        # learning curves: several validation evaluations, examples and seconds growing
+        curve = report["curves"][name]
+        assert len(curve) >= 3
+        assert [p["examples"] for p in curve] == sorted({p["examples"] for p in curve})
+        assert all(b["seconds"] >= a["seconds"] for a, b in zip(curve, curve[1:]))
+    assert report["curve_findings"]
     assert rows["lora"]["artifact_mb"] < rows["transfer_learning"]["artifact_mb"]  # adapter only vs whole backbone
 
     assert report["search"] == {} and rows["lora"]["hyperparameters"] == f"lr {Lora.default_learning_rate:g}, r 2"  # no search: defaults
-    assert report["recommendation"]["best_quality"] in rows and report["recommendation"]["within_budget"] in rows
+    assert report["recommendation"]["within_budget"] in rows
 
     keys = artifact_keys(prefect_api, saved["flow_run_id"])
     assert {"compare-table", "compare-report"} <= keys
     shown = rest_json(prefect_api, "GET", "/artifacts/compare-report/latest")["data"]
-    assert "![quality against cost](data:image/png;base64," in shown  # the UI renders the chart inline
+    assert "![quality against cost](data:image/png;base64," in shown  # the UI renders the charts inline
+    assert "![learning curves](data:image/png;base64," in shown
 
 
 def test_search_never_reads_the_evaluation_split(tiny_bert_dir, reviews_csv, tmp_path):

@@ -55,8 +55,15 @@ def test_compare_report_shows_its_chart_as_a_file_or_inline(tmp_path):
             "macro_f1": a,
             "forgetting": 0.0,
             "hyperparameters": "lr 1e-3",
+            "accuracy_ci": [a - 0.05, a + 0.05],
+            "macro_f1_ci": [a - 0.05, a + 0.05],
+            "backbone_examples": 100,
+            "paired": paired,
         }
-        for name, t, m, a in (("lora", 3.0, 300.0, 0.8), ("full_fine_tuning", 5.0, 500.0, 0.85))
+        for name, t, m, a, paired in (
+            ("lora", 3.0, 300.0, 0.8, {"against": "full_fine_tuning", "a_only": 9, "b_only": 4, "p_value": 0.13}),
+            ("full_fine_tuning", 5.0, 500.0, 0.85, None),
+        )
     ]
     chart = plot_quality_vs_cost(rows, tmp_path / CHART_FILE)
     report = {

@@ -9,7 +9,7 @@ import pytest
 
 
 @pytest.mark.parametrize(
-    "name", ["overhead", "speed", "quality", "scaling", "registry_sizes", "hf_loading", "predict_memory"]
+    "name", ["overhead", "speed", "quality", "scaling", "registry_sizes", "hf_loading", "predict_memory", "lora_cost"]
 )  # each imports bench.common
 def test_benchmark_script_imports(name):
     module = importlib.import_module(f"bench.{name}")
