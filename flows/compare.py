@@ -33,6 +33,7 @@ from adaptflow.tasks.evaluation.compare import (
     CURVES_FILE,
     GPU_PEAK_TFLOPS,
     GPU_UTILISATION,
+    PROBE_FEATURE_ROWS,
     PROBE_STEPS,
     REPORT_FILE,
     SEARCH_DATA,
@@ -136,9 +137,9 @@ def estimate(cc: CompareConfig, gpu: str | None = None, on_line: Callable[[str],
     """Cost before spending: time a few steps of every strategy on the user's data, project the whole budget.
 
     Each strategy trains PROBE_STEPS optimizer steps (transfer learning: its feature pass and
-    head passes over PROBE_STEPS batches of rows) in its own worker, on a seeded sample of the
-    rows compare would use; the seconds per step (per row for features) times the budget's
-    steps (rows) give the projected train time, and the probe's peak memory the projected
+    head passes over at least PROBE_FEATURE_ROWS rows) in its own worker, on a seeded sample of
+    the rows compare would use; the first step's warm-up once plus the other steps' seconds per
+    step (per row for features) times the budget's steps (rows) give the projected train time, and the probe's peak memory the projected
     peak (same batch size). With ``gpu``, also a projection from FLOP counts at
     GPU_UTILISATION of that GPU's published peak. No Prefect server is involved.
     """
@@ -152,7 +153,9 @@ def estimate(cc: CompareConfig, gpu: str | None = None, on_line: Callable[[str],
     data_path = curve_view(prepared.path, out / CURVE_DATA, prepared.manifest["splits"], cc.data.data_seed)
     splits = json.loads((data_path / "manifest.json").read_text())["splits"]
     plans = [with_budget(cfg, cc, splits["train"]) for cfg in plans]
-    probe_rows_n = PROBE_STEPS * max(examples_per_step(cfg) for cfg in plans)
+    # Fine-tuning probes stop after PROBE_STEPS steps; cached-feature probes featurize every row, and
+    # on a few hundred rows their length-sorted batches carry more padding than the real run's.
+    probe_rows_n = max(PROBE_FEATURE_ROWS, PROBE_STEPS * max(examples_per_step(cfg) for cfg in plans))
     probe = probe_view(data_path, out / "probe_data", probe_rows_n, cc.data.data_seed)
     probe_splits = json.loads((probe / "manifest.json").read_text())["splits"]
     mean_tokens = {split: stats["mean"] for split, stats in prepared.manifest["token_lengths"].items()}

@@ -272,7 +272,8 @@ def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
 # ---- cost before spending ---------------------------------------------------------------
 
 PROBE_STEPS = 8  # optimizer steps each strategy is timed for by --estimate
-PROBE_ROWS = 32  # validation and evaluation rows of the probe
+PROBE_ROWS = 64  # validation and evaluation rows of the probe
+PROBE_FEATURE_ROWS = 1024  # training rows of the probe at least: a cached-feature probe featurizes them all
 GPU_PEAK_TFLOPS = {  # published dense bf16 (T4: fp16) peaks, TFLOP/s
     "t4": 65.0,
     "l4": 121.0,
@@ -307,13 +308,24 @@ def projected_seconds(cfg: AdaptConfig, probe: dict[str, Any], probe_rows: dict[
     validation and evaluation), plus seconds per head step x its head steps. Under a time
     budget: at most that many seconds (and the step that crosses it).
     """
-    step_s = (probe["loop_time_s"] - probe.get("eval_time_s", 0.0)) / max(1, probe["steps"])
-    steps = cfg.training.max_steps or cfg.strategy.passes(cfg.training) * math.ceil(splits["train"] / examples_per_step(cfg))
-    if get_strategy(cfg.strategy.name).uses_cached_features:
-        row_s = probe["feature_time_s"] / max(1, sum(probe_rows.values()))
-        seconds = row_s * sum(splits.values()) + step_s * steps
+    # The first step carries the warm-up (allocations, first kernels, the loader starting): counted
+    # once, not spread over a probe's few steps, which would project it onto every step of the run.
+    loop_s = probe["loop_time_s"] - probe.get("eval_time_s", 0.0)
+    first_s = probe.get("first_step_s") if probe["steps"] > 1 else None
+    if first_s is None:
+        warm_up_s, step_s = 0.0, loop_s / max(1, probe["steps"])
     else:
-        seconds = step_s * steps
+        warm_up_s, step_s = first_s, (loop_s - first_s) / (probe["steps"] - 1)
+    steps = cfg.training.max_steps or cfg.strategy.passes(cfg.training) * math.ceil(splits["train"] / examples_per_step(cfg))
+    seconds = warm_up_s + step_s * (steps - (1 if first_s is not None else 0))
+    if get_strategy(cfg.strategy.name).uses_cached_features:
+        rows, probed = sum(splits.values()), sum(probe_rows.values())
+        warm_rows = probe.get("feature_first_batch_rows", 0)
+        if 0 < warm_rows < probed:  # the first batch (the backbone's warm-up) once, the rest per row
+            warm = probe["feature_first_batch_s"]
+            seconds += warm + (probe["feature_time_s"] - warm) / (probed - warm_rows) * (rows - warm_rows)
+        else:
+            seconds += probe["feature_time_s"] / max(1, probed) * rows
     return min(seconds, cfg.training.time_limit_s + step_s) if cfg.training.time_limit_s else seconds
 
 

@@ -119,8 +119,12 @@ def loss_step(module, batch):
     return loss
 
 
-def cached_features(accelerator, model, ds, spec: RunSpec, collate, batch_size: int) -> dict[str, torch.Tensor]:
-    """Pooled backbone features of every split, computed once and cached next to the prepared data."""
+def cached_features(accelerator, model, ds, spec: RunSpec, collate, batch_size: int, timing: dict | None = None) -> dict[str, torch.Tensor]:
+    """Pooled backbone features of every split, computed once and cached next to the prepared data.
+
+    ``timing``, when given, receives ``first_batch_s`` and ``first_batch_rows``: the first batch
+    carries the backbone's warm-up, which ``--estimate`` counts once instead of per row.
+    """
     from safetensors.torch import load_file, save_file  # heavy: only the frozen-backbone strategies need it
 
     precision = resolve_precision(spec.config.training.mixed_precision)
@@ -138,10 +142,13 @@ def cached_features(accelerator, model, ds, spec: RunSpec, collate, batch_size: 
                 pos = 0
                 with torch.inference_mode():
                     for batch in loader:
+                        started = time.perf_counter()
                         with accelerator.autocast():
                             feats = model.encode(**{k: v.to(accelerator.device) for k, v in batch.items() if k in MODEL_INPUTS})
                         out[torch.tensor(order[pos : pos + len(feats)])] = feats.float().cpu()
                         pos += len(feats)
+                        if timing is not None and "first_batch_s" not in timing:
+                            timing.update(first_batch_s=time.perf_counter() - started, first_batch_rows=len(feats))
                 tensors[split] = out
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(f".tmp{os.getpid()}")
@@ -181,10 +188,11 @@ class ClassificationTask:
             events.log("gradient checkpointing on: backbone activations are recomputed in the backward pass")
 
         self.feature_time = 0.0
+        self.feature_timing: dict = {}
         sampler = train_sampler([len(x) for x in ds["train"]["input_ids"]], cfg, accelerator.num_processes)
         if strategy.uses_cached_features:
             t0 = time.perf_counter()
-            feats = cached_features(accelerator, model, ds, spec, collate, batch_size=max(64, t.batch_size * 2))
+            feats = cached_features(accelerator, model, ds, spec, collate, batch_size=max(64, t.batch_size * 2), timing=self.feature_timing)
             self.feature_time = time.perf_counter() - t0
             events.log(f"backbone features for {sum(len(v) for v in feats.values()):,} rows ready in {self.feature_time:.1f}s")
             splits = {s: FeatureDataset(feats[s], torch.tensor(ds[s]["labels"]), with_ids=s == "train") for s in ds}
@@ -239,6 +247,8 @@ class ClassificationTask:
             "loop_time_s": loop_time,
             "feature_time_s": self.feature_time,
             "eval_time_s": state.eval_time,
+            "first_step_s": state.first_step_s,
+            **{f"feature_{k}": v for k, v in self.feature_timing.items()},
             # training throughput: evaluations inside the loop are not training (as in Trainer's figure)
             "samples_per_s": state.examples_seen / max(1e-9, loop_time - state.eval_time + self.feature_time),
             "peak_memory_mb": base["peak_memory_mb"],

@@ -341,6 +341,7 @@ class LoopState:
     last_eval: Any = None  # the newest Evaluation, while it still describes the current weights
     eval_time: float = 0.0  # seconds of this process spent evaluating inside the loop
     loop_started: float = 0.0  # perf_counter() when this process's loop began (evaluations record their training seconds)
+    first_step_s: float | None = None  # seconds to this process's first optimizer step (warm-up included); --estimate leaves it out
 
     PERSISTENT = (
         "step",
@@ -414,6 +415,8 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
                 continue
             scheduler.step()
             state.step += 1
+            if state.first_step_s is None:
+                state.first_step_s = time.perf_counter() - loop_started
             epoch_f = epoch + min(1.0, state.step / updates_per_epoch - epoch)
             if state.step % t.log_every == 0 or state.step == total_steps:
                 mean_loss = accelerator.reduce(running / running_n, reduction="mean").item()

@@ -240,11 +240,17 @@ def test_estimate_projects_the_budget_from_the_probe_and_flops_for_a_gpu():
     splits = {"train": 2000, "validation": 1000, "eval": 872}
     probe = {"loop_time_s": 9.0, "eval_time_s": 1.0, "steps": 8, "feature_time_s": 0.0}
     assert projected_seconds(plans["lora"], probe, {}, splits) == pytest.approx(100 * 1.0)  # 100 budget steps at 1 s
+    # with the warm-up measured: the first step once (1.7 s), the other 7 probe steps give 0.9 s per step
+    warm = {**probe, "first_step_s": 1.7}
+    assert projected_seconds(plans["lora"], warm, {}, splits) == pytest.approx(1.7 + 99 * 0.9)
     assert probe_config(plans["lora"]).training.max_steps == PROBE_STEPS and not probe_config(plans["lora"]).registry.register_model
     tl_probe = {"loop_time_s": 1.6, "eval_time_s": 0.0, "steps": 160, "feature_time_s": 3.2}
     probe_rows = {"train": 256, "validation": 32, "eval": 32}  # 320 rows in 3.2 s: 0.01 s per row
     # features for 3,872 rows, then 20 head passes of 63 steps at 0.01 s
     assert projected_seconds(plans["transfer_learning"], tl_probe, probe_rows, splits) == pytest.approx(38.72 + 12.6)
+    # the backbone's warm-up in the first feature batch (64 rows, 1.28 s) once; 1.92 s for the other 256 rows
+    tl_warm = {**tl_probe, "feature_first_batch_s": 1.28, "feature_first_batch_rows": 64}
+    assert projected_seconds(plans["transfer_learning"], tl_warm, probe_rows, splits) == pytest.approx(1.28 + 0.0075 * 3808 + 12.6)
     timed = load_compare_config({"training": {"batch_size": 32}, "budget_seconds": 30})
     assert projected_seconds(with_budget(timed.adapt_configs()[3], timed, 2000), probe, {}, splits) == pytest.approx(31.0)
 
