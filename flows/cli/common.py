@@ -29,8 +29,21 @@ console = Console(stderr=True)
 # Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
 # machine the worker's threads own the cores, and every redraw takes one of them for a moment.
 BAR_REFRESH_PER_S = 2
-# Logs and CI: wide enough for the results table, unless COLUMNS says how wide (rich reads it).
-out = Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120)
+
+
+class _Stdout:
+    """Results on stdout through a rich Console sized when something is printed, not at import.
+
+    In a terminal: its width (or COLUMNS). In logs and CI: 120 columns, wide enough for the
+    results tables, unless COLUMNS says how wide. Rich reads COLUMNS when a Console is made, so
+    one made at import would keep the width of whatever environment imported it first.
+    """
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(Console(width=None if sys.stdout.isatty() or os.environ.get("COLUMNS") else 120), name)
+
+
+out = _Stdout()
 
 
 def print_json_stdout(data: Any) -> None:
