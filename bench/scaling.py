@@ -1,10 +1,13 @@
 """Samples/s of 1 vs N training processes on this machine, measured side by side in one run.
 
     python bench/scaling.py [--data ../shared/data/sst2/train.tsv] [--samples 2000] [--processes 1 2]
+    python bench/scaling.py --launcher ray --ray-address HOST:PORT     # Ray Train workers on a Ray cluster
 
 Each configuration trains the same model on the same prepared data with the same global
 batch (per-process batch = global batch / processes), through the real worker launched
-by the train task (torchrun + gloo on CPU). Prints a table and writes bench-results/scaling.json.
+by the train task (torchrun + gloo on CPU; with --launcher ray, Ray Train workers of one CPU
+each, placed by Ray, which needs S3 for its checkpoints: `adaptflow stack up` or the S3
+variables). Prints a table and writes bench-results/scaling.json (scaling-ray.json for Ray).
 """
 
 from __future__ import annotations
@@ -35,8 +38,12 @@ def main() -> None:
     parser.add_argument("--global-batch", type=int, default=32, help="examples per optimizer step across processes")
     parser.add_argument("--processes", type=int, nargs="+", default=[1, 2], help="process counts to compare")
     parser.add_argument("--strategy", default="full_fine_tuning")
-    parser.add_argument("--output", default=str(ROOT / "bench-results" / "scaling.json"))
+    parser.add_argument("--launcher", choices=["local", "ray"], default="local", help="torchrun here, or Ray Train on a Ray cluster")
+    parser.add_argument("--ray-address", help="the Ray cluster's head (default: RAY_ADDRESS, or `adaptflow stack up --ray`'s)")
+    parser.add_argument("--output", help="JSON file (default bench-results/scaling.json, scaling-ray.json with --launcher ray)")
     args = parser.parse_args()
+    output = args.output or str(ROOT / "bench-results" / ("scaling-ray.json" if args.launcher == "ray" else "scaling.json"))
+    launch = {"launcher": "ray", "ray_address": args.ray_address} if args.launcher == "ray" else {}
 
     work = Path(tempfile.mkdtemp(prefix="adaptflow-scaling-"))
     model = resolve_model(DEFAULT_MODEL, work)
@@ -50,7 +57,7 @@ def main() -> None:
                 "strategy": {"name": args.strategy},
                 "data": data_cfg.model_dump(),
                 "training": {"batch_size": args.global_batch // n, "epochs": 1, "log_every": 20},
-                "launch": {"num_processes": n},
+                "launch": {"num_processes": n, **launch},
             }
         )
         metrics = run_training(cfg, prepared.path, model, work / f"run-{n}")
@@ -68,7 +75,8 @@ def main() -> None:
         row["speedup"] = row["samples_per_s"] / base
         row["efficiency"] = row["speedup"] / (row["processes"] / rows[0]["processes"])
 
-    table = Table(title=f"{args.strategy}, {args.samples} examples, global batch {args.global_batch}, {os.cpu_count()} CPU cores")
+    where = "Ray Train workers" if args.launcher == "ray" else f"torchrun processes, {os.cpu_count()} CPU cores"
+    table = Table(title=f"{args.strategy}, {args.samples} examples, global batch {args.global_batch}, {where}")
     for col in ("processes", "batch/process", "samples/s", "train time", "speed-up", "efficiency", "accuracy (200 rows)"):
         table.add_column(col, justify="right")
     for r in rows:
@@ -82,11 +90,14 @@ def main() -> None:
             f"{r['eval_accuracy']:.3f}",
         )
     Console(width=120).print(table)
-    Path(args.output).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.output).write_text(
-        json.dumps({"strategy": args.strategy, "samples": args.samples, "cpu_count": os.cpu_count(), "rows": rows}, indent=2)
+    Path(output).parent.mkdir(parents=True, exist_ok=True)
+    Path(output).write_text(
+        json.dumps(
+            {"strategy": args.strategy, "samples": args.samples, "launcher": args.launcher, "cpu_count": os.cpu_count(), "rows": rows},
+            indent=2,
+        )
     )
-    print(f"wrote {args.output}")
+    print(f"wrote {output}")
 
 
 if __name__ == "__main__":

@@ -31,6 +31,7 @@ from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
 from adaptflow.tasks.strategies import check_against_model
 from adaptflow.tasks.training.launch import accelerate_config_path
 from adaptflow.tasks.training.lm import check_lm_config
+from adaptflow.tasks.training.ray_train import check_ray_launch
 
 T = TypeVar("T")
 
@@ -52,8 +53,12 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     caller can report them together with data problems.
     """
     found: list[AdaptFlowError] = []
-    needs_s3 = cfg.registry.register_model or any(
-        ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data, cfg.training.checkpoint_uri)
+    needs_s3 = (
+        cfg.registry.register_model
+        or cfg.launch.launcher == "ray"
+        or any(  # Ray Train checkpoints to S3
+            ref and ref.startswith("s3://") for ref in (cfg.model, cfg.data.data, cfg.data.eval_data, cfg.training.checkpoint_uri)
+        )
     )
     if cfg.registry.register_model:
         try:
@@ -73,6 +78,10 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
             accelerate_config_path(cfg.launch.accelerate_config)
         except ConfigError as exc:
             found.append(exc)
+    if cfg.launch.launcher == "ray":
+        problems = check_ray_launch(cfg.launch)
+        if problems:
+            found.append(ConfigError(problems))
     model_path = None
     info = None
     try:

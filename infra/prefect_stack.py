@@ -164,13 +164,7 @@ class PrefectStack:
         return info.worker_pid is not None and self._owns(info.worker_pid, info.stack_id)
 
     def _owns(self, pid: int, stack_id: str) -> bool:
-        if not _alive(pid):
-            return False
-        try:
-            environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            return False
-        return f"{STACK_ID_VAR}={stack_id}".encode() in environ
+        return started_by(pid, stack_id)
 
     def _read_state(self) -> PrefectStackInfo | None:
         try:
@@ -300,6 +294,17 @@ def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigErr
             "(the old file is kept beside it as a .bak)",
         )
     )
+
+
+def started_by(pid: int, stack_id: str) -> bool:
+    """Whether ``pid`` is alive and carries ``ADAPTFLOW_STACK_ID=stack_id``: a process a stack's ``up`` started."""
+    if not _alive(pid):
+        return False
+    try:
+        environ = Path(f"/proc/{pid}/environ").read_bytes().split(b"\0")
+    except (FileNotFoundError, ProcessLookupError, PermissionError):
+        return False
+    return f"{STACK_ID_VAR}={stack_id}".encode() in environ
 
 
 def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> int:

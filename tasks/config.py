@@ -233,18 +233,24 @@ LM_FIELDS_MOVED_FROM = {
 class LaunchConfig(_Frozen):
     """Where and how the training processes run."""
 
-    launcher: Literal["local", "multinode", "trainjob", "pytorchjob"] = Field(
+    launcher: Literal["local", "multinode", "ray", "trainjob", "pytorchjob"] = Field(
         "local",
         description="'local': all training processes on this machine (torchrun, or `accelerate launch` with "
         "accelerate_config). 'multinode': this machine is node `node_rank` of `nnodes`; the same torchrun "
         "agent runs on every node (started by srun on Slurm, or by hand) and meets the others at "
-        "master_addr:master_port (elastic with min_nodes/max_nodes). 'trainjob': the train task creates a "
+        "master_addr:master_port (elastic with min_nodes/max_nodes). 'ray': Ray Train's TorchTrainer runs "
+        "num_processes workers on the Ray cluster at ray_address, keeps checkpoints on S3 and restarts lost "
+        "workers from the last one (max_restarts times; needs the 'ray' extra). 'trainjob': the train task creates a "
         "Kubeflow Trainer v2 TrainJob of `nnodes` pods on the k8s_runtime runtime (infra/k8s/trainjob.yaml) and "
         "follows it. 'pytorchjob': the same for clusters still on the v1 training operator (PyTorchJob, "
         "infra/k8s/pytorchjob.yaml). On Kubernetes, work_dir must be on the shared volume k8s_work_claim.",
     )
     num_processes: int = Field(
-        1, ge=1, le=1024, description="Training processes per node (data parallel). On CPU they use gloo; on GPUs, one per GPU."
+        1,
+        ge=1,
+        le=1024,
+        description="Training processes per node (data parallel). On CPU they use gloo; on GPUs, one per GPU. "
+        "'ray': the number of Ray Train workers in all, placed on the cluster's nodes by Ray.",
     )
     accelerate_config: str | None = Field(
         None,
@@ -269,8 +275,17 @@ class LaunchConfig(_Frozen):
         ge=0,
         le=100,
         description="'multinode': times torchrun's agent restarts the workers after a failure or a change of "
-        "nodes before it gives up (elastic runs need at least 1; set training.checkpoint_every so a restart "
-        "resumes instead of starting over).",
+        "nodes before it gives up (elastic runs need at least 1). 'ray': Ray Train's FailureConfig(max_failures), "
+        "times the worker group is restarted after a worker or its node is lost. Set training.checkpoint_every "
+        "so a restart resumes instead of starting over.",
+    )
+    ray_address: str | None = Field(
+        None,
+        description="'ray': the Ray cluster's address (host:port of its head, as `ray start --head` prints). "
+        "Empty: RAY_ADDRESS, else the local head of `adaptflow stack up --ray`.",
+    )
+    ray_cpus_per_worker: float = Field(
+        1.0, gt=0, le=1024, description="'ray': CPUs Ray reserves for each training worker (and one GPU each when gpus_per_node > 0)."
     )
     k8s_namespace: str = Field("adaptflow", description="Kubernetes namespace of the TrainJob or PyTorchJob.")
     k8s_image: str = Field("adaptflow-train:latest", description="Training image (infra/Dockerfile) for the training pods.")
@@ -282,7 +297,12 @@ class LaunchConfig(_Frozen):
     k8s_work_claim: str = Field(
         "adaptflow-work", description="ReadWriteMany volume claim holding work_dir, mounted at the same path in every pod."
     )
-    gpus_per_node: int = Field(0, ge=0, le=64, description="GPUs requested by each training pod on Kubernetes (0: CPU pods).")
+    gpus_per_node: int = Field(
+        0,
+        ge=0,
+        le=64,
+        description="GPUs requested by each training pod on Kubernetes (0: CPU pods); 'ray': > 0 gives every worker one GPU.",
+    )
     retries: int = Field(
         1,
         ge=0,
@@ -300,6 +320,10 @@ class LaunchConfig(_Frozen):
             problems.append("launch.nnodes must be at least 2 with the 'multinode' launcher")
         if self.node_rank >= self.nnodes:
             problems.append(f"launch.node_rank {self.node_rank} must be below launch.nnodes {self.nnodes}")
+        if self.launcher == "ray" and self.nnodes != 1:
+            problems.append("launch.nnodes is for 'multinode' and Kubernetes: with 'ray', num_processes is the number of workers in all")
+        if self.launcher == "ray" and self.accelerate_config:
+            problems.append("Ray Train starts the 'ray' launcher's processes: leave launch.accelerate_config empty")
         if (self.min_nodes or self.max_nodes) and self.launcher != "multinode":
             problems.append("launch.min_nodes/max_nodes make a 'multinode' run elastic: use them with that launcher")
         elif self.elastic:

@@ -6,12 +6,14 @@ import typer
 
 from adaptflow.flows.cli.common import console, fail, out
 from adaptflow.infra.prefect_stack import PrefectStack
+from adaptflow.infra.ray_stack import RayStack
 from adaptflow.infra.stack import LocalS3Stack
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.errors import AdaptFlowError
 
 stack_app = typer.Typer(
-    help="The local S3-compatible server (SeaweedFS) used by default, and a Prefect server with a process worker. Data is kept across restarts.",
+    help="The local S3-compatible server (SeaweedFS) used by default, a Prefect server with a process worker, "
+    "and (--ray) a Ray head. Data is kept across restarts.",
     no_args_is_help=True,
 )
 
@@ -34,6 +36,13 @@ def stack_up(
         help="Start Prefect with an empty SQLite database; the old one is kept beside it as prefect.db.bak-<time>. "
         "For a database written by another Prefect release, which this one cannot open.",
     ),
+    ray: bool = typer.Option(
+        False,
+        "--ray",
+        help="Also start a local Ray head (needs the 'ray' extra), which `adaptflow run --launcher ray` then uses "
+        "when no --ray-address or RAY_ADDRESS is given. Other machines join it with `ray start --address=<its address>`.",
+    ),
+    ray_cpus: int = typer.Option(0, "--ray-cpus", min=0, help="CPUs the Ray head hands to training workers (0: all of this machine's)."),
 ) -> None:
     """Start the local S3 server (free ports, generated credentials, data under $ADAPTFLOW_HOME/stack) and a Prefect server + worker."""
     try:
@@ -51,6 +60,12 @@ def stack_up(
                 f"`adaptflow run`, `compare`, `retrain` and `predict` now report to this server: their runs show at {served.ui_url}/runs"
             )
             out.print("Next: `adaptflow deploy`, then trigger runs from the UI (Deployments -> Run).")
+        if ray:
+            head = RayStack(adaptflow_home()).up(cpus=ray_cpus or None)
+            out.print(
+                f"Ray head at [bold]{head.address}[/] (pid {head.pid}, {head.cpus} CPUs): `adaptflow run --launcher ray` uses it; "
+                f"more nodes join with `ray start --address={head.address}`."
+            )
     except AdaptFlowError as exc:
         raise fail(exc) from None
     out.print('`adaptflow run` uses the S3 server automatically; other tools: eval "$(adaptflow stack env)"')
@@ -58,8 +73,10 @@ def stack_up(
 
 @stack_app.command("down")
 def stack_down() -> None:
-    """Stop the Prefect worker and server and the S3 server started by `stack up` (their data stays for the next `up`)."""
+    """Stop the Ray head, the Prefect worker and server and the S3 server started by `stack up` (their data stays for the next `up`)."""
     try:
+        if RayStack(adaptflow_home()).down():
+            out.print("Ray head stopped.")
         if PrefectStack(adaptflow_home()).down():
             out.print("Prefect worker and server stopped.")
         _stack().down()
@@ -83,6 +100,9 @@ def stack_status() -> None:
     else:
         worker = f"worker pid {served.worker_pid}" if prefect_stack.worker_running(served) else "worker NOT running"
         out.print(f"Prefect server: running at {served.ui_url} (pid {served.server_pid}, {served.database}); {worker}")
+    head = RayStack(adaptflow_home()).status()
+    if head is not None:
+        out.print(f"Ray head: running at {head.address} (pid {head.pid}, {head.cpus} CPUs)")
 
 
 @stack_app.command("env")
@@ -97,3 +117,6 @@ def stack_env() -> None:
     served = PrefectStack(adaptflow_home()).status()
     if served is not None:
         out.print(f"export PREFECT_API_URL={served.api_url}", highlight=False)
+    head = RayStack(adaptflow_home()).status()
+    if head is not None:
+        out.print(f"export RAY_ADDRESS={head.address}", highlight=False)

@@ -32,7 +32,7 @@ import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Callable, Protocol
 
 import torch
 from torch.utils.data import DataLoader, Sampler
@@ -161,15 +161,24 @@ def train_sampler(lengths: list[int], cfg: AdaptConfig, num_processes: int) -> L
 # ---- events ------------------------------------------------------------------------
 
 
-class Events:
-    """Progress and log events for the parent process, printed by the main process only."""
+def print_line(line: str) -> None:
+    print(line, flush=True)
 
-    def __init__(self, accelerator):
+
+class Events:
+    """Progress and log events for the parent process, sent by the main process only.
+
+    Each event is one ``EVENT_PREFIX`` + JSON line, printed on stdout (the parent reads the
+    worker's output) unless ``write`` sends it elsewhere (Ray Train: to the driver's queue).
+    """
+
+    def __init__(self, accelerator, write: Callable[[str], None] = print_line):
         self.accelerator = accelerator
+        self.write = write
 
     def emit(self, kind: str, **payload) -> None:
         if self.accelerator.is_main_process:
-            print(EVENT_PREFIX + json.dumps({"type": kind, **payload}), flush=True)
+            self.write(EVENT_PREFIX + json.dumps({"type": kind, **payload}))
 
     def log(self, message: str) -> None:
         self.emit("log", message=message)
@@ -220,6 +229,22 @@ class TrainingTask(Protocol):
         """Final evaluation (``plan.eval_loaders`` are prepared by then) and outputs (model/, metrics.json...); returns the metrics and the ``done`` event's payload."""
 
 
+@dataclass(frozen=True)
+class Checkpointing:
+    """Where a worker keeps its checkpoints, and who hears of each new one.
+
+    By default ``RUN_DIR/checkpoints``, one folder every rank writes into and the train task
+    mirrors. A launcher that persists checkpoints itself (Ray Train) gives every rank a
+    folder of its own (``per_rank``) and a ``saved`` callback, called on every rank once a
+    checkpoint is complete, which hands it over (and may be a collective call).
+    """
+
+    home: Path  # checkpoints go to home/checkpoints/step-NNNNNNN/
+    saved: Callable[[Path, "LoopState"], None] | None = None
+    per_rank: bool = False
+    rotate: bool = True  # keep the newest two; False when ``saved`` takes each folder over (and removes it)
+
+
 @dataclass
 class Run:
     """The set-up pieces of one worker process, shared by the engine and its task."""
@@ -229,6 +254,11 @@ class Run:
     events: Events
     precision: str
     started: float  # perf_counter at process start (worker_wall_s)
+    checkpointing: Checkpointing | None = None
+
+    @property
+    def checkpoints(self) -> Checkpointing:
+        return self.checkpointing or Checkpointing(self.spec.run_dir)
 
     @property
     def cfg(self) -> AdaptConfig:
@@ -372,7 +402,7 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
     """The plain loop: accumulate, step, log, evaluate, checkpoint, stop on budget, patience or time."""
     from transformers import get_scheduler  # heavy: transformers loads only inside the worker
 
-    cfg, accelerator, events, run_dir = run.cfg, run.accelerator, run.events, run.spec.run_dir
+    cfg, accelerator, events, checkpoints = run.cfg, run.accelerator, run.events, run.checkpoints
     t = cfg.training
     epochs = plan.epochs
     updates_per_epoch = math.ceil(len(train_loader) / t.gradient_accumulation_steps)
@@ -384,7 +414,7 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
     for obj in plan.checkpointed:
         accelerator.register_for_checkpointing(obj)
     trainable = [p for p in module.parameters() if p.requires_grad]
-    state = _resume(accelerator, run_dir, events) or LoopState()
+    state = _resume(accelerator, checkpoints.home, events) or LoopState()
     running, running_n = torch.zeros((), device=accelerator.device), 0
     events.emit("start", total_steps=total_steps, epochs=epochs, resumed_from_step=state.resumed_from_step)
     loop_started = state.loop_started = time.perf_counter()
@@ -433,7 +463,7 @@ def train_loop(run: Run, task: TrainingTask, plan: Plan, module, optimizer, trai
                 if _evaluate_and_check(run, task, module, monitor_loader, plan.monitor_split, state, epoch_f):
                     break
             if t.checkpoint_every and state.step % t.checkpoint_every == 0:
-                _checkpoint(accelerator, run_dir, state, events)
+                _checkpoint(accelerator, checkpoints, state, events)
             if state.step >= total_steps:
                 break
             if _out_of_time(accelerator, loop_started, t.time_limit_s):
@@ -497,19 +527,22 @@ def _evaluate_and_check(run: Run, task: TrainingTask, module, loader, split: str
 # ---- checkpoints -------------------------------------------------------------------
 
 
-def _checkpoint(accelerator, run_dir: Path, state: LoopState, events: Events, keep: int = 2) -> None:
+def _checkpoint(accelerator, checkpoints: Checkpointing, state: LoopState, events: Events, keep: int = 2) -> None:
     """Model, optimizer, scheduler, RNG states and the loop position; the loop state is written last."""
-    root = run_dir / CHECKPOINTS
+    root = checkpoints.home / CHECKPOINTS
     path = root / f"step-{state.step:07d}"
     accelerator.save_state(str(path))
     if accelerator.is_main_process:
         tmp = path / (LOOP_STATE + ".tmp")
         tmp.write_text(state.to_json())
         tmp.replace(path / LOOP_STATE)  # a checkpoint without it is incomplete and never resumed from
-        for old in sorted(root.glob("step-*"))[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
         events.emit("checkpoint", step=state.step, path=str(path))
     accelerator.wait_for_everyone()
+    if checkpoints.saved is not None:
+        checkpoints.saved(path, state)
+    if checkpoints.rotate and (accelerator.is_main_process or checkpoints.per_rank):
+        for old in sorted(root.glob("step-*"))[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
 
 
 def latest_checkpoint(run_dir: Path) -> Path | None:
@@ -517,9 +550,9 @@ def latest_checkpoint(run_dir: Path) -> Path | None:
     return complete[-1] if complete else None
 
 
-def _resume(accelerator, run_dir: Path, events: Events) -> LoopState | None:
-    """Continue from the last complete checkpoint of this run directory, if there is one."""
-    path = latest_checkpoint(run_dir)
+def _resume(accelerator, home: Path, events: Events) -> LoopState | None:
+    """Continue from the last complete checkpoint under ``home`` (the run directory, by default), if there is one."""
+    path = latest_checkpoint(home)
     if path is None:
         return None
     accelerator.load_state(str(path))
@@ -532,8 +565,14 @@ def _resume(accelerator, run_dir: Path, events: Events) -> LoopState | None:
 # ---- one run -----------------------------------------------------------------------
 
 
-def run_task(spec: RunSpec, task: TrainingTask) -> dict:
-    """Set up, let ``task`` build, prepare, train, let ``task`` finish; returns the run's metrics."""
+def run_task(
+    spec: RunSpec, task: TrainingTask, checkpointing: Checkpointing | None = None, write_event: Callable[[str], None] = print_line
+) -> dict:
+    """Set up, let ``task`` build, prepare, train, let ``task`` finish; returns the run's metrics.
+
+    ``checkpointing`` and ``write_event`` are for launchers that keep checkpoints and carry
+    events their own way (Ray Train); by default both go through the run folder and stdout.
+    """
     import datasets  # heavy: these load only inside the worker
     from accelerate import Accelerator
     from accelerate.utils import set_seed
@@ -546,7 +585,7 @@ def run_task(spec: RunSpec, task: TrainingTask) -> dict:
     spec.run_dir.mkdir(parents=True, exist_ok=True)
     precision = resolve_precision(t.mixed_precision)
     accelerator = Accelerator(mixed_precision=precision, gradient_accumulation_steps=t.gradient_accumulation_steps)
-    run = Run(spec, accelerator, Events(accelerator), precision, time.perf_counter())
+    run = Run(spec, accelerator, Events(accelerator, write_event), precision, time.perf_counter(), checkpointing)
     set_seed(t.seed)
     plan = task.build(run)
 

@@ -69,6 +69,7 @@ def accelerate_config_path(name_or_path: str) -> Path:
 
 # One worker for every run: it picks the language-model or the classification task from the config.
 WORKER_MODULE = "adaptflow.tasks.training.worker"
+RAY_DRIVER = "adaptflow.tasks.training.ray_train"
 
 
 def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = None, module: str = WORKER_MODULE) -> list[str]:
@@ -77,6 +78,8 @@ def launch_command(cfg: AdaptConfig, spec_path: Path, node_rank: int | None = No
     ``module`` is the worker module to run (tests and benchmarks substitute their own).
     """
     launch = cfg.launch
+    if launch.launcher == "ray":  # a driver that hands the worker to Ray Train on the cluster
+        return [sys.executable, "-m", RAY_DRIVER, str(spec_path)]
     rank = launch.node_rank if node_rank is None else node_rank
     worker = ["-m", module, str(spec_path)]
     multinode = launch.launcher == "multinode"
@@ -167,8 +170,12 @@ def other_node_commands(cfg: AdaptConfig, spec_path: Path, module: str = WORKER_
 
 
 def worker_env(cfg: AdaptConfig) -> dict[str, str]:
-    """The worker's environment: no S3 secrets, one CPU share per process, unbuffered output."""
-    env = {k: v for k, v in os.environ.items() if k not in SECRET_VARIABLES}
+    """The worker's environment: no S3 secrets, one CPU share per process, unbuffered output.
+
+    The Ray driver keeps the S3 keys: Ray Train writes the checkpoints to S3 with them.
+    """
+    ray = cfg.launch.launcher == "ray"
+    env = {k: v for k, v in os.environ.items() if ray or k not in SECRET_VARIABLES}
     env.setdefault("OMP_NUM_THREADS", str(cpu_threads_per_process(cfg.launch.num_processes)))
     env["PYTHONUNBUFFERED"] = "1"
     env["TOKENIZERS_PARALLELISM"] = "false"
@@ -334,7 +341,7 @@ def retry_after_crash(task, task_run, state) -> bool:
 
 def checkpoint_mirror(cfg: AdaptConfig) -> CheckpointMirror | None:
     """Where the run's checkpoints are mirrored: ``training.checkpoint_uri``, or nowhere."""
-    if not cfg.training.checkpoint_uri:
+    if not cfg.training.checkpoint_uri or cfg.launch.launcher == "ray":  # Ray Train keeps a 'ray' run's checkpoints there itself
         return None
     return CheckpointMirror(S3Settings.resolve(), cfg.training.checkpoint_uri)
 

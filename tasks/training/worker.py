@@ -64,6 +64,11 @@ def die_with_parent(interval_s: float = WATCH_PARENT_S) -> None:
     threading.Thread(target=watch, name="watch-parent", daemon=True).start()
 
 
+def error_event(exc: AdaptFlowError) -> str:
+    """The one ``error`` event line that carries a worker's AdaptFlowError to the train task."""
+    return EVENT_PREFIX + json.dumps({"type": "error", "kind": type(exc).__name__, "problems": [vars(p) for p in exc.problems]})
+
+
 def main(argv: list[str] | None = None) -> int:
     """Read the spec, run, report an AdaptFlowError as one error event."""
     args = sys.argv[1:] if argv is None else argv
@@ -74,8 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         run(RunSpec.read(Path(args[0])))
     except AdaptFlowError as exc:
-        problems = [vars(p) for p in exc.problems]
-        print(EVENT_PREFIX + json.dumps({"type": "error", "kind": type(exc).__name__, "problems": problems}), flush=True)
+        print(error_event(exc), flush=True)
         return exc.exit_code
     return 0
 

@@ -2,8 +2,15 @@
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import os
 import random
+import shutil
+import socket
+import subprocess
+import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -64,3 +71,59 @@ def tiny_config(model_dir: Path, data_path: Path, work_dir: Path, strategy: dict
     }
     cfg.update(sections)
     return cfg
+
+
+def wait_for(predicate, timeout: float, what: str):
+    """``predicate()``'s first truthy value, polled every 50 ms; AssertionError after ``timeout`` seconds."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        found = predicate()
+        if found:
+            return found
+        time.sleep(0.05)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _ip(*args: str) -> None:
+    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
+
+
+@contextlib.contextmanager
+def network_namespace():
+    """A network namespace joined to this one by a veth pair: a second 'host' on private addresses."""
+    if os.geteuid() != 0 or shutil.which("ip") is None:
+        pytest.skip("needs root and iproute2 to create a network namespace")
+    tag = uuid.uuid4().hex[:6]
+    ns, here, there = f"afnode-{tag}", f"afh{tag}", f"afp{tag}"
+    subnet = 10 + int(tag[:2], 16) % 200  # 10.123.<subnet>.0/30, addresses of our own test hosts only
+    host_addr, peer_addr = f"10.123.{subnet}.1", f"10.123.{subnet}.2"
+    try:
+        _ip("netns", "add", ns)
+        _ip("link", "add", here, "type", "veth", "peer", "name", there)
+        _ip("link", "set", there, "netns", ns)
+        _ip("addr", "add", f"{host_addr}/30", "dev", here)
+        _ip("link", "set", here, "up")
+        _ip("netns", "exec", ns, "ip", "addr", "add", f"{peer_addr}/30", "dev", there)
+        _ip("netns", "exec", ns, "ip", "link", "set", there, "up")
+        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
+    except subprocess.CalledProcessError as exc:
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
+    try:
+        yield {"ns": ns, "host_if": here, "peer_if": there, "host_addr": host_addr, "peer_addr": peer_addr}
+    finally:
+        subprocess.run(["ip", "link", "del", here], capture_output=True)
+        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
+
+
+@pytest.fixture
+def second_host():
+    """A second 'host' (:func:`network_namespace`) for one test."""
+    with network_namespace() as host:
+        yield host

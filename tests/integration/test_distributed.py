@@ -12,13 +12,10 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import signal
-import socket
 import subprocess
 import threading
 import time
-import uuid
 from pathlib import Path
 
 import psutil
@@ -32,7 +29,7 @@ from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.errors import WorkerCrashed
 from adaptflow.tasks.registry.store import list_versions
 from adaptflow.tasks.training.launch import run_training
-from tests.integration.conftest import tiny_config
+from tests.integration.conftest import free_port, tiny_config, wait_for
 from tests.model_fixtures import build_tiny_model
 
 
@@ -56,16 +53,6 @@ def test_two_processes_match_one_process_at_the_same_global_batch(tmp_path, revi
     # (all-reduce sums gradients in another order than one process does).
     assert losses_two == pytest.approx(losses_one, rel=5e-3)
     assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=5e-3)
-
-
-def _wait_for(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        found = predicate()
-        if found:
-            return found
-        time.sleep(0.05)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _worker_processes(spec_marker: str) -> list[psutil.Process]:
@@ -105,8 +92,8 @@ def test_killed_worker_resumes_from_checkpoint_and_matches_an_uninterrupted_run(
     thread = threading.Thread(target=run)
     thread.start()
     runs = work / "runs" / "killed"
-    _wait_for(lambda: list(runs.glob("*/checkpoints/step-0000010/loop_state.json")), 240, "the step-10 checkpoint")
-    victims = _wait_for(lambda: _worker_processes(str(runs)), 30, "the worker processes")
+    wait_for(lambda: list(runs.glob("*/checkpoints/step-0000010/loop_state.json")), 240, "the step-10 checkpoint")
+    victims = wait_for(lambda: _worker_processes(str(runs)), 30, "the worker processes")
     victims[-1].send_signal(signal.SIGKILL)
     thread.join(600)
     assert "error" not in outcome, outcome.get("error")
@@ -168,13 +155,13 @@ def test_killing_the_torchrun_agent_ends_its_ranks_and_the_log_follows_the_run(t
     thread.start()
     log = run_dir / "worker.log"
     # line-buffered: the progress of the running ranks is in the log while they train
-    _wait_for(lambda: log.is_file() and '"type": "progress"' in log.read_text(), 240, "progress lines in worker.log")
-    ranks = _wait_for(lambda: len(_worker_processes(str(run_dir))) == 2 and _worker_processes(str(run_dir)), 30, "both ranks")
+    wait_for(lambda: log.is_file() and '"type": "progress"' in log.read_text(), 240, "progress lines in worker.log")
+    ranks = wait_for(lambda: len(_worker_processes(str(run_dir))) == 2 and _worker_processes(str(run_dir)), 30, "both ranks")
     (agent,) = {rank.parent() for rank in ranks}
     assert "torch.distributed.run" in agent.cmdline()
     agent.send_signal(signal.SIGKILL)
     killed_at = time.monotonic()
-    _wait_for(lambda: not _run_processes(str(run_dir)), 5, "every process of the run to end")
+    wait_for(lambda: not _run_processes(str(run_dir)), 5, "every process of the run to end")
     assert time.monotonic() - killed_at < 5
     thread.join(60)
     assert isinstance(outcome.get("error"), WorkerCrashed), outcome
@@ -182,44 +169,6 @@ def test_killing_the_torchrun_agent_ends_its_ranks_and_the_log_follows_the_run(t
 
 
 # ---- two nodes -------------------------------------------------------------------------
-
-
-def _ip(*args: str) -> None:
-    subprocess.run(["ip", *args], check=True, capture_output=True, text=True, timeout=30)
-
-
-@pytest.fixture
-def second_host():
-    """A network namespace joined to this one by a veth pair: a second 'host' on private addresses."""
-    if os.geteuid() != 0 or shutil.which("ip") is None:
-        pytest.skip("needs root and iproute2 to create a network namespace")
-    tag = uuid.uuid4().hex[:6]
-    ns, here, there = f"afnode-{tag}", f"afh{tag}", f"afp{tag}"
-    subnet = 10 + int(tag[:2], 16) % 200  # 10.123.<subnet>.0/30, addresses of our own test hosts only
-    host_addr, peer_addr = f"10.123.{subnet}.1", f"10.123.{subnet}.2"
-    try:
-        _ip("netns", "add", ns)
-        _ip("link", "add", here, "type", "veth", "peer", "name", there)
-        _ip("link", "set", there, "netns", ns)
-        _ip("addr", "add", f"{host_addr}/30", "dev", here)
-        _ip("link", "set", here, "up")
-        _ip("netns", "exec", ns, "ip", "addr", "add", f"{peer_addr}/30", "dev", there)
-        _ip("netns", "exec", ns, "ip", "link", "set", there, "up")
-        _ip("netns", "exec", ns, "ip", "link", "set", "lo", "up")
-    except subprocess.CalledProcessError as exc:
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-        pytest.skip(f"cannot create a network namespace here: {exc.stderr.strip()}")
-    try:
-        yield {"ns": ns, "host_if": here, "peer_if": there, "host_addr": host_addr, "peer_addr": peer_addr}
-    finally:
-        subprocess.run(["ip", "link", "del", here], capture_output=True)
-        subprocess.run(["ip", "netns", "del", ns], capture_output=True)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.mark.usefixtures("prefect_api")
@@ -234,14 +183,14 @@ def test_two_node_run_completes_and_registers_one_version(second_host, s3_env, t
             "nnodes": 2,
             "num_processes": 1,
             "master_addr": second_host["host_addr"],
-            "master_port": _free_port(),
+            "master_port": free_port(),
         },
         registry={"model_name": "two-nodes"},
     )
     outcome: dict = {}
     thread = threading.Thread(target=lambda: outcome.update(summary=adapt(config=load_config(raw))))
     thread.start()
-    commands = _wait_for(lambda: list((tmp_path / "work" / "runs" / "two-nodes").glob("*/node_commands.txt")), 120, "node_commands.txt")
+    commands = wait_for(lambda: list((tmp_path / "work" / "runs" / "two-nodes").glob("*/node_commands.txt")), 120, "node_commands.txt")
     (line,) = commands[0].read_text().splitlines()
     node1 = subprocess.run(
         ["ip", "netns", "exec", second_host["ns"], "env", f"GLOO_SOCKET_IFNAME={second_host['peer_if']}", *shlex.split(line)],
@@ -275,7 +224,7 @@ def test_elastic_run_takes_back_a_node_that_dropped_out(second_host, tiny_bert_d
             "min_nodes": 2,
             "max_restarts": 3,
             "master_addr": second_host["host_addr"],
-            "master_port": _free_port(),
+            "master_port": free_port(),
         },
     )
     cfg = load_config(raw)
@@ -292,7 +241,7 @@ def test_elastic_run_takes_back_a_node_that_dropped_out(second_host, tiny_bert_d
 
     thread = threading.Thread(target=node0)
     thread.start()
-    (line,) = _wait_for(
+    (line,) = wait_for(
         lambda: (run_dir / "node_commands.txt").is_file() and (run_dir / "node_commands.txt").read_text().splitlines(), 60, "node commands"
     )
     assert "--rdzv-backend c10d" in line and "--nnodes 2:2" in line
@@ -302,7 +251,7 @@ def test_elastic_run_takes_back_a_node_that_dropped_out(second_host, tiny_bert_d
     first_log = (tmp_path / "node1.log").open("w")
     node1 = subprocess.Popen(node1_command, stdout=first_log, stderr=subprocess.STDOUT, start_new_session=True)
     try:
-        _wait_for(lambda: list(run_dir.glob("checkpoints/step-*/loop_state.json")) or node1.poll() is not None, 180, "the first checkpoint")
+        wait_for(lambda: list(run_dir.glob("checkpoints/step-*/loop_state.json")) or node1.poll() is not None, 180, "the first checkpoint")
         assert node1.poll() is None, (tmp_path / "node1.log").read_text()[-3000:]
         # the whole node at once: its agent and its worker (torchrun starts workers in sessions of their own)
         for proc in [psutil.Process(node1.pid), *psutil.Process(node1.pid).children(recursive=True)]:
