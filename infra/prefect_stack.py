@@ -317,9 +317,9 @@ def _spawn(args: list[str], env: dict[str, str], log: Path, cwd: Path) -> int:
     return proc.pid
 
 
-def _stop_group(pid: int) -> None:
+def _stop_group(pid: int, term_grace_s: float = TERM_GRACE_S) -> None:
     """SIGTERM to the process group ``pid`` leads (it was started in its own session), then SIGKILL."""
-    for sig, grace in ((signal.SIGTERM, TERM_GRACE_S), (signal.SIGKILL, 5.0)):
+    for sig, grace in ((signal.SIGTERM, term_grace_s), (signal.SIGKILL, 5.0)):
         try:
             os.killpg(pid, sig)
         except ProcessLookupError:

@@ -26,6 +26,7 @@ from adaptflow.tasks.errors import ConfigError, Problem
 from adaptflow.tasks.training.ray_train import INSTALL_FIX, LOCAL_HEAD_FILE, ray_installed
 
 READY_LINE = "Ray runtime started"
+HEAD_STOP_GRACE_S = 3.0
 
 
 @dataclass(frozen=True)
@@ -88,7 +89,9 @@ class RayStack:
             return False
         stopped = self._owns(info)
         if stopped:
-            _stop_group(info.pid)
+            # `ray start --block` takes some 20 s to stop its processes one by one on SIGTERM; a local
+            # head keeps nothing worth that wait (checkpoints are on S3), so the group is killed after 3 s
+            _stop_group(info.pid, term_grace_s=HEAD_STOP_GRACE_S)
         self.state_path.unlink(missing_ok=True)
         return stopped
 

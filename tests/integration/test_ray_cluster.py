@@ -1,8 +1,8 @@
 """The 'ray' launcher on a real two-node Ray cluster.
 
-Ray's multi-node-on-one-host set-up: a head node and a worker node, two `ray start --block`
-processes with raylets of their own at 127.0.0.1 and 127.0.0.2, one CPU each, so Ray has to
-place a 2-worker run's workers on both nodes. (Nodes in a network namespace, as the
+Ray's multi-node-on-one-host set-up: a head node started by `adaptflow stack up --ray` and a
+worker node joined with `ray start --block`, with raylets of their own at 127.0.0.1 and
+127.0.0.2, one CPU each, so Ray has to place a 2-worker run's workers on both nodes. (Nodes in a network namespace, as the
 torchrun test does, would not reach the tests' S3 server, which listens on loopback only.)
 Checkpoints go to the tests' SeaweedFS server, as Ray Train's RunConfig(storage_path).
 
@@ -10,7 +10,8 @@ Checkpoints go to the tests' SeaweedFS server, as Ray Train's RunConfig(storage_
   1-process run at the same global batch within the DDP tolerance of test_distributed.py.
 - The worker node's training process is killed mid-run: Ray Train (FailureConfig) restarts
   the worker group, every worker restores the last checkpoint from S3, and the run ends
-  where an uninterrupted run ends.
+  where an uninterrupted run ends. This run names no cluster: it finds the stack's head.
+- `adaptflow stack status / env / down` show and stop the head.
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ import psutil
 import pytest
 
 from adaptflow.flows.adapt import adapt
+from adaptflow.infra.ray_stack import RayStack
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.registry.store import list_versions
@@ -36,7 +38,7 @@ from adaptflow.tasks.storage.s3 import make_client
 from adaptflow.tasks.training.engine import EVENT_PREFIX
 from adaptflow.tasks.training.launch import run_training
 from adaptflow.tasks.training.ray_train import CHECKPOINT_FOLDER
-from tests.integration.conftest import free_port, tiny_config, wait_for
+from tests.integration.conftest import tiny_config, wait_for
 from tests.model_fixtures import build_tiny_model
 
 pytestmark = pytest.mark.skipif(importlib.util.find_spec("ray") is None, reason="Ray is not installed (the 'ray' extra)")
@@ -47,6 +49,7 @@ HEAD_IP, NODE_IP = "127.0.0.1", "127.0.0.2"  # both on the loopback interface: o
 
 
 def _ray_start(args: list[str], log: Path) -> subprocess.Popen:
+    """A Ray node of one CPU in a session of its own (the worker node; the head comes from `adaptflow stack up --ray`)."""
     ray = str(Path(sys.executable).with_name("ray"))
     with log.open("w") as out:
         return subprocess.Popen(
@@ -79,28 +82,38 @@ def _session(proc: psutil.Process) -> int | None:
         return None
 
 
+def _adaptflow(home: Path, *args: str) -> subprocess.CompletedProcess:
+    env = {**os.environ, "ADAPTFLOW_HOME": str(home), "COLUMNS": "200"}
+    return subprocess.run([str(Path(sys.executable).with_name("adaptflow")), *args], capture_output=True, text=True, timeout=300, env=env)
+
+
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A Ray head node and a worker node (two raylets at 127.0.0.1 and 127.0.0.2); yields the head's address and the worker node's process."""
-    logs = tmp_path_factory.mktemp("ray-cluster")
-    port = free_port()
-    address = f"{HEAD_IP}:{port}"
-    head = _ray_start(["--head", f"--port={port}", f"--node-ip-address={HEAD_IP}", "--include-dashboard=false"], logs / "head.log")
+    """A Ray head node started by `adaptflow stack up --ray` and a worker node joined with `ray start`
+    (two raylets, at 127.0.0.1 and 127.0.0.2); yields the head's address, the stack's home and the worker node's process."""
+    home = tmp_path_factory.mktemp("ray-home")
     node = None
     try:
-        wait_for(lambda: "Ray runtime started" in (logs / "head.log").read_text() or head.poll() is not None, 120, "the Ray head")
-        assert head.poll() is None, (logs / "head.log").read_text()[-3000:]
-        node = _ray_start([f"--address={address}", f"--node-ip-address={NODE_IP}"], logs / "node.log")
+        up = _adaptflow(home, "stack", "up", "--no-prefect", "--ray", "--ray-cpus", "1")
+        assert up.returncode == 0, up.stdout + up.stderr
+        exports = dict(re.findall(r"^export (\w+)=(\S+)$", _adaptflow(home, "stack", "env").stdout, flags=re.M))
+        address = exports["RAY_ADDRESS"]
+        assert address.startswith(f"{HEAD_IP}:") and f"Ray head at {address}" in up.stdout
+        assert f"Ray head: running at {address}" in _adaptflow(home, "stack", "status").stdout
+        node = _ray_start([f"--address={address}", f"--node-ip-address={NODE_IP}"], home / "node.log")
         wait_for(lambda: _nodes(address) == 2 or node.poll() is not None, 120, "the worker node to join")
-        assert node.poll() is None, (logs / "node.log").read_text()[-3000:]
-        yield {"address": address, "node": node, "node_ip": NODE_IP, "logs": logs}
+        assert node.poll() is None, (home / "node.log").read_text()[-3000:]
+        yield {"address": address, "home": home, "node": node, "node_ip": NODE_IP}
     finally:
-        for proc in (node, head):  # each node's processes: its `ray start` session
-            if proc is not None:
-                _kill_session(proc)
+        if node is not None:
+            _kill_session(node)  # the worker node's processes: its `ray start` session
+        head = RayStack(home).status()
+        down = _adaptflow(home, "stack", "down")
+        assert down.returncode == 0 and (head is None or "Ray head stopped." in down.stdout), down.stdout + down.stderr
+        assert head is None or not psutil.pid_exists(head.pid) or psutil.Process(head.pid).status() == psutil.STATUS_ZOMBIE
 
 
-def _config(model: Path, data: Path, work: Path, address: str, workers: int, **sections) -> dict:
+def _config(model: Path, data: Path, work: Path, address: str | None, workers: int, **sections) -> dict:
     training = {"max_steps": STEPS, "batch_size": 16 // workers, "checkpoint_every": CHECKPOINT_EVERY, "log_every": 1, "warmup_ratio": 0.0}
     launch = {"launcher": "ray", "num_processes": workers, "ray_address": address, "max_restarts": 1}
     return tiny_config(model, data, work, training=training, launch=launch, **sections)
@@ -175,11 +188,12 @@ def _training_workers_on(node_ip: str, lines: list[str]) -> list[psutil.Process]
 
 
 def test_killed_worker_node_process_is_restarted_by_ray_from_the_s3_checkpoint(
-    ray_cluster, s3_env, dropout_free_model, reviews_csv, tmp_path
+    ray_cluster, s3_env, dropout_free_model, reviews_csv, tmp_path, monkeypatch
 ):
-    cfg = load_config(
-        _config(dropout_free_model, reviews_csv, tmp_path / "work", ray_cluster["address"], 2, registry={"register_model": False})
-    )
+    # no address given: the run finds the head `adaptflow stack up --ray` started, as a user's run would
+    monkeypatch.setenv("ADAPTFLOW_HOME", str(ray_cluster["home"]))
+    monkeypatch.delenv("RAY_ADDRESS", raising=False)
+    cfg = load_config(_config(dropout_free_model, reviews_csv, tmp_path / "work", None, 2, registry={"register_model": False}))
     prepared = prepare_data(cfg.data, dropout_free_model, tmp_path / "work")
     if "two" not in UNINTERRUPTED:  # run alone (-k): make the uninterrupted run here
         UNINTERRUPTED["two"] = run_training(cfg, prepared.path, dropout_free_model, tmp_path / "uninterrupted")
