@@ -73,14 +73,14 @@ def tiny_config(model_dir: Path, data_path: Path, work_dir: Path, strategy: dict
     return cfg
 
 
-def wait_for(predicate, timeout: float, what: str):
-    """``predicate()``'s first truthy value, polled every 50 ms; AssertionError after ``timeout`` seconds."""
+def wait_for(predicate, timeout: float, what: str, interval: float = 0.05):
+    """``predicate()``'s first truthy value, polled every ``interval`` seconds; AssertionError after ``timeout`` seconds."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         found = predicate()
         if found:
             return found
-        time.sleep(0.05)
+        time.sleep(interval)
     raise AssertionError(f"timed out waiting for {what}")
 
 

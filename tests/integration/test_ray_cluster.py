@@ -1,7 +1,7 @@
 """The 'ray' launcher on a real two-node Ray cluster.
 
-Ray's multi-node-on-one-host set-up: a head node started by `adaptflow stack up --ray` and a
-worker node joined with `ray start --block`, with raylets of their own at 127.0.0.1 and
+Ray's multi-node-on-one-host set-up: a head node started as `adaptflow stack up --ray` starts it
+(infra/ray_stack.py) and a worker node joined with `ray start --block`, with raylets of their own at 127.0.0.1 and
 127.0.0.2, one CPU each, so Ray has to place a 2-worker run's workers on both nodes. (Nodes in a network namespace, as the
 torchrun test does, would not reach the tests' S3 server, which listens on loopback only.)
 Checkpoints go to the tests' SeaweedFS server, as Ray Train's RunConfig(storage_path).
@@ -11,7 +11,7 @@ Checkpoints go to the tests' SeaweedFS server, as Ray Train's RunConfig(storage_
 - The worker node's training process is killed mid-run: Ray Train (FailureConfig) restarts
   the worker group, every worker restores the last checkpoint from S3, and the run ends
   where an uninterrupted run ends. This run names no cluster: it finds the stack's head.
-- `adaptflow stack status / env / down` show and stop the head.
+- The stack finds, reports and stops its head.
 """
 
 from __future__ import annotations
@@ -82,35 +82,29 @@ def _session(proc: psutil.Process) -> int | None:
         return None
 
 
-def _adaptflow(home: Path, *args: str) -> subprocess.CompletedProcess:
-    env = {**os.environ, "ADAPTFLOW_HOME": str(home), "COLUMNS": "200"}
-    return subprocess.run([str(Path(sys.executable).with_name("adaptflow")), *args], capture_output=True, text=True, timeout=300, env=env)
-
-
 @pytest.fixture(scope="module")
 def ray_cluster(tmp_path_factory):
-    """A Ray head node started by `adaptflow stack up --ray` and a worker node joined with `ray start`
-    (two raylets, at 127.0.0.1 and 127.0.0.2); yields the head's address, the stack's home and the worker node's process."""
+    """A Ray head node started as `adaptflow stack up --ray --ray-cpus 1` starts it (in-process: the command
+    is a thin wrapper) and a worker node joined with `ray start` (two raylets, at 127.0.0.1 and 127.0.0.2);
+    yields the head's address, the stack's home and the worker node's process."""
     home = tmp_path_factory.mktemp("ray-home")
+    stack = RayStack(home)
     node = None
     try:
-        up = _adaptflow(home, "stack", "up", "--no-prefect", "--ray", "--ray-cpus", "1")
-        assert up.returncode == 0, up.stdout + up.stderr
-        exports = dict(re.findall(r"^export (\w+)=(\S+)$", _adaptflow(home, "stack", "env").stdout, flags=re.M))
-        address = exports["RAY_ADDRESS"]
-        assert address.startswith(f"{HEAD_IP}:") and f"Ray head at {address}" in up.stdout
-        assert f"Ray head: running at {address}" in _adaptflow(home, "stack", "status").stdout
+        head = stack.up(cpus=1)
+        address = head.address
+        assert address.startswith(f"{HEAD_IP}:") and stack.status() == head
         node = _ray_start([f"--address={address}", f"--node-ip-address={NODE_IP}"], home / "node.log")
-        wait_for(lambda: _nodes(address) == 2 or node.poll() is not None, 120, "the worker node to join")
+        wait_for(lambda: "Ray runtime started" in (home / "node.log").read_text() or node.poll() is not None, 120, "the worker node")
+        wait_for(lambda: _nodes(address) == 2 or node.poll() is not None, 60, "the worker node to join", interval=1.0)
         assert node.poll() is None, (home / "node.log").read_text()[-3000:]
         yield {"address": address, "home": home, "node": node, "node_ip": NODE_IP}
     finally:
         if node is not None:
             _kill_session(node)  # the worker node's processes: its `ray start` session
-        head = RayStack(home).status()
-        down = _adaptflow(home, "stack", "down")
-        assert down.returncode == 0 and (head is None or "Ray head stopped." in down.stdout), down.stdout + down.stderr
-        assert head is None or not psutil.pid_exists(head.pid) or psutil.Process(head.pid).status() == psutil.STATUS_ZOMBIE
+        running = stack.status()
+        assert stack.down() == (running is not None)
+        assert running is None or not psutil.pid_exists(running.pid) or psutil.Process(running.pid).status() == psutil.STATUS_ZOMBIE
 
 
 def _config(model: Path, data: Path, work: Path, address: str | None, workers: int, **sections) -> dict:
