@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import sys
 import time
 import uuid
@@ -20,7 +19,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from adaptflow.infra.prefect_stack import STACK_ID_VAR, _free_port, _now, _spawn, _stop_group, _tail, started_by
-from adaptflow.infra.stack import HOST, _alive
+from adaptflow.infra.stack import HOST, _alive, _port_answers
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.errors import ConfigError, Problem
 from adaptflow.tasks.training.ray_train import INSTALL_FIX, LOCAL_HEAD_FILE, ray_installed
@@ -66,7 +65,7 @@ class RayStack:
         pid = _spawn(args, {**os.environ, STACK_ID_VAR: stack_id}, log, self.dir)
         info = RayHeadInfo(pid, f"{HOST}:{port}", cpus, stack_id, str(log), _now())
         deadline = time.monotonic() + timeout
-        while not (READY_LINE in log.read_text(errors="replace")[offset:] and _answers(port)):
+        while not (READY_LINE in log.read_text(errors="replace")[offset:] and _port_answers(port)):
             if not _alive(pid) or time.monotonic() > deadline:
                 _stop_group(pid)
                 raise ConfigError(
@@ -108,9 +107,3 @@ class RayStack:
     @staticmethod
     def _owns(info: RayHeadInfo) -> bool:
         return started_by(info.pid, info.stack_id)
-
-
-def _answers(port: int) -> bool:
-    with socket.socket() as s:
-        s.settimeout(1.0)
-        return s.connect_ex((HOST, port)) == 0

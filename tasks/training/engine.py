@@ -233,15 +233,15 @@ class TrainingTask(Protocol):
 class Checkpointing:
     """Where a worker keeps its checkpoints, and who hears of each new one.
 
-    By default ``RUN_DIR/checkpoints``, one folder every rank writes into and the train task
-    mirrors. A launcher that persists checkpoints itself (Ray Train) gives every rank a
-    folder of its own (``per_rank``) and a ``saved`` callback, called on every rank once a
-    checkpoint is complete, which hands it over (and may be a collective call).
+    By default ``RUN_DIR/checkpoints``, one folder every rank writes into, the newest two kept
+    by the main process, which the train task mirrors. A launcher that persists checkpoints
+    itself (Ray Train) gives every rank a folder of its own and a ``saved`` callback, called
+    on every rank once a checkpoint is complete, which takes it over (``rotate=False``: the
+    callback's side removes it; it may be a collective call).
     """
 
     home: Path  # checkpoints go to home/checkpoints/step-NNNNNNN/
     saved: Callable[[Path, "LoopState"], None] | None = None
-    per_rank: bool = False
     rotate: bool = True  # keep the newest two; False when ``saved`` takes each folder over (and removes it)
 
 
@@ -540,7 +540,7 @@ def _checkpoint(accelerator, checkpoints: Checkpointing, state: LoopState, event
     accelerator.wait_for_everyone()
     if checkpoints.saved is not None:
         checkpoints.saved(path, state)
-    if checkpoints.rotate and (accelerator.is_main_process or checkpoints.per_rank):
+    if checkpoints.rotate and accelerator.is_main_process:
         for old in sorted(root.glob("step-*"))[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
 

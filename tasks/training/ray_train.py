@@ -175,7 +175,7 @@ def train_worker(config: dict[str, Any]) -> None:
                 checkpoint_upload_mode=ray.train.CheckpointUploadMode.ASYNC,  # training goes on while it uploads
             )
 
-        run_task(spec, task_for(spec), Checkpointing(home, saved, per_rank=True, rotate=False), write)
+        run_task(spec, task_for(spec), Checkpointing(home, saved, rotate=False), write)
         # the uploads still going on read from this rank's folder: wait for them before it goes
         ray.train.get_all_reported_checkpoints(consistency_mode=ray.train.CheckpointConsistencyMode.COMMITTED)
     except AdaptFlowError as exc:
