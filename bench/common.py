@@ -12,10 +12,10 @@ from rich.console import Console
 from rich.table import Table
 
 from adaptflow.flows.cli.common import BAR_REFRESH_PER_S
+from adaptflow.tasks.base_model import resolve_model
 from adaptflow.tasks.config import DEFAULT_MODEL, AdaptConfig, DataConfig, load_config
 from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.data.store import PreparedData
-from adaptflow.tasks.modeling import resolve_model
 
 ROOT = Path(__file__).resolve().parents[1]
 SST2 = ROOT.parent / "shared" / "data" / "sst2"

@@ -42,8 +42,9 @@ def build_version_folder(base: Path, strategy: str, out_dir: Path, base_ref: str
     """The registered model folder (folder layout 2) a run of ``strategy`` on ``base`` gives (untrained weights)."""
     from transformers import AutoTokenizer
 
+    from adaptflow.tasks.base_model import inspect_model
     from adaptflow.tasks.config import load_config
-    from adaptflow.tasks.modeling import build_classifier, inspect_model, save_classifier
+    from adaptflow.tasks.modeling import build_classifier, save_classifier
     from adaptflow.tasks.registry.hf_folder import write_classifier_folder
     from adaptflow.tasks.strategies import get_strategy
 

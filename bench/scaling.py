@@ -21,9 +21,9 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
+from adaptflow.tasks.base_model import resolve_model
 from adaptflow.tasks.config import DEFAULT_MODEL, load_config
 from adaptflow.tasks.data.prepare import prepare_data
-from adaptflow.tasks.modeling import resolve_model
 from adaptflow.tasks.training.launch import run_training
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -36,8 +36,9 @@ def peer_run(cfg: AdaptConfig, prepared_path: Path, model_path: Path, epochs: in
     import torch
     from transformers import AutoTokenizer, DataCollatorWithPadding, Trainer, TrainingArguments
 
+    from adaptflow.tasks.base_model import inspect_model
     from adaptflow.tasks.data.store import load_prepared
-    from adaptflow.tasks.modeling import build_classifier, inspect_model
+    from adaptflow.tasks.modeling import build_classifier
     from adaptflow.tasks.strategies import get_strategy
     from adaptflow.tasks.training.engine import pad_multiple, peak_memory_mb, resolve_precision
 

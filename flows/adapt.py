@@ -16,10 +16,12 @@ from pathlib import Path
 
 from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact
+from prefect.runtime import flow_run
 
 from adaptflow.flows.lm import chains_a_task, run_language_model, task_config
-from adaptflow.flows.preflight import InputError, check_inputs, collect, is_language_model_run
+from adaptflow.flows.preflight import InputError, collect, is_language_model_run
 from adaptflow.flows.results import ClassificationResult, DomainThenTaskResult, LanguageModelResult, new_run_dir, run_fields
+from adaptflow.flows.tasks import check_inputs_task
 from adaptflow.tasks.config import AdaptConfig, load_config
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import raise_together
@@ -41,12 +43,12 @@ def run_classification(cfg: AdaptConfig) -> ClassificationResult:
     """Adapt a model to a classification task: check, prepare, train, evaluate, register."""
     logger = get_run_logger()
     started = time.perf_counter()
-    model_path, found = check_inputs(cfg)
+    model_path, found = check_inputs_task(cfg)
     prepared = collect(found, prepare_data_task, cfg.data, model_path, cfg.resolved_work_dir()) if model_path is not None else None
     raise_together(found, mixed=InputError)
     assert prepared is not None and model_path is not None
 
-    run_dir = new_run_dir(cfg)
+    run_dir = new_run_dir(cfg, flow_run.get_id())
     logger.info(f"run folder: {run_dir}")
     metrics = train_task.with_options(retries=cfg.launch.retries)(cfg, prepared.path, model_path, run_dir)
     report = evaluate_task(run_dir)

@@ -20,24 +20,17 @@ from prefect import flow, get_run_logger
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.runtime import flow_run
 
-from adaptflow.flows.preflight import InputError, check_inputs, collect
+from adaptflow.flows.preflight import InputError, collect
 from adaptflow.flows.results import CompareResult
+from adaptflow.flows.tasks import check_inputs_task
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.data.prepare import prepare_data
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import raise_together
 from adaptflow.tasks.evaluation.classification import evaluate_task, metrics_markdown, png_data_uri
 from adaptflow.tasks.evaluation.compare import (
-    CHART_FILE,
-    CURVE_DATA,
-    CURVES_FILE,
-    GPU_PEAK_TFLOPS,
-    GPU_UTILISATION,
     PROBE_FEATURE_ROWS,
     PROBE_STEPS,
-    REPORT_FILE,
-    SEARCH_DATA,
-    CompareConfig,
     backbone_budget,
     backbone_examples,
     bootstrap_intervals,
@@ -46,11 +39,9 @@ from adaptflow.tasks.evaluation.compare import (
     curve_view,
     examples_per_step,
     final_config,
-    folder_size_mb,
     gpu_seconds,
     grid,
     learning_curve,
-    load_compare_config,
     paired_tests,
     pareto_front,
     pick_best,
@@ -61,16 +52,26 @@ from adaptflow.tasks.evaluation.compare import (
     probe_view,
     projected_seconds,
     recommend,
-    report_markdown,
     search_view,
     slug,
-    table_rows,
     training_flops,
     training_seconds,
     trial_config,
     with_budget,
     with_seed,
 )
+from adaptflow.tasks.evaluation.compare_config import (
+    CHART_FILE,
+    CURVE_DATA,
+    CURVES_FILE,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    REPORT_FILE,
+    SEARCH_DATA,
+    CompareConfig,
+    load_compare_config,
+)
+from adaptflow.tasks.evaluation.compare_report import folder_size_mb, report_markdown, table_rows
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
 from adaptflow.tasks.training.launch import run_training, train_task
@@ -144,7 +145,7 @@ def estimate(cc: CompareConfig, gpu: str | None = None, on_line: Callable[[str],
     GPU_UTILISATION of that GPU's published peak. No Prefect server is involved.
     """
     plans = cc.adapt_configs()
-    model_path, found = check_inputs(plans[0])
+    model_path, found = check_inputs_task(plans[0])
     raise_together(found, mixed=InputError)
     assert model_path is not None
     prepared = prepare_data(cc.data, model_path, cc.resolved_work_dir())
@@ -199,7 +200,7 @@ def compare(config: CompareConfig = CompareConfig()) -> CompareResult:
     cc = load_compare_config(config)
     logger = get_run_logger()
     plans = cc.adapt_configs()
-    model_path, found = check_inputs(plans[0])  # the strategies share the model and data
+    model_path, found = check_inputs_task(plans[0])  # the strategies share the model and data
     prepared = collect(found, prepare_data_task, cc.data, model_path, cc.resolved_work_dir()) if model_path is not None else None
     raise_together(found, mixed=InputError)
     assert prepared is not None and model_path is not None

@@ -16,16 +16,18 @@ from pathlib import Path
 from prefect import get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
+from prefect.runtime import flow_run
 
-from adaptflow.flows.preflight import InputError, check_inputs, collect
+from adaptflow.flows.preflight import InputError, collect
 from adaptflow.flows.results import LanguageModelResult, new_run_dir, run_fields
+from adaptflow.flows.tasks import check_inputs_task
+from adaptflow.tasks.base_model import inspect_model
 from adaptflow.tasks.config import AdaptConfig, DomainAdaptation, load_config
 from adaptflow.tasks.data.lm import Kind, prepare_lm_data
 from adaptflow.tasks.data.sources import s3_fetcher
 from adaptflow.tasks.data.store import PreparedData
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import ConfigError, DataError, raise_together
-from adaptflow.tasks.modeling import inspect_model
 from adaptflow.tasks.registry.lm_manifest import lm_metrics, register_lm_task
 from adaptflow.tasks.training.launch import train_task
 
@@ -67,7 +69,7 @@ def run_language_model(cfg: AdaptConfig) -> LanguageModelResult:
     kind: Kind = "domain" if isinstance(cfg.strategy, DomainAdaptation) else "sft"
     work_dir = cfg.resolved_work_dir()
 
-    model_path, found = check_inputs(cfg)
+    model_path, found = check_inputs_task(cfg)
     prepared = None
     if model_path is not None:
         is_decoder = inspect_model(model_path, cfg.trust_remote_code).is_decoder
@@ -77,7 +79,7 @@ def run_language_model(cfg: AdaptConfig) -> LanguageModelResult:
     raise_together(found, mixed=InputError)
     assert model_path is not None and prepared is not None
 
-    run_dir = new_run_dir(cfg)
+    run_dir = new_run_dir(cfg, flow_run.get_id())
     logger.info(f"run folder: {run_dir}")
     metrics = train_task.with_options(retries=cfg.launch.retries)(cfg, prepared.path, model_path, run_dir)
     version = None

@@ -8,7 +8,8 @@ Rules:
 - Every problem found is reported at once (:class:`InputError` when they are of several
   kinds), each with its fix; nothing is trained, and no run folder is made, while one is left.
 - ``adaptflow run`` and ``adaptflow compare`` call :func:`preflight` before a Prefect
-  server is involved, so a bad input is reported in seconds. The flows check again with
+  server is involved, so a bad input is reported in seconds: this module imports neither
+  Prefect nor torch nor the Hugging Face libraries (tests/unit/test_cli_imports.py). The flows check again with
   :func:`check_inputs` (UI and scheduled runs have no CLI), then prepare the data with
   :func:`collect`, which adds the data's problems to the others before raising them.
 """
@@ -19,19 +20,14 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TypeVar
 
-from prefect import task
-from prefect.cache_policies import NO_CACHE
-
+from adaptflow.tasks.base_model import inspect_model, resolve_model
 from adaptflow.tasks.config import AdaptConfig, DomainAdaptation
 from adaptflow.tasks.data.prepare import check_data
 from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, StorageError, raise_together
-from adaptflow.tasks.modeling import inspect_model, resolve_model
 from adaptflow.tasks.registry.store import validate_name
 from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
 from adaptflow.tasks.strategies import check_against_model
-from adaptflow.tasks.training.launch import accelerate_config_path
-from adaptflow.tasks.training.lm import check_lm_config
-from adaptflow.tasks.training.ray_train import check_ray_launch
+from adaptflow.tasks.training.checks import accelerate_config_path, check_lm_config, check_ray_launch
 
 T = TypeVar("T")
 
@@ -45,12 +41,13 @@ def is_language_model_run(cfg: AdaptConfig) -> bool:
     return cfg.task == "causal_lm" or isinstance(cfg.strategy, DomainAdaptation)
 
 
-@task(name="check-inputs", cache_policy=NO_CACHE)
-def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
+def check_inputs(cfg: AdaptConfig, deep: bool = True) -> tuple[Path | None, list[AdaptFlowError]]:
     """Everything that can be checked before heavy work: S3 access, the base model, model-dependent settings.
 
     Returns the local model folder (None when unusable) and the errors found, so the
-    caller can report them together with data problems.
+    caller can report them together with data problems. ``deep``: the base model's config
+    is read by ``transformers`` too (seconds of imports; the flows do it, the CLI does not).
+    The flows call it as a task (``check_inputs_task`` in flows/tasks.py).
     """
     found: list[AdaptFlowError] = []
     needs_s3 = (
@@ -87,7 +84,7 @@ def check_inputs(cfg: AdaptConfig) -> tuple[Path | None, list[AdaptFlowError]]:
     try:
         fetch = (lambda uri, dest: download_prefix(settings, uri, dest)) if settings else None
         model_path = resolve_model(cfg.model, cfg.resolved_work_dir() / "cache", fetch)
-        info = inspect_model(model_path, cfg.trust_remote_code)
+        info = inspect_model(model_path, cfg.trust_remote_code, deep=deep)
         mismatches = check_against_model(cfg, info)
         if mismatches:
             found.append(ConfigError(mismatches))
@@ -129,7 +126,7 @@ def preflight(cfg: AdaptConfig) -> None:
     reported in seconds and once, instead of after the server's start-up and again by every
     layer of the failed run.
     """
-    _, found = check_inputs.fn(cfg)
+    _, found = check_inputs(cfg, deep=False)
     if not is_language_model_run(cfg):  # language-model data is checked by its own preparation
         collect(found, check_data, cfg.data, cfg.resolved_work_dir())
     raise_together(found, mixed=InputError)

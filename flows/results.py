@@ -19,16 +19,15 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
-from prefect.runtime import flow_run
 from pydantic import BaseModel, ConfigDict
 
 from adaptflow.tasks.config import AdaptConfig
 
 
-def new_run_dir(cfg: AdaptConfig) -> Path:
-    """A fresh run folder: ``<work dir>/runs/<model name>/<UTC time>-<flow run id>``."""
+def new_run_dir(cfg: AdaptConfig, flow_run_id: str | None) -> Path:
+    """A fresh run folder: ``<work dir>/runs/<model name>/<UTC time>-<flow run id>`` (``local`` outside a flow run)."""
     stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
-    run_id = (flow_run.get_id() or "local")[:8]
+    run_id = (flow_run_id or "local")[:8]
     return cfg.resolved_work_dir() / "runs" / cfg.model_name() / f"{stamp}-{run_id}"
 
 

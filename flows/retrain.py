@@ -42,13 +42,14 @@ from prefect.states import Failed
 from pydantic import Field
 
 from adaptflow.flows.adapt import run_pipeline
-from adaptflow.flows.preflight import InputError, check_inputs, collect
-from adaptflow.tasks.config import AdaptConfig
+from adaptflow.flows.preflight import InputError, collect
+from adaptflow.flows.tasks import check_inputs_task
+from adaptflow.tasks.config import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, AdaptConfig
 from adaptflow.tasks.data.sources import input_fingerprint, s3_fetcher
 from adaptflow.tasks.data.store import PreparedData, open_prepared
 from adaptflow.tasks.data.task import prepare_data_task
 from adaptflow.tasks.errors import ConfigError, Problem, raise_together, run_all
-from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, METRICS, ApprovalTimedOut, promote_task
+from adaptflow.tasks.promotion import METRICS, ApprovalTimedOut, promote_task
 from adaptflow.tasks.registry.card import code_version
 from adaptflow.tasks.registry.retrain_key import (
     config_without_locations,
@@ -255,7 +256,7 @@ def _same_config(cfg: AdaptConfig, champion: dict[str, Any]) -> bool:
 
 def _prepared_again(cfg: AdaptConfig) -> PreparedData:
     """The prepared data of ``cfg`` (reused from the work folder when it is still there) for scoring."""
-    model_path, found = check_inputs(cfg)
+    model_path, found = check_inputs_task(cfg)
     prepared = collect(found, prepare_data_task, cfg.data, model_path, cfg.resolved_work_dir()) if model_path is not None else None
     raise_together(found, mixed=InputError)
     return prepared

@@ -11,6 +11,10 @@ Files in ``$ADAPTFLOW_HOME/stack/prefect/``::
     state.json     pids, port, API URL and the stack id (no secret)
     server.log     worker.log
 
+A CLI run that finds no server starts this one in the background, without a worker
+(infra/prefect_client.py): later runs reuse it, ``stack up`` adds the worker, ``stack down``
+stops it.
+
 Each process is started in its own session with ``ADAPTFLOW_STACK_ID=<id>`` in its
 environment; ``down`` signals a process group only when its leader still carries that id,
 so it stops exactly what ``up`` started (uvicorn and flow runs included), never a
@@ -33,11 +37,9 @@ import urllib.request
 import uuid
 from dataclasses import asdict, dataclass
 from datetime import datetime, timezone
+from importlib.metadata import version
 from pathlib import Path
-from typing import Any, Callable
-
-import prefect
-from prefect.settings import PREFECT_API_URL, PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS, get_current_settings
+from typing import Callable
 
 from adaptflow.infra.stack import _CHILDREN, HOST, PORT_RANGE, _alive, _port_free
 from adaptflow.tasks.config import adaptflow_home
@@ -46,6 +48,17 @@ from adaptflow.tasks.errors import ConfigError, Problem
 WORK_POOL = "adaptflow-local"
 STACK_ID_VAR = "ADAPTFLOW_STACK_ID"
 TERM_GRACE_S = 10.0
+SERVER_VAR = "ADAPTFLOW_PREFECT_SERVER"
+"""Where a CLI run reports when no server is set or running: ``background`` (default) starts this stack's
+server and leaves it running for later runs; ``temporary``, Prefect's own in-process server (infra/prefect_client.py)."""
+
+
+def server_mode() -> str:
+    """The value of ADAPTFLOW_PREFECT_SERVER: 'background' (also when unset) or 'temporary'."""
+    mode = os.environ.get(SERVER_VAR, "").strip().lower() or "background"
+    if mode not in ("background", "temporary"):
+        raise ConfigError(Problem(SERVER_VAR, f"is {mode!r}", "set it to 'background' (the default) or 'temporary'"))
+    return mode
 
 
 @dataclass(frozen=True)
@@ -82,15 +95,37 @@ class PrefectStack:
         return self.prefect_home / "prefect.db"
 
     def up(
-        self, worker_env: dict[str, str] | None = None, timeout: float = 120, worker: bool = True, new_database: bool = False
+        self,
+        worker_env: dict[str, str] | None = None,
+        timeout: float = 120,
+        worker: bool = True,
+        new_database: bool = False,
+        on_start: Callable[[], None] | None = None,
     ) -> PrefectStackInfo:
         """Start server and worker (or return the running ones); returns when the API answers.
 
+        A server already running without its worker (one a run started in the background)
+        gets the worker now when ``worker`` is set. Several processes calling this at once
+        start one server: the first holds ``up.lock`` while it starts, the others then find it.
+        ``on_start`` is called when this call is the one that starts the server.
         ``new_database`` moves an existing SQLite database aside (``prefect.db.bak-<time>``) first.
         """
-        running = self.status()
-        if running is not None:
-            return running
+        self.dir.mkdir(parents=True, exist_ok=True)
+        with open(self.dir / "up.lock", "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            try:
+                running = self.status()
+                if running is None:
+                    if on_start is not None:
+                        on_start()
+                    running = self._start_server(timeout, new_database)
+                if worker and not self.worker_running(running):
+                    running = self._start_worker(running, worker_env)
+                return running
+            finally:
+                fcntl.flock(lock, fcntl.LOCK_UN)
+
+    def _start_server(self, timeout: float, new_database: bool) -> PrefectStackInfo:
         self.down()  # a half-dead earlier stack: stop what is left of it
         self.prefect_home.mkdir(parents=True, exist_ok=True)
         if new_database:
@@ -98,18 +133,7 @@ class PrefectStack:
         port = _free_port()
         stack_id = uuid.uuid4().hex
         api_url = f"http://{HOST}:{port}/api"
-        base = {
-            **os.environ,
-            STACK_ID_VAR: stack_id,
-            "PREFECT_HOME": str(self.prefect_home),
-            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
-            # The UI asks the server where its API is (GET /ui-settings); without these it answers
-            # 127.0.0.1:4200 whatever --port says, and the page cannot reach its own server.
-            "PREFECT_SERVER_API_HOST": HOST,
-            "PREFECT_SERVER_API_PORT": str(port),
-            "PREFECT_UI_API_URL": api_url,
-        }
-        base.pop("PREFECT_API_URL", None)
+        base = self._process_env(stack_id, port)
         log_offset = self.server_log.stat().st_size if self.server_log.exists() else 0
         server = _spawn(
             [sys.executable, "-m", "prefect", "server", "start", "--host", HOST, "--port", str(port)], base, self.server_log, self.dir
@@ -120,20 +144,35 @@ class PrefectStack:
         try:
             where = str(self.sqlite_database) if database == "sqlite" else f"the {database} database of PREFECT_API_DATABASE_CONNECTION_URL"
             wait_healthy(api_url, timeout, lambda: _alive(server), self.server_log, where, log_offset)
-            if worker:
-                env = {**base, **(worker_env or {}), "PREFECT_API_URL": api_url}
-                pid = _spawn(
-                    [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"],
-                    env,
-                    self.worker_log,
-                    self.dir,
-                )
-                info = PrefectStackInfo(**{**asdict(info), "worker_pid": pid})
-                self._write_state(info)
         except BaseException:
             self.down()
             raise
         return info
+
+    def _start_worker(self, info: PrefectStackInfo, worker_env: dict[str, str] | None) -> PrefectStackInfo:
+        env = {**self._process_env(info.stack_id, info.port), **(worker_env or {}), "PREFECT_API_URL": info.api_url}
+        pid = _spawn(
+            [sys.executable, "-m", "prefect", "worker", "start", "--pool", WORK_POOL, "--type", "process"], env, self.worker_log, self.dir
+        )
+        info = PrefectStackInfo(**{**asdict(info), "worker_pid": pid})
+        self._write_state(info)
+        return info
+
+    def _process_env(self, stack_id: str, port: int) -> dict[str, str]:
+        """The environment of the server and the worker: this stack's id and Prefect home, the UI's API address."""
+        base = {
+            **os.environ,
+            STACK_ID_VAR: stack_id,
+            "PREFECT_HOME": str(self.prefect_home),
+            "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+            # The UI asks the server where its API is (GET /ui-settings); without these it answers
+            # 127.0.0.1:4200 whatever --port says, and the page cannot reach its own server.
+            "PREFECT_SERVER_API_HOST": HOST,
+            "PREFECT_SERVER_API_PORT": str(port),
+            "PREFECT_UI_API_URL": f"http://{HOST}:{port}/api",
+        }
+        base.pop("PREFECT_API_URL", None)
+        return base
 
     def _move_database_aside(self) -> None:
         stamp = datetime.now(timezone.utc).strftime("%Y%m%dT%H%M%SZ")
@@ -187,66 +226,6 @@ class PrefectStack:
         os.replace(partial, self.state_path)
 
 
-# ---- the server a CLI process reports to ------------------------------------------------
-
-
-def cli_settings() -> dict[Any, Any]:
-    """Prefect settings for a CLI process: the stack's server when it runs, and a patient temporary server.
-
-    An explicit ``PREFECT_API_URL`` (environment or Prefect profile) wins. Otherwise, when
-    ``adaptflow stack up`` started a server for this ADAPTFLOW_HOME, every run, compare,
-    retrain and predict goes there, so it shows in that UI. With neither, Prefect starts a
-    temporary server inside this process, as ``prefect`` itself does. Prefect reads its
-    environment once, at import, so these are applied as settings, not environment variables.
-    """
-    updates: dict[Any, Any] = {}
-    if "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS" not in os.environ:
-        # Four `adaptflow run` started at once on 2 cores took longer than Prefect's 20 s default
-        # to bring up their temporary servers, and all failed.
-        updates[PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS] = 180
-    if not get_current_settings().api.url:
-        info = PrefectStack(adaptflow_home()).status()
-        if info is not None:
-            updates[PREFECT_API_URL] = info.api_url
-    return updates
-
-
-def connect(say: Callable[[str], None]) -> None:
-    """Say (with ``say``) which Prefect server the coming flow run reports to; start the temporary one if there is none.
-
-    Temporary servers of several ``adaptflow`` processes share one SQLite database under
-    PREFECT_HOME. Started at the same moment before that database existed, four of them all
-    hung in their start-up, each creating the schema. So the first one creates it alone,
-    under a lock file, and the others wait for it; with the database in place they start
-    side by side. Each still serves its own process only.
-    """
-    settings = get_current_settings()
-    if settings.api.url:
-        say(f"Prefect server: {settings.api.url.removesuffix('/').removesuffix('/api')} (the run shows in its UI)")
-        return
-    say("Prefect server: a temporary one in this process (`adaptflow stack up` keeps runs in a UI)")
-    from prefect.server.api.server import SubprocessASGIServer  # Prefect's server parts: only when a temporary server is needed
-
-    server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
-    home = Path(settings.home)
-    home.mkdir(parents=True, exist_ok=True)
-    with open(home / "adaptflow-temporary-server.lock", "a") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        try:
-            if not _sqlite_database_exists(settings.server.database.connection_url.get_secret_value()):
-                server.start()
-        finally:
-            fcntl.flock(lock, fcntl.LOCK_UN)
-    server.start()  # no-op when it started above
-
-
-def _sqlite_database_exists(url: str) -> bool:
-    """Whether a SQLite database URL names a file that exists (other databases: True, nothing to create here)."""
-    if not url.startswith("sqlite"):
-        return True
-    return Path(url.split(":///", 1)[-1]).exists()
-
-
 # ---- helpers ------------------------------------------------------------------------------
 
 
@@ -289,7 +268,7 @@ def database_problem(log: Path, database: str, log_offset: int = 0) -> ConfigErr
     return ConfigError(
         Problem(
             database,
-            f"was written by another Prefect release: its schema revision {found[-1]!r} is unknown to prefect {prefect.__version__}",
+            f"was written by another Prefect release: its schema revision {found[-1]!r} is unknown to prefect {version('prefect')}",
             "run the Prefect release that wrote it, or start with an empty one: `adaptflow stack up --new-prefect-database` "
             "(the old file is kept beside it as a .bak)",
         )

@@ -22,7 +22,7 @@ from adaptflow.infra.prefect_stack import STACK_ID_VAR, _free_port, _now, _spawn
 from adaptflow.infra.stack import HOST, _alive, _port_answers
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.errors import ConfigError, Problem
-from adaptflow.tasks.training.ray_train import INSTALL_FIX, LOCAL_HEAD_FILE, ray_installed
+from adaptflow.tasks.training.checks import INSTALL_FIX, LOCAL_HEAD_FILE, ray_installed
 
 READY_LINE = "Ray runtime started"
 HEAD_STOP_GRACE_S = 3.0

@@ -59,6 +59,12 @@ SLUG_LENGTH = 40
 """Characters of a derived name taken from the data's name; the strategy's name follows."""
 
 
+DEFAULT_APPROVAL_TIMEOUT_S = 12 * 3600
+"""How long a promotion waits for approval by default: a working day after a nightly run."""
+MAX_APPROVAL_TIMEOUT_S = 7 * 24 * 3600
+"""The longest wait accepted: the paused run holds the model's retrain lock meanwhile."""
+
+
 def slug(text: str, max_length: int = SLUG_LENGTH, empty: str = "model") -> str:
     """``text`` as the start of a registry name: ASCII lowercase letters, digits and single '-'.
 

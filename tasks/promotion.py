@@ -104,10 +104,6 @@ class PromotionDecision:
 Approver = Callable[[PromotionDecision], Approval]
 """Asked before an alias move with the decision the gate took; answers whether to make it."""
 
-DEFAULT_APPROVAL_TIMEOUT_S = 12 * 3600
-"""How long a promotion waits for approval by default: a working day after a nightly run."""
-MAX_APPROVAL_TIMEOUT_S = 7 * 24 * 3600
-"""The longest wait accepted: the paused run holds the model's retrain lock meanwhile."""
 APPROVAL_POLL_S = 5
 """How often a paused run asks the Prefect server whether someone answered."""
 

@@ -3,6 +3,12 @@ connection, and the progress bars that follow training.
 
 A user error (:class:`adaptflow.tasks.errors.AdaptFlowError`) ends a command with its
 message and exit code, never a traceback.
+
+Start-up cost: the CLI answers ``--help``, ``stack``, ``models`` and every preflight refusal
+without importing torch, the Hugging Face libraries, Ray or Prefect
+(tests/unit/test_cli_imports.py checks it). The command modules import only light modules
+at their top; a command imports its flow (torch, Prefect) in its body, once its input
+passed the checks, and :func:`prefect_session` is where Prefect is first imported.
 """
 
 from __future__ import annotations
@@ -19,13 +25,14 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from adaptflow.infra.prefect_stack import connect
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.errors import AdaptFlowError
 
 T = TypeVar("T")
 
 console = Console(stderr=True)
+WIDE = {"max_content_width": 120}
+"""Context settings of the commands with many options: their help uses up to 120 columns."""
 # Progress bars that follow a worker redraw twice a second, not rich's default ten: on a small
 # machine the worker's threads own the cores, and every redraw takes one of them for a moment.
 BAR_REFRESH_PER_S = 2
@@ -68,15 +75,21 @@ def reported() -> Iterator[None]:
 
 def check_before_prefect(cfg: AdaptConfig) -> None:
     """Report bad config, files, columns, labels, model or S3 access now, before a Prefect server is involved."""
-    from adaptflow.flows.preflight import preflight  # the flows import torch: `adaptflow --help` and `models` stay fast without
+    from adaptflow.flows.preflight import preflight  # reads data files (pandas) and S3 (boto3): only when a run is asked for
 
     with reported():
         preflight(cfg)
 
 
-def connect_prefect() -> None:
-    """Say which Prefect server the coming flow run reports to; start the temporary one if there is none."""
-    connect(lambda line: console.print(line, highlight=False))
+@contextmanager
+def prefect_session() -> Iterator[None]:
+    """Inside the block, this process's flow runs report to a Prefect server (infra/prefect_client.py says which),
+    and user errors in Prefect's console logs are one line, not a traceback."""
+    from adaptflow.infra.prefect_client import prefect_server  # Prefect itself: only once a flow is about to run
+
+    quiet_prefect_tracebacks()  # after that import: Prefect sets up its log handlers when imported
+    with reported(), prefect_server(lambda line: console.print(line, highlight=False)):
+        yield
 
 
 def quiet_prefect_tracebacks() -> None:
@@ -128,12 +141,8 @@ def run_flow_with_training_bars(run: Callable[[], T], describe: Callable[[int], 
             progress.update(bars[-1], total=event["total_steps"], completed=event["step"], status=f"loss {event['train_loss']:.4f}")
 
     remove = add_listener(on_event)
-    quiet_prefect_tracebacks()
-    connect_prefect()
     try:
-        with progress:
+        with prefect_session(), progress:
             return run()
-    except AdaptFlowError as exc:
-        raise fail(exc) from None
     finally:
         remove()

@@ -13,20 +13,19 @@ import typer
 from rich import box
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, console, out, print_json_stdout, reported, run_flow_with_training_bars
-from adaptflow.flows.cli.options import config_options, options_to_config
+from adaptflow.flows.cli.common import WIDE, check_before_prefect, console, out, print_json_stdout, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.options import config_options, options_to_config, with_config_options
 from adaptflow.flows.results import CompareResult
 from adaptflow.tasks.config import load_config_file
 from adaptflow.tasks.errors import ConfigError, Problem
-from adaptflow.tasks.evaluation.compare import (
+from adaptflow.tasks.evaluation.compare_config import (
     CLASSIFICATION_STRATEGIES,
     GPU_PEAK_TFLOPS,
     GPU_UTILISATION,
     CompareConfig,
-    interval_text,
     load_compare_config,
-    score_text,
 )
+from adaptflow.tasks.evaluation.compare_report import interval_text, score_text
 
 PANEL = "Comparison"
 
@@ -208,6 +207,10 @@ def compare_command(
         print_json_stdout(report.model_dump(mode="json"))
     else:
         print_compare(report)
+
+
+compare_app = typer.Typer()
+compare_app.command("compare", context_settings=WIDE)(with_config_options(compare_command))
 
 
 def run_compare_with_progress(cc: CompareConfig) -> CompareResult:

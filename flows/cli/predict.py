@@ -8,8 +8,7 @@ from typing import Optional
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from adaptflow.flows.cli.common import connect_prefect, console, fail, out, quiet_prefect_tracebacks
-from adaptflow.tasks.errors import AdaptFlowError
+from adaptflow.flows.cli.common import console, out, prefect_session
 
 
 def predict_command(
@@ -80,10 +79,8 @@ def predict_command(
 
     remove = add_progress_listener(on_batch)
     hf_logging.disable_progress_bar()  # one bar: ours
-    quiet_prefect_tracebacks()
-    connect_prefect()
     try:
-        with progress:
+        with prefect_session(), progress:
             result = predict(
                 model=model,
                 data=data,
@@ -97,8 +94,6 @@ def predict_command(
                 top_p=top_p,
                 seed=seed,
             )
-    except AdaptFlowError as exc:
-        raise fail(exc) from None
     finally:
         remove()
     if result.get("task") == "causal_lm":
@@ -106,3 +101,7 @@ def predict_command(
         return
     counts = ", ".join(f"{label}: {n}" for label, n in result["label_counts"].items())
     out.print(f"{result['rows']} rows predicted with [bold]{result['model']}[/] -> {result['output']} ({counts})")
+
+
+predict_app = typer.Typer()
+predict_app.command("predict")(predict_command)

@@ -13,10 +13,9 @@ from typing import Optional
 import typer
 from rich.table import Table
 
-from adaptflow.flows.cli.common import connect_prefect, out, quiet_prefect_tracebacks, reported
-from adaptflow.infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy
-from adaptflow.infra.prefect_stack import PrefectStack
-from adaptflow.tasks.config import load_config, load_config_file
+from adaptflow.flows.cli.common import WIDE, out, prefect_session, reported
+from adaptflow.infra.prefect_stack import SERVER_VAR, PrefectStack, server_mode
+from adaptflow.tasks.config import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, load_config, load_config_file
 from adaptflow.tasks.errors import ConfigError, Problem, run_all
 
 NOT_BETTER_EXIT = 10
@@ -68,18 +67,16 @@ def retrain_command(
 
     Example (CI):  adaptflow retrain --data data/reviews.csv --model-name reviews --fail-if-not-better
     """
-    from adaptflow.flows.retrain import check_approval, retrain  # imports torch: `adaptflow --help` and `models` stay fast without
-    from adaptflow.tasks.promotion import DEFAULT_APPROVAL_TIMEOUT_S  # imports torch, as above
-
     with reported():
         given, _, _ = run_all(
             lambda: load_config(load_config_file(config)) if config else None,
-            lambda: check_approval(require_approval),
             lambda: check_approval_timeout(approval_timeout, require_approval),
+            lambda: check_approval_server(require_approval),
         )
-    quiet_prefect_tracebacks()
-    connect_prefect()
-    with reported():
+    from adaptflow.flows.retrain import check_approval, retrain  # the flow: torch and Prefect, once the input passed
+
+    with prefect_session():
+        check_approval(require_approval)  # needs to know the server chosen
         result = retrain(
             model_name=model_name,
             data=data,
@@ -98,10 +95,12 @@ def retrain_command(
         raise typer.Exit(NOT_BETTER_EXIT)
 
 
+retrain_app = typer.Typer()
+retrain_app.command("retrain", context_settings=WIDE)(retrain_command)
+
+
 def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
     """--approval-timeout within the flow's bounds, and only with --require-approval (alone it would approve nothing)."""
-    from adaptflow.tasks.promotion import MAX_APPROVAL_TIMEOUT_S  # imports torch: `adaptflow --help` and `models` stay fast without
-
     if seconds is None:
         return
     problems = []
@@ -113,6 +112,18 @@ def check_approval_timeout(seconds: int | None, require_approval: bool) -> None:
         )
     if problems:
         raise ConfigError(problems)
+
+
+def check_approval_server(require_approval: bool) -> None:
+    """A paused run needs a server that outlives the wait: not the temporary one ADAPTFLOW_PREFECT_SERVER=temporary asks for."""
+    if require_approval and server_mode() == "temporary" and not os.environ.get("PREFECT_API_URL"):
+        raise ConfigError(
+            Problem(
+                "--require-approval",
+                f"needs a Prefect server to pause on, and {SERVER_VAR}=temporary gives this run a temporary in-process one",
+                f"unset {SERVER_VAR} (a background server is then started), set PREFECT_API_URL, or run `adaptflow stack up`",
+            )
+        )
 
 
 def result_table(result: dict) -> Table:
@@ -153,6 +164,8 @@ def deploy_command(
 
     Each deployment gets its parameter schema (enforced by the server), schedules, pull steps and, for retrain, the trigger on the event adaptflow.data.arrived. Deploying again updates them.
     """
+    from adaptflow.infra.deploy import PREFECT_FILE, check_names, ensure_pools, load_specs, run_prefect_deploy  # Prefect's client
+
     with reported():
         api_url = prefect_env()["PREFECT_API_URL"]
         os.environ["PREFECT_API_URL"] = api_url
@@ -169,6 +182,10 @@ def deploy_command(
     out.print(
         "Trigger one from the UI (Deployments -> retrain -> Run -> Custom run) or: prefect deployment run retrain/retrain --param model_name=NAME --param data=PATH"
     )
+
+
+deploy_app = typer.Typer()
+deploy_app.command("deploy")(deploy_command)
 
 
 def deployments_table(specs: list, api_url: str) -> Table:

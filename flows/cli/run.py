@@ -12,8 +12,8 @@ from typing import Any, Optional
 import typer
 from rich.table import Table
 
-from adaptflow.flows.cli.common import check_before_prefect, out, print_json_stdout, reported, run_flow_with_training_bars
-from adaptflow.flows.cli.options import StrategyChoice, options_to_config
+from adaptflow.flows.cli.common import WIDE, check_before_prefect, out, print_json_stdout, reported, run_flow_with_training_bars
+from adaptflow.flows.cli.options import StrategyChoice, options_to_config, with_config_options
 from adaptflow.flows.results import ClassificationResult, DomainThenTaskResult, LanguageModelResult, RunResult
 from adaptflow.tasks.config import AdaptConfig, load_config_file
 
@@ -58,6 +58,10 @@ def run_command(
         print_json_stdout({"kind": type(result).__name__, **result.model_dump(mode="json")})
     else:
         print_result(result)
+
+
+run_app = typer.Typer()
+run_app.command("run", context_settings=WIDE)(with_config_options(run_command))
 
 
 def run_with_progress(cfg: AdaptConfig) -> RunResult:

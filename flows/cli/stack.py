@@ -98,7 +98,11 @@ def stack_status() -> None:
     if served is None:
         out.print("Prefect server: not running (`adaptflow stack up` starts it).")
     else:
-        worker = f"worker pid {served.worker_pid}" if prefect_stack.worker_running(served) else "worker NOT running"
+        worker = (
+            f"worker pid {served.worker_pid}"
+            if prefect_stack.worker_running(served)
+            else "no worker (a run started it in the background; `adaptflow stack up` adds one)"
+        )
         out.print(f"Prefect server: running at {served.ui_url} (pid {served.server_pid}, {served.database}); {worker}")
     head = RayStack(adaptflow_home()).status()
     if head is not None:

@@ -1,10 +1,12 @@
-"""Comparing strategies on one budget: the compare configuration and the plain functions of its report.
+"""Comparing strategies on one budget: the plain functions behind the compare flow.
 
 ``flows/compare.py`` runs the strategies; everything here is Prefect-free and unit-tested:
 the per-strategy configurations (same data, same budget), the hyper-parameter grid and
 the search's view of the data (training + validation rows only), the uncertainty of the
 scores (bootstrap intervals, the paired McNemar test), the learning curves, the Pareto
-front, the recommendation, the charts and the markdown/table renderings.
+front, the recommendation and the charts. The configuration is in ``compare_config.py``
+and the tables and markdown report in ``compare_report.py``: the CLI reads both without
+the imports this module needs.
 """
 
 from __future__ import annotations
@@ -17,170 +19,23 @@ from typing import Any, Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from pydantic import Field, model_validator
 
 from adaptflow.tasks.config import (
-    TASK_STRATEGY_NAMES,
     AdaptConfig,
-    DataConfig,
-    FullFineTuning,
-    LaunchConfig,
     Lora,
-    PartialFineTuning,
-    RegistryConfig,
-    StrategyConfig,
-    TrainingConfig,
-    TransferLearning,
-    _Frozen,
-    adaptflow_home,
-    shared_field,
-    validate_strictly,
 )
 from adaptflow.tasks.data.store import open_prepared
 from adaptflow.tasks.evaluation.classification import classification_metrics, save_figure
-from adaptflow.tasks.strategies import get_strategy
-
-CLASSIFICATION_STRATEGIES = TASK_STRATEGY_NAMES  # domain adaptation is a first stage, not a strategy to compare
-REPORT_FILE = "compare_report.json"
-CHART_FILE = "quality_vs_cost.png"
-SEARCH_DATA = "search_data"
-CONCURRENCY_HELP = (
-    "Strategies trained at the same time. 1 on CPU: parallel trainings fight for the same cores and "
-    "memory bandwidth, which distorts the time and samples/s being compared. Raise it with one GPU per training."
+from adaptflow.tasks.evaluation.compare_config import (
+    BOOTSTRAP_RESAMPLES,
+    CURVE_POINTS,
+    CURVE_VALIDATION_ROWS,
+    GPU_PEAK_TFLOPS,
+    GPU_UTILISATION,
+    SIGNIFICANCE,
+    CompareConfig,
 )
-CURVES_FILE = "learning_curves.png"
-CURVE_POINTS = 5  # validation evaluations per strategy under an examples budget
-SIGNIFICANCE = 0.05  # a difference whose paired-test p-value is at least this is called a tie
-BOOTSTRAP_RESAMPLES = 1000
-CURVE_VALIDATION_ROWS = 500  # validation rows the learning curves are measured on (a seeded sample)
-CURVE_DATA = "curve_data"
-COMPARE_VALIDATION_FRACTION = 0.1  # training rows held out for the learning curves unless the data section says otherwise
-
-
-class CompareConfig(_Frozen):
-    """Several strategies on the same prepared data, evaluation set and budget, and one report."""
-
-    # The sections an adapt run has, shared with AdaptConfig (defaults, checks and descriptions), some
-    # with a description that says how compare uses them.
-    model: str = shared_field("model")
-    trust_remote_code: bool = shared_field("trust_remote_code")
-    strategies: list[StrategyConfig] = Field(
-        default_factory=lambda: [TransferLearning(), PartialFineTuning(), FullFineTuning(), Lora()],
-        description="The strategies to compare, each with its own parameters. Default: all four classification strategies. "
-        "Fields of another strategy are ignored in the Prefect form and an error in config files; a field of no strategy "
-        "is always an error.",
-    )
-    data: DataConfig = shared_field(
-        "data",
-        default_factory=lambda: DataConfig(validation_fraction=COMPARE_VALIDATION_FRACTION),
-        description="The task data, prepared once for every strategy. The learning curves are measured on the "
-        f"validation split (validation_fraction, {COMPARE_VALIDATION_FRACTION} by default here), never on the evaluation set.",
-    )
-    training: TrainingConfig = shared_field("training", description="Optimisation hyperparameters shared by every strategy.")
-    launch: LaunchConfig = shared_field("launch", description="Training processes of each strategy.")
-    registry: RegistryConfig = shared_field(
-        "registry",
-        default_factory=lambda: RegistryConfig(register_model=False),
-        description="Register each strategy's model (off by default); model_name is used as a prefix: '<name>-<strategy>'.",
-    )
-    work_dir: str | None = shared_field("work_dir")
-    budget_examples: int | None = Field(
-        None,
-        ge=1,
-        description="Examples through the backbone's forward pass in training, the same count for every strategy: "
-        "fine-tuning strategies train on the same examples in the same seeded order; transfer learning's backbone "
-        "runs once over the training rows and its head then makes its `head_epochs` passes over the cached features "
-        "(no backbone cost). Empty: `budget_passes` passes.",
-    )
-    budget_passes: int | None = Field(
-        None,
-        ge=1,
-        description="Passes over the training rows through the backbone, the same for every strategy (the examples "
-        "budget of passes x training rows). Empty: `epochs`.",
-    )
-    budget_seconds: float | None = Field(
-        None,
-        gt=0,
-        description="Instead of an examples budget: each strategy trains with its own schedule (transfer learning "
-        "makes its `head_epochs` passes) and stops after this many seconds of training.",
-    )
-    seeds: int = Field(
-        1, ge=1, le=20, description="Train every strategy this many times (seeds seed, seed+1, ...); the report gives mean +- sd."
-    )
-    search_lr_factors: list[float] = Field(
-        default_factory=list,
-        description="Hyper-parameter search: multiples of each strategy's learning rate to try, e.g. 0.5,1,2. "
-        "Empty: no learning-rate search. Picked on the validation split only.",
-    )
-    search_lora_ranks: list[int] = Field(
-        default_factory=list, description="Hyper-parameter search: LoRA ranks to try (lora only), e.g. 4,8,16. Empty: the configured rank."
-    )
-    search_patience: int = Field(
-        2, ge=1, description="Early stopping patience (in evaluations on the validation split) of each search trial."
-    )
-    max_train_seconds: float | None = Field(
-        None, gt=0, description="Recommendation: the best strategy whose train time is at most this many seconds."
-    )
-    max_memory_mb: float | None = Field(
-        None, gt=0, description="Recommendation: the best strategy whose peak memory is at most this many MB."
-    )
-    concurrency: int = Field(1, ge=1, le=16, description=CONCURRENCY_HELP)
-
-    @model_validator(mode="before")
-    @classmethod
-    def _validation_split_by_default(cls, raw: Any) -> Any:
-        if isinstance(raw, dict) and isinstance(raw.get("data"), dict) and "validation_fraction" not in raw["data"]:
-            return {**raw, "data": {**raw["data"], "validation_fraction": COMPARE_VALIDATION_FRACTION}}
-        return raw
-
-    @model_validator(mode="after")
-    def _checks(self) -> "CompareConfig":
-        problems = []
-        names = [s.name for s in self.strategies]
-        if not names:
-            problems.append("strategies: give at least one strategy")
-        if len(set(names)) != len(names):
-            problems.append(f"strategies: each strategy once (got {', '.join(names)})")
-        if others := [n for n in names if n not in CLASSIFICATION_STRATEGIES]:
-            problems.append(
-                f"strategies: compare takes classification strategies ({', '.join(CLASSIFICATION_STRATEGIES)}), not {', '.join(others)}"
-            )
-        if sum(b is not None for b in (self.budget_examples, self.budget_passes, self.budget_seconds)) > 1:
-            problems.append("budget_examples, budget_passes and budget_seconds: give one budget, not several")
-        if self.search_enabled() and self.data.validation_fraction == 0:
-            problems.append(
-                "data.validation_fraction must be above 0 for the search (e.g. --validation-fraction 0.1): "
-                "the winner is picked on the validation split, never on the evaluation set"
-            )
-        if self.search_lora_ranks and "lora" not in names:
-            problems.append("search_lora_ranks: lora is not among the strategies")
-        if problems:
-            raise ValueError("; ".join(problems))
-        return self
-
-    def search_enabled(self) -> bool:
-        return len(self.search_lr_factors) > 1 or len(self.search_lora_ranks) > 1
-
-    def resolved_work_dir(self) -> Path:
-        return Path(self.work_dir).expanduser() if self.work_dir else adaptflow_home() / "work"
-
-    def adapt_configs(self) -> list[AdaptConfig]:
-        """One adaptation config per strategy: everything shared except the strategy and the registry name."""
-        common = self.model_dump(include={"model", "trust_remote_code", "data", "training", "launch", "work_dir"})
-        configs = []
-        for strategy in self.strategies:
-            name = f"{self.registry.model_name}-{strategy.name.replace('_', '-')}"[:63] if self.registry.model_name else None
-            registry = {"register_model": self.registry.register_model, "model_name": name}
-            configs.append(AdaptConfig.model_validate({**common, "strategy": strategy.model_dump(), "registry": registry}))
-        return configs
-
-
-def load_compare_config(raw: dict[str, Any] | CompareConfig) -> CompareConfig:
-    """Validate a (partial) dict into a :class:`CompareConfig`; one ConfigError naming every problem.
-
-    Strict like :func:`adaptflow.tasks.config.load_config`: a field of another strategy is an error.
-    """
-    return validate_strictly(CompareConfig, raw)
+from adaptflow.tasks.strategies import get_strategy
 
 
 def _updated(cfg: AdaptConfig, training: dict | None = None, strategy: dict | None = None) -> AdaptConfig:
@@ -274,15 +129,6 @@ def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
 PROBE_STEPS = 8  # optimizer steps each strategy is timed for by --estimate
 PROBE_ROWS = 64  # validation and evaluation rows of the probe
 PROBE_FEATURE_ROWS = 1024  # training rows of the probe at least: a cached-feature probe featurizes them all
-GPU_PEAK_TFLOPS = {  # published dense bf16 (T4: fp16) peaks, TFLOP/s
-    "t4": 65.0,
-    "l4": 121.0,
-    "a10": 125.0,
-    "a100": 312.0,
-    "h100": 989.0,
-    "h200": 989.0,
-}
-GPU_UTILISATION = 0.3  # the share of the peak assumed reached: a projection, not a measurement
 
 
 def probe_config(cfg: AdaptConfig) -> AdaptConfig:
@@ -477,13 +323,6 @@ def mcnemar_midp(correct_a: Sequence[bool], correct_b: Sequence[bool]) -> dict[s
     return {"a_only": a_only, "b_only": b_only, "p_value": p}
 
 
-def mean_sd(values: Sequence[float]) -> tuple[float, float]:
-    """Mean and sample standard deviation (0 for a single value)."""
-    mean = sum(values) / len(values)
-    sd = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1)) if len(values) > 1 else 0.0
-    return mean, sd
-
-
 def paired_tests(rows: Sequence[dict[str, Any]], correct: dict[str, list[bool]]) -> dict[str, dict[str, Any]]:
     """McNemar of the most accurate strategy against each other one, on the same evaluation rows."""
     best = _best_of(rows)
@@ -656,117 +495,6 @@ def plot_quality_vs_cost(rows: Sequence[dict[str, Any]], path: Path) -> Path:
     axes[0].set_ylabel("evaluation accuracy")
     fig.suptitle("Quality against cost (star: no other strategy is both cheaper and better)")
     return save_figure(fig, path)
-
-
-def score_text(r: dict[str, Any], key: str) -> str:
-    """A score of a report row: '0.8012', or mean±sd over the seeds when there were several ('0.801±0.004')."""
-    values = (r.get("seeds") or {}).get(key, [])
-    if len(values) > 1:
-        mean, sd = mean_sd(values)
-        return f"{mean:.3f}±{sd:.3f}"
-    return f"{r[key]:.4f}"
-
-
-def interval_text(r: dict[str, Any], key: str) -> str:
-    """A row's 95% interval of accuracy or macro_f1: '0.776-0.831'."""
-    lo, hi = r[f"{key}_ci"]
-    return f"{lo:.3f}-{hi:.3f}"
-
-
-def _p_value(r: dict[str, Any]) -> str:
-    return f"{r['paired']['p_value']:.3f}" if r.get("paired") else "best"
-
-
-def table_rows(rows: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Rows of the results table (Prefect table artifact and the markdown report); the key columns first."""
-    return [
-        {
-            "strategy": r["strategy"],
-            "accuracy": score_text(r, "accuracy"),
-            "accuracy 95% CI": interval_text(r, "accuracy"),
-            "macro-F1": score_text(r, "macro_f1"),
-            "macro-F1 95% CI": interval_text(r, "macro_f1"),
-            "p vs best": _p_value(r),
-            "train time (s)": round(r["train_runtime_s"], 1),
-            "peak memory (MB)": round(r["peak_memory_mb"]),
-            "trainable params": f"{r['trainable_params']:,} ({r['trainable_pct']:.2f}%)",
-            "backbone examples": f"{r['backbone_examples']:,}",
-            "samples/s": round(r["samples_per_s"], 1),
-            "artifact (MB)": round(r["artifact_mb"], 1),
-            "forgetting": round(r["forgetting"], 4),
-            "hyper-parameters": r["hyperparameters"],
-        }
-        for r in rows
-    ]
-
-
-def _cell(value: Any) -> str:
-    return str(value).replace("|", "\\|")
-
-
-def report_markdown(report: dict[str, Any], chart_src: str = CHART_FILE, curves_src: str = CURVES_FILE) -> str:
-    """The whole report for a person: budget, table, uncertainty, search, learning curves, recommendation, charts.
-
-    ``chart_src`` and ``curves_src`` are the images' sources: the file names for ``report.md``
-    next to them, ``data:`` URIs for the Prefect artifact (:func:`adaptflow.tasks.evaluation.classification.png_data_uri`).
-    """
-    rows = table_rows(report["rows"])
-    header = list(rows[0])
-    lines = [
-        f"# Strategy comparison: {report['model']}",
-        "",
-        f"Same prepared data (`{report['prepared_data']}`), same evaluation set ({report['eval_rows']} rows), "
-        f"same budget: {report['budget']['description']}.",
-        "",
-        f"Intervals: 95% bootstrap ({BOOTSTRAP_RESAMPLES} resamples of the evaluation rows). p vs best: the paired McNemar "
-        "test (exact, mid-p) of each strategy against the most accurate one on the same evaluation rows"
-        + (
-            f"; scores are mean±sd over {report['seeds']} seeds, intervals and tests of the first seed."
-            if report.get("seeds", 1) > 1
-            else "."
-        ),
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
-        *("| " + " | ".join(_cell(row[h]) for h in header) + " |" for row in rows),
-        "",
-        "Forgetting: drift from the pre-trained model on general English text "
-        "(encoders: 1 - cosine similarity of sentence embeddings; 0 = unchanged).",
-        "",
-    ]
-    if report.get("search"):
-        lines += [
-            "## Hyper-parameter search (picked on the validation split)",
-            "",
-            "| strategy | tried | winner | validation loss | validation accuracy |",
-            "|---|---|---|---|---|",
-        ]
-        for name, s in report["search"].items():
-            lines.append(
-                f"| {name} | {len(s['trials'])} | {s['winner']['label']} | {s['winner']['validation_loss']:.4f} | {s['winner']['validation_accuracy']:.4f} |"
-            )
-        lines.append("")
-    lines += [
-        "## Learning curves (validation split)",
-        "",
-        *report.get("curve_findings", []),
-        "",
-        f"![learning curves]({curves_src})",
-        "",
-        "## Recommendation",
-        "",
-        *report["recommendation"]["text"],
-        "",
-        f"![quality against cost]({chart_src})",
-        "",
-        f"Chart: `{report['chart']}`",
-        "",
-    ]
-    return "\n".join(lines)
-
-
-def folder_size_mb(folder: Path) -> float:
-    return sum(f.stat().st_size for f in Path(folder).rglob("*") if f.is_file()) / 2**20
 
 
 def slug(text: str) -> str:

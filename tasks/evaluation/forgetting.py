@@ -29,8 +29,9 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 from torch import nn
 
+from adaptflow.tasks.base_model import META_FILE, inspect_model
 from adaptflow.tasks.evaluation.lm import REFERENCE_TEXT, perplexity, reference_texts
-from adaptflow.tasks.modeling import META_FILE, AdaptClassifier, inspect_model, load_backbone, load_classifier, load_language_model, pool
+from adaptflow.tasks.modeling import AdaptClassifier, load_backbone, load_classifier, load_language_model, pool
 
 Kind = Literal["auto", "encoder", "decoder"]
 

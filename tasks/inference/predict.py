@@ -54,13 +54,14 @@ from prefect import get_run_logger, task
 from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
+from adaptflow.tasks.base_model import folder_digest, resolve_model
 from adaptflow.tasks.config import adaptflow_home
 from adaptflow.tasks.data.columns import text_column_of, texts_of
 from adaptflow.tasks.data.labels import label_ids_of
 from adaptflow.tasks.data.readers import FileScan, Table, iter_data_chunks, read_data_file, scan_data_file
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, run_all
 from adaptflow.tasks.evaluation.classification import classification_metrics
-from adaptflow.tasks.modeling import AdaptClassifier, folder_digest, load_classifier, resolve_model
+from adaptflow.tasks.modeling import AdaptClassifier, load_classifier
 from adaptflow.tasks.registry.hf_folder import is_hf_folder, load_hf_classifier, read_meta
 from adaptflow.tasks.registry.store import MANIFEST, pull_version, resolve_ref
 from adaptflow.tasks.storage.s3 import S3Settings, download_file, download_prefix

@@ -82,7 +82,7 @@ def adaptflow_snippet(route: str, base: str) -> str:
     """Python that loads this folder with AdaptFlow (run from the folder); adapters also resolve their base."""
     if route.startswith("peft"):
         load = (
-            "from adaptflow.tasks.modeling import resolve_model\n\n"
+            "from adaptflow.tasks.base_model import resolve_model\n\n"
             f'base_dir = resolve_model("{base}", Path("base-cache"))  # a hub id, s3:// URI or folder\n'
             'model, tokenizer, meta = load_hf_classifier(Path("."), base_model_dir=base_dir)\n'
         )

@@ -37,9 +37,10 @@ from types import SimpleNamespace
 from typing import Any
 
 from adaptflow.tasks import hf_pooled
+from adaptflow.tasks.base_model import HEAD_FILE, META_FILE
 from adaptflow.tasks.data.lm import PLAIN_CHAT_TEMPLATE
 from adaptflow.tasks.errors import ModelError, Problem
-from adaptflow.tasks.modeling import HEAD_FILE, META_FILE, AdaptClassifier, head_dropout, load_backbone
+from adaptflow.tasks.modeling import AdaptClassifier, head_dropout, load_backbone
 from adaptflow.tasks.registry.store import hash_file
 
 FOLDER_LAYOUT = 2

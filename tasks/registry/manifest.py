@@ -23,9 +23,9 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 from prefect.runtime import deployment, flow_run
 
+from adaptflow.tasks.base_model import folder_digest
 from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.evaluation.classification import EVALUATION_FILE, METRICS_FILE, PLOTS_DIR
-from adaptflow.tasks.modeling import folder_digest
 from adaptflow.tasks.registry.card import code_version, model_card, package_versions
 from adaptflow.tasks.registry.hf_folder import ADAPTFLOW_DIR, FOLDER_LAYOUT, write_classifier_folder
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version, retry_transient

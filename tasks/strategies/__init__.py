@@ -20,8 +20,8 @@ from adaptflow.tasks.strategies.partial_fine_tuning import PartialFineTuning
 from adaptflow.tasks.strategies.transfer_learning import TransferLearning
 
 if TYPE_CHECKING:
+    from adaptflow.tasks.base_model import ModelInfo
     from adaptflow.tasks.config import AdaptConfig
-    from adaptflow.tasks.modeling import ModelInfo
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s

@@ -32,8 +32,9 @@ from adaptflow.tasks.errors import ConfigError, Problem
 if TYPE_CHECKING:
     from torch import nn
 
+    from adaptflow.tasks.base_model import ModelInfo
     from adaptflow.tasks.config import AdaptConfig, TrainingConfig
-    from adaptflow.tasks.modeling import AdaptClassifier, ModelInfo
+    from adaptflow.tasks.modeling import AdaptClassifier
 
 STRICT = "strict"
 """Validation context key: fields of another strategy are an error instead of being dropped."""

@@ -13,8 +13,9 @@ from adaptflow.tasks.strategies.base import Strategy, StrategyParams, final_norm
 if TYPE_CHECKING:
     from torch import nn
 
+    from adaptflow.tasks.base_model import ModelInfo
     from adaptflow.tasks.config import AdaptConfig
-    from adaptflow.tasks.modeling import AdaptClassifier, ModelInfo
+    from adaptflow.tasks.modeling import AdaptClassifier
 
 
 class PartialFineTuning(StrategyParams):

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from adaptflow.tasks.base_model import folder_digest, inspect_model
 from adaptflow.tasks.data.store import load_prepared
-from adaptflow.tasks.modeling import build_classifier, count_parameters, folder_digest, inspect_model, save_classifier
+from adaptflow.tasks.modeling import build_classifier, count_parameters, save_classifier
 from adaptflow.tasks.strategies import get_strategy
 from adaptflow.tasks.training.engine import (
     EXAMPLE_ID,

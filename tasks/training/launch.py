@@ -24,12 +24,12 @@ from prefect.artifacts import create_progress_artifact, update_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from adaptflow.tasks import errors
-from adaptflow.tasks.assets import asset
 from adaptflow.tasks.config import AdaptConfig
-from adaptflow.tasks.errors import ConfigError, Problem, TrainingError, WorkerCrashed
+from adaptflow.tasks.errors import Problem, TrainingError, WorkerCrashed
 from adaptflow.tasks.modeling import cpu_threads_per_process
 from adaptflow.tasks.storage.s3 import S3Settings
 from adaptflow.tasks.training.checkpoints import CheckpointMirror
+from adaptflow.tasks.training.checks import accelerate_config_path
 from adaptflow.tasks.training.engine import EVENT_PREFIX, RunSpec
 from adaptflow.tasks.training.kubernetes import KUBERNETES_LAUNCHERS, job_name, render_job
 
@@ -46,25 +46,6 @@ def add_listener(listener: EventSink) -> Callable[[], None]:
     """Register a callback for worker events; returns a function that removes it."""
     _listeners.append(listener)
     return lambda: _listeners.remove(listener)
-
-
-ACCELERATE_CONFIGS = asset("adaptflow.infra", "accelerate")
-
-
-def accelerate_config_path(name_or_path: str) -> Path:
-    """A user's accelerate config file, or one shipped in infra/accelerate by name."""
-    given = Path(name_or_path).expanduser()
-    if given.is_file():
-        return given.resolve()
-    shipped = ACCELERATE_CONFIGS / f"{name_or_path}.yaml"
-    if shipped.is_file():
-        return shipped
-    names = ", ".join(sorted(p.stem for p in ACCELERATE_CONFIGS.glob("*.yaml")))
-    raise ConfigError(
-        Problem(
-            "launch.accelerate_config", f"{name_or_path!r} is neither a file nor a shipped config", f"use a file path or one of: {names}"
-        )
-    )
 
 
 # One worker for every run: it picks the language-model or the classification task from the config.

@@ -32,10 +32,11 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
+from adaptflow.tasks.base_model import META_FILE, MODEL_FORMAT, inspect_model
 from adaptflow.tasks.config import AdaptConfig, DomainAdaptation, Lora
 from adaptflow.tasks.data.lm import IGNORE, load_lm_tokenizer
 from adaptflow.tasks.data.store import load_prepared
-from adaptflow.tasks.errors import ConfigError, Problem
+from adaptflow.tasks.errors import ConfigError
 from adaptflow.tasks.evaluation.lm import (
     exact_match,
     generate,
@@ -46,8 +47,9 @@ from adaptflow.tasks.evaluation.lm import (
     rouge_l,
     token_loss,
 )
-from adaptflow.tasks.modeling import META_FILE, MODEL_FORMAT, count_parameters, inspect_model, load_language_model
+from adaptflow.tasks.modeling import count_parameters, load_language_model
 from adaptflow.tasks.strategies import get_strategy
+from adaptflow.tasks.training.checks import check_lm_config
 from adaptflow.tasks.training.engine import EXAMPLE_ID, LoopState, Plan, Run, pad_multiple, padded_width, seeded_generator, train_sampler
 
 ADAPTER_DIR = "adapter"
@@ -64,27 +66,6 @@ def objective_of(cfg: AdaptConfig, is_decoder: bool) -> str:
     if isinstance(cfg.strategy, DomainAdaptation):
         return "clm" if is_decoder else "mlm"
     return "sft"
-
-
-def check_lm_config(cfg: AdaptConfig, is_decoder: bool) -> list[Problem]:
-    """Problems only visible once the base model is known (checked before launching)."""
-    problems = []
-    if cfg.task == "causal_lm" and not is_decoder:
-        problems.append(
-            Problem(
-                "model",
-                "is an encoder; --task causal_lm needs a decoder model (GPT-2, Llama, Qwen...)",
-                "pick a decoder model, or use --task classification",
-            )
-        )
-    if isinstance(cfg.strategy, Lora) and cfg.strategy.qlora:
-        try:
-            import bitsandbytes  # noqa: F401  # optional: only QLoRA needs it, and only on CUDA machines
-        except ImportError:
-            problems.append(
-                Problem("strategy.qlora (--qlora)", "needs the bitsandbytes package", "pip install bitsandbytes (on a CUDA machine)")
-            )
-    return problems
 
 
 # ---- model -------------------------------------------------------------------------

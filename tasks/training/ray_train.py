@@ -42,61 +42,14 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from adaptflow.tasks.config import LaunchConfig
-from adaptflow.tasks.errors import AdaptFlowError, ConfigError, Problem, TrainingError
-from adaptflow.tasks.storage.local_stack import default_home
+from adaptflow.tasks.errors import AdaptFlowError, Problem, TrainingError
 from adaptflow.tasks.storage.s3 import S3Settings, parse_s3_uri
+from adaptflow.tasks.training.checks import cluster_address
 from adaptflow.tasks.training.engine import CHECKPOINTS, EVENT_PREFIX, LOOP_STATE, Checkpointing, RunSpec, run_task
 from adaptflow.tasks.training.worker import die_with_parent, error_event, task_for
 
 MODULE = "adaptflow.tasks.training.ray_train"
-LOCAL_HEAD_FILE = Path("stack") / "ray" / "head.json"
-"""Under $ADAPTFLOW_HOME: the address of the local head started by `adaptflow stack up --ray`."""
 CHECKPOINT_FOLDER = "ray-checkpoints"
-INSTALL_FIX = "install it with: pip install 'adaptflow[ray]' (or pip install 'ray[train]')"
-NO_CLUSTER_FIX = (
-    "start one here with `adaptflow stack up --ray` (or `ray start --head`), or give a running cluster's "
-    "head as --ray-address HOST:PORT or in RAY_ADDRESS"
-)
-
-
-def ray_installed() -> bool:
-    """Whether Ray Train can be imported here (the optional 'ray' extra)."""
-    try:
-        import ray.train  # noqa: F401  (only asked whether it imports)
-    except ImportError:
-        return False
-    return True
-
-
-def local_head_address(home: Path | None = None) -> str | None:
-    """The address of the running head started by `adaptflow stack up --ray`, if there is one."""
-    path = (home or default_home()) / LOCAL_HEAD_FILE
-    try:
-        state = json.loads(path.read_text())
-        os.kill(int(state["pid"]), 0)  # still running?
-    except (OSError, ValueError, KeyError):
-        return None
-    return state["address"]
-
-
-def cluster_address(launch: LaunchConfig) -> str:
-    """Where the Ray cluster is: the config, else RAY_ADDRESS, else the local stack's head."""
-    address = launch.ray_address or os.environ.get("RAY_ADDRESS") or local_head_address()
-    if not address:
-        raise ConfigError(Problem("launch.ray_address", "no Ray cluster is given and no local Ray head is running", NO_CLUSTER_FIX))
-    return address
-
-
-def check_ray_launch(launch: LaunchConfig) -> list[Problem]:
-    """What keeps a 'ray' run from starting, found before any work: Ray missing, or no cluster."""
-    problems = []
-    if not ray_installed():
-        problems.append(Problem("launch.launcher", "'ray' needs Ray Train, which is not installed here", INSTALL_FIX))
-    try:
-        cluster_address(launch)
-    except ConfigError as exc:
-        problems.extend(exc.problems)
-    return problems
 
 
 def checkpoint_storage(checkpoint_uri: str | None, settings: S3Settings) -> tuple[str, str, Any]:

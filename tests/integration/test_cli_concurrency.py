@@ -1,12 +1,13 @@
 """Several `adaptflow run` at once, as people start them from terminals and CI jobs, and a
 bad input reported before any Prefect server is involved.
 
-Each run is a real CLI subprocess (tiny model, real SeaweedFS). Two cases:
-- no stack server and no PREFECT_API_URL: every process starts Prefect's temporary server
-  (four at once on 2 cores used to time out);
-- the stack's Prefect server of the same ADAPTFLOW_HOME running: the CLI finds it without
-  PREFECT_API_URL, and the runs show on that server.
-Both must register versions 1-4 of one model name, each exactly once.
+Each run is a real CLI subprocess (tiny model, real SeaweedFS), with no PREFECT_API_URL:
+- by default the first run that finds no server starts the stack's Prefect server of its
+  ADAPTFLOW_HOME in the background; four started at once start exactly one, all report to
+  it, and the runs show on that server (and in its UI, which knows its own API address);
+- with ADAPTFLOW_PREFECT_SERVER=temporary each process starts Prefect's temporary server
+  (several at once used to time out creating one database, and two could share a port).
+Both must register one version per run of one model name, each exactly once.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ from tests.integration.conftest import tiny_config, write_reviews
 from tests.integration.prefect_rest import rest_json
 
 RUNS = 4
+TEMPORARY_RUNS = 3
 MODEL_NAME = "concurrent-cli"
 
 
@@ -47,7 +49,7 @@ def _config_file(tmp_path: Path, tiny_bert_dir: Path) -> Path:
     return path
 
 
-def _run_at_once(config: Path, env: dict[str, str]) -> list[subprocess.CompletedProcess]:
+def _run_at_once(config: Path, env: dict[str, str], runs: int = RUNS) -> list[subprocess.CompletedProcess]:
     procs = [
         subprocess.Popen(
             [sys.executable, "-m", "adaptflow.flows.cli", "run", "--config", str(config)],
@@ -56,7 +58,7 @@ def _run_at_once(config: Path, env: dict[str, str]) -> list[subprocess.Completed
             stderr=subprocess.PIPE,
             text=True,
         )
-        for _ in range(RUNS)
+        for _ in range(runs)
     ]
     done = []
     for proc in procs:
@@ -65,43 +67,45 @@ def _run_at_once(config: Path, env: dict[str, str]) -> list[subprocess.Completed
     return done
 
 
-def _check_versions(results: list[subprocess.CompletedProcess], s3_settings) -> None:
+def _check_versions(results: list[subprocess.CompletedProcess], s3_settings, runs: int) -> None:
     for result in results:
         assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
         assert "Traceback" not in result.stderr
     said = sorted(m for r in results for m in re.findall(rf"registered version:\s+s3://\S+/{MODEL_NAME}/versions/(\d+)/", r.stdout))
-    assert said == ["000001", "000002", "000003", "000004"], [r.stdout[-600:] for r in results]
-    assert [v.version for v in list_versions(s3_settings, MODEL_NAME)] == [1, 2, 3, 4]
-    assert all(get_manifest(s3_settings, MODEL_NAME, v)["metrics"]["accuracy"] >= 0 for v in range(1, RUNS + 1))
+    assert said == [f"{v:06d}" for v in range(1, runs + 1)], [r.stdout[-600:] for r in results]
+    assert [v.version for v in list_versions(s3_settings, MODEL_NAME)] == list(range(1, runs + 1))
+    assert all(get_manifest(s3_settings, MODEL_NAME, v)["metrics"]["accuracy"] >= 0 for v in range(1, runs + 1))
 
 
-def test_four_runs_at_once_without_a_prefect_server(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
-    env = _env(tmp_path / "home", s3_stack, s3_settings)
-    started = time.monotonic()
-    results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env)
-    print(f"{RUNS} runs with temporary Prefect servers: {time.monotonic() - started:.0f} s")
-    _check_versions(results, s3_settings)
-    assert all("a temporary one in this process" in r.stderr for r in results)
-
-
-def test_four_runs_at_once_report_to_the_stack_server(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
+def test_four_runs_at_once_start_one_background_server_and_report_to_it(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
     home = tmp_path / "home"
+    env = _env(home, s3_stack, s3_settings)
     prefect_stack = PrefectStack(home)
-    info = prefect_stack.up(worker=False, timeout=120)
     try:
-        # the UI asks the server where its API is: the port `up` chose, not Prefect's default 4200
-        assert rest_json(info.ui_url, "GET", "/ui-settings")["api_url"] == info.api_url
-        env = _env(home, s3_stack, s3_settings)
         started = time.monotonic()
         results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env)
-        print(f"{RUNS} runs against the stack's Prefect server: {time.monotonic() - started:.0f} s")
-        _check_versions(results, s3_settings)
+        print(f"{RUNS} runs, one background Prefect server: {time.monotonic() - started:.0f} s")
+        _check_versions(results, s3_settings, RUNS)
+        info = prefect_stack.status()
+        assert info is not None and info.worker_pid is None, "no background server is running after the runs"
+        assert sum("starting one in the background" in r.stderr for r in results) == 1, [r.stderr[-500:] for r in results]
         assert all(f"Prefect server: {info.ui_url}" in r.stderr for r in results)
+        # the UI asks the server where its API is: the port the server was started on, not Prefect's default 4200
+        assert rest_json(info.ui_url, "GET", "/ui-settings")["api_url"] == info.api_url
         runs = rest_json(info.api_url, "POST", "/flow_runs/filter", json={"limit": 20})
-        adapt_runs = [r for r in runs if r["state_type"] == "COMPLETED"]
-        assert len(adapt_runs) == RUNS, [(r["name"], r["state_type"]) for r in runs]
+        assert [r["state_type"] for r in runs] == ["COMPLETED"] * RUNS, [(r["name"], r["state_type"]) for r in runs]
     finally:
         prefect_stack.down()
+
+
+def test_runs_at_once_with_temporary_prefect_servers(tmp_path, s3_stack, s3_settings, tiny_bert_dir):
+    env = {**_env(tmp_path / "home", s3_stack, s3_settings), "ADAPTFLOW_PREFECT_SERVER": "temporary"}
+    started = time.monotonic()
+    results = _run_at_once(_config_file(tmp_path, tiny_bert_dir), env, runs=TEMPORARY_RUNS)
+    print(f"{TEMPORARY_RUNS} runs with temporary Prefect servers: {time.monotonic() - started:.0f} s")
+    _check_versions(results, s3_settings, TEMPORARY_RUNS)
+    assert all("a temporary one in this process" in r.stderr for r in results)
+    assert PrefectStack(tmp_path / "home").status() is None  # nothing left running
 
 
 @pytest.mark.parametrize(
@@ -129,3 +133,4 @@ def test_bad_input_fails_fast_once_without_a_traceback(tmp_path, args, expected)
     assert result.stderr.count("Error") == 1 and expected in result.stderr, result.stderr
     assert "Traceback" not in result.stderr and "temporary server" not in result.stderr
     assert not (tmp_path / "prefect").exists() or not any((tmp_path / "prefect").rglob("*.db")), "a Prefect server was started"
+    assert not (tmp_path / "home" / "stack" / "prefect").exists(), "a background Prefect server was started"

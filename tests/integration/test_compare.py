@@ -12,7 +12,8 @@ from prefect import flow
 from adaptflow.flows.compare import compare, search
 from adaptflow.tasks.config import Lora
 from adaptflow.tasks.data.prepare import prepare_data
-from adaptflow.tasks.evaluation.compare import load_compare_config, with_budget
+from adaptflow.tasks.evaluation.compare import with_budget
+from adaptflow.tasks.evaluation.compare_config import load_compare_config
 from tests.integration.prefect_rest import rest_json
 from tests.integration.test_pipeline import artifact_keys
 

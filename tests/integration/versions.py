@@ -22,7 +22,8 @@ import pytest
 import torch
 
 from adaptflow.infra.stack import LocalS3Stack
-from adaptflow.tasks.modeling import AdaptClassifier, build_classifier, folder_digest, inspect_model, save_classifier
+from adaptflow.tasks.base_model import folder_digest, inspect_model
+from adaptflow.tasks.modeling import AdaptClassifier, build_classifier, save_classifier
 from adaptflow.tasks.registry.store import RegisteredVersion, register_version
 from adaptflow.tasks.storage.s3 import ENDPOINT_VARS, S3Settings
 

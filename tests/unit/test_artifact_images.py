@@ -13,7 +13,9 @@ from adaptflow.tasks.evaluation.classification import (
     plots_markdown,
     png_data_uri,
 )
-from adaptflow.tasks.evaluation.compare import CHART_FILE, plot_quality_vs_cost, recommend, report_markdown
+from adaptflow.tasks.evaluation.compare import plot_quality_vs_cost, recommend
+from adaptflow.tasks.evaluation.compare_config import CHART_FILE
+from adaptflow.tasks.evaluation.compare_report import report_markdown
 
 PREFIX = "data:image/png;base64,"
 

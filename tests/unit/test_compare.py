@@ -17,9 +17,7 @@ from adaptflow.tasks.evaluation.compare import (
     gpu_seconds,
     grid,
     learning_curve,
-    load_compare_config,
     mcnemar_midp,
-    mean_sd,
     paired_tests,
     pareto_front,
     pick_best,
@@ -30,6 +28,8 @@ from adaptflow.tasks.evaluation.compare import (
     trial_config,
     with_budget,
 )
+from adaptflow.tasks.evaluation.compare_config import load_compare_config
+from adaptflow.tasks.evaluation.compare_report import mean_sd
 
 
 def _row(name, acc, time_s, mem, f1=None, p=None):

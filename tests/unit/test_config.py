@@ -195,7 +195,7 @@ def test_config_files_name_the_strategy_a_stray_field_belongs_to():
     text = str(info.value)
     assert "strategy.lora_r: belongs to strategy lora, not full_fine_tuning" in text
     assert "strategy.last_n_layer: Extra inputs are not permitted" in text
-    from adaptflow.tasks.evaluation.compare import load_compare_config
+    from adaptflow.tasks.evaluation.compare_config import load_compare_config
 
     with pytest.raises(ConfigError, match="strategies.0.head_epochs: belongs to strategy transfer_learning, not lora"):
         load_compare_config({"strategies": [{"name": "lora", "head_epochs": 3}]})

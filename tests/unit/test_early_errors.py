@@ -8,9 +8,9 @@ import shutil
 import pytest
 
 from adaptflow.flows.preflight import check_inputs
+from adaptflow.tasks.base_model import inspect_model
 from adaptflow.tasks.config import NAME_PATTERN, load_config, slug
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, TrainingError, WorkerCrashed
-from adaptflow.tasks.modeling import inspect_model
 from adaptflow.tasks.registry.store import validate_name
 from adaptflow.tasks.training.launch import fresh_log, is_noise, retry_after_crash
 from tests.model_fixtures import build_tiny_model
@@ -89,7 +89,7 @@ def test_preflight_refuses_an_invalid_registry_name_as_a_config_error(tmp_path, 
     # a config built past its validation, as a flow run's parameters may be: the preflight checks the name again
     cfg = load_config({"model": str(model), "registry": {"register_model": False}, "work_dir": str(tmp_path / "w")})
     bad = cfg.model_copy(update={"registry": cfg.registry.model_copy(update={"register_model": True, "model_name": "a..b"})})
-    _, found = check_inputs.fn(bad)
+    _, found = check_inputs(bad)
     names = [e for e in found if isinstance(e, ConfigError)]
     assert len(names) == 1 and "registry.model_name" in str(names[0]) and names[0].exit_code == 2
 

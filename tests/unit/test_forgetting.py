@@ -5,9 +5,10 @@ from __future__ import annotations
 import torch
 from transformers import AutoTokenizer
 
+from adaptflow.tasks.base_model import inspect_model
 from adaptflow.tasks.evaluation.forgetting import forgetting_score
 from adaptflow.tasks.evaluation.lm import reference_texts
-from adaptflow.tasks.modeling import build_classifier, inspect_model, load_backbone, save_classifier
+from adaptflow.tasks.modeling import build_classifier, load_backbone, save_classifier
 
 TEXTS = reference_texts()[:24]  # enough to average over, quick on a tiny model
 

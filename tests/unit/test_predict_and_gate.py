@@ -141,9 +141,9 @@ def test_the_cli_refuses_approval_options_it_cannot_honour():
     command = ["retrain", "--data", "x.csv", "--model-name", "m"]
     alone = runner.invoke(app, [*command, "--approval-timeout", "0"], env={"COLUMNS": "300"})
     assert alone.exit_code == 2 and "must be 1 to 604800 seconds" in alone.output and "only applies with --require-approval" in alone.output
-    with temporary_settings(restore_defaults={PREFECT_API_URL}):
-        serverless = runner.invoke(app, [*command, "--require-approval"], env={"COLUMNS": "300"})
-    assert serverless.exit_code == 2 and "needs a Prefect server" in serverless.output
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):  # no server set: a temporary one is asked for
+        serverless = runner.invoke(app, [*command, "--require-approval"], env={"COLUMNS": "300", "ADAPTFLOW_PREFECT_SERVER": "temporary"})
+    assert serverless.exit_code == 2 and "needs a Prefect server to pause on" in serverless.output
 
 
 def test_prediction_frame_keeps_clashing_input_columns():

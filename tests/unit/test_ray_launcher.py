@@ -14,8 +14,9 @@ import pytest
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.errors import ConfigError, TrainingError
 from adaptflow.tasks.storage.settings import S3Settings
+from adaptflow.tasks.training.checks import LOCAL_HEAD_FILE, check_ray_launch, cluster_address
 from adaptflow.tasks.training.launch import checkpoint_mirror, launch_command, other_node_commands, worker_env
-from adaptflow.tasks.training.ray_train import LOCAL_HEAD_FILE, check_ray_launch, checkpoint_storage, cluster_address, gave_up
+from adaptflow.tasks.training.ray_train import checkpoint_storage, gave_up
 
 pyarrow = pytest.importorskip("pyarrow")
 

@@ -5,8 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from adaptflow.tasks.base_model import inspect_model
 from adaptflow.tasks.config import load_config
-from adaptflow.tasks.modeling import build_classifier, count_parameters, inspect_model, pool
+from adaptflow.tasks.modeling import build_classifier, count_parameters, pool
 from adaptflow.tasks.strategies import check_against_model, get_strategy
 
 

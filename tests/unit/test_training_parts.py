@@ -9,11 +9,10 @@ import torch
 
 from adaptflow.tasks.config import load_config
 from adaptflow.tasks.errors import ConfigError
+from adaptflow.tasks.training.checks import ACCELERATE_CONFIGS, accelerate_config_path
 from adaptflow.tasks.training.classification import PadCollator
 from adaptflow.tasks.training.engine import LengthGroupedSampler, lr_scales, make_optimizer, pad_multiple
 from adaptflow.tasks.training.launch import (
-    ACCELERATE_CONFIGS,
-    accelerate_config_path,
     describe_event,
     launch_command,
     other_node_commands,
