@@ -11,9 +11,9 @@ The order, first match wins:
    stay visible in its UI. ``adaptflow stack down`` stops it; ``stack up`` adds the worker.
    Several runs started at once start one server: :meth:`PrefectStack.up` holds a lock.
 
-``ADAPTFLOW_PREFECT_SERVER=temporary`` (or ``stack up --no-prefect`` users who want no
-background process) restores Prefect's own behaviour: a temporary server inside the
-process, stopped when it exits. Its port is chosen by the kernel (see :func:`_temporary_server`).
+``ADAPTFLOW_PREFECT_SERVER=temporary`` (for who wants no process left running) restores
+Prefect's own behaviour: a temporary server inside the process, stopped when it exits
+(see :func:`_temporary_server` for how several start at once).
 """
 
 from __future__ import annotations
@@ -69,24 +69,24 @@ def _ui(api_url: str) -> str:
 
 
 def _temporary_server() -> None:
-    """Start Prefect's temporary server for this process, on a port the kernel picked.
+    """Start Prefect's temporary server for this process, on a port no other process can be starting on.
 
     Prefect picks a temporary server's port at random in 8000-8999 and checks that it is
-    free before its uvicorn binds it. Two processes that pick the same port in that gap
-    both see a healthy server: the second one's uvicorn fails to bind, but its health
-    check was answered by the first one's server, so it reports its flow run there, and
-    gets ``Connection refused`` mid-run when the first process exits and stops its server.
-    That was the failure of the four-runs-at-once test. A port the kernel hands out
-    (bind to 0) is one no other listener holds, far from the range Prefect's own picks use.
+    free, but its uvicorn binds it only after the server's start-up (seconds; a minute on a
+    loaded machine). Two processes that pick the same port in that gap both see a healthy
+    server: the second one's uvicorn fails to bind (exit code 3), but its health check was
+    answered by the first one's server, so it reports its flow run there, and gets
+    ``Connection refused`` mid-run when the first process exits and stops its server. That
+    was the four-runs-at-once test's failure (reproduced by forcing two processes onto one port).
 
-    Temporary servers of several processes share one SQLite database under PREFECT_HOME.
-    Started at the same moment before it existed, four of them all hung creating the schema,
-    so the first one creates it alone, under a lock file, and the others wait for it.
+    So the servers of this PREFECT_HOME start one at a time, under a lock file, each on a port
+    the kernel hands out while the lock is held: no other process picks a port until this
+    server listens on its own. The lock also lets the first one create Prefect's SQLite
+    database alone (four creating it at once all hung).
     """
     from prefect.server.api.server import SubprocessASGIServer  # Prefect's server parts: only for a temporary server
 
-    settings = get_current_settings()
-    home = Path(settings.home)
+    home = Path(get_current_settings().home)
     home.mkdir(parents=True, exist_ok=True)
     with open(home / "adaptflow-temporary-server.lock", "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
@@ -94,21 +94,12 @@ def _temporary_server() -> None:
             server = SubprocessASGIServer()  # the instance Prefect's client uses when no API URL is set
             if server.port is None:
                 server.port = _kernel_port()
-            if not _sqlite_database_exists(settings.server.database.connection_url.get_secret_value()):
-                server.start()
+            server.start()
         finally:
             fcntl.flock(lock, fcntl.LOCK_UN)
-    server.start()  # no-op when it started above
 
 
 def _kernel_port() -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
         sock.bind((HOST, 0))
         return sock.getsockname()[1]
-
-
-def _sqlite_database_exists(url: str) -> bool:
-    """Whether a SQLite database URL names a file that exists (other databases: True, nothing to create here)."""
-    if not url.startswith("sqlite"):
-        return True
-    return Path(url.split(":///", 1)[-1]).exists()

@@ -29,7 +29,7 @@ from tests.integration.conftest import tiny_config, write_reviews
 from tests.integration.prefect_rest import rest_json
 
 RUNS = 4
-TEMPORARY_RUNS = 3
+TEMPORARY_RUNS = 2
 MODEL_NAME = "concurrent-cli"
 
 
