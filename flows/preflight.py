@@ -21,11 +21,10 @@ from pathlib import Path
 from typing import TypeVar
 
 from adaptflow.tasks.base_model import inspect_model, resolve_model
-from adaptflow.tasks.config import AdaptConfig, DomainAdaptation
-from adaptflow.tasks.data.prepare import check_data
+from adaptflow.tasks.config import AdaptConfig, DomainAdaptation, validate_name
+from adaptflow.tasks.data.check import check_data
 from adaptflow.tasks.errors import AdaptFlowError, ConfigError, DataError, ModelError, Problem, StorageError, raise_together
-from adaptflow.tasks.registry.store import validate_name
-from adaptflow.tasks.storage.s3 import S3Settings, check_access, download_prefix
+from adaptflow.tasks.storage.settings import S3Settings
 from adaptflow.tasks.strategies import check_against_model
 from adaptflow.tasks.training.checks import accelerate_config_path, check_lm_config, check_ray_launch
 
@@ -66,6 +65,8 @@ def check_inputs(cfg: AdaptConfig, deep: bool = True) -> tuple[Path | None, list
     if needs_s3:
         try:
             settings = S3Settings.resolve()
+            from adaptflow.tasks.storage.s3 import check_access, download_prefix  # boto3: only once S3 is configured
+
             check_access(settings)
         except StorageError as exc:
             found.append(exc)

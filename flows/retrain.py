@@ -44,7 +44,7 @@ from pydantic import Field
 from adaptflow.flows.adapt import run_pipeline
 from adaptflow.flows.preflight import InputError, collect
 from adaptflow.flows.tasks import check_inputs_task
-from adaptflow.tasks.config import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, AdaptConfig
+from adaptflow.tasks.config import DEFAULT_APPROVAL_TIMEOUT_S, MAX_APPROVAL_TIMEOUT_S, AdaptConfig, validate_name
 from adaptflow.tasks.data.sources import input_fingerprint, s3_fetcher
 from adaptflow.tasks.data.store import PreparedData, open_prepared
 from adaptflow.tasks.data.task import prepare_data_task
@@ -61,7 +61,7 @@ from adaptflow.tasks.registry.retrain_key import (
     retrain_markdown,
     trained_on,
 )
-from adaptflow.tasks.registry.store import get_alias, get_manifest, latest_version, validate_name
+from adaptflow.tasks.registry.store import get_alias, get_manifest, latest_version
 from adaptflow.tasks.storage.s3 import S3Settings
 
 DEFAULT_RETRAIN_MODEL = "sample-reviews-transfer-learning"

@@ -59,6 +59,24 @@ SLUG_LENGTH = 40
 """Characters of a derived name taken from the data's name; the strategy's name follows."""
 
 
+def valid_name(name: str) -> bool:
+    """The registry's name rule (models and aliases): 1-63 lowercase letters, digits, '.', '_', '-', no '..'."""
+    return bool(NAME_PATTERN.match(name)) and ".." not in name
+
+
+def validate_name(name: str, what: str = "model name") -> str:
+    """``name`` when it follows :func:`valid_name`; else one ConfigError naming ``what``."""
+    if not valid_name(name):
+        raise ConfigError(
+            Problem(
+                f"{what} {name!r}",
+                "not a valid registry name",
+                "use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
+            )
+        )
+    return name
+
+
 DEFAULT_APPROVAL_TIMEOUT_S = 12 * 3600
 """How long a promotion waits for approval by default: a working day after a nightly run."""
 MAX_APPROVAL_TIMEOUT_S = 7 * 24 * 3600
@@ -367,7 +385,7 @@ class RegistryConfig(_Frozen):
     @field_validator("model_name")
     @classmethod
     def _safe_name(cls, name: str | None) -> str | None:
-        if name is not None and (not NAME_PATTERN.match(name) or ".." in name):
+        if name is not None and not valid_name(name):
             raise ValueError(
                 "must be 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit (no slashes, no '..')"
             )

@@ -11,8 +11,10 @@ What lives where (each module imports only from the ones listed before it):
 - ``splits``: stratified, seeded splits and samples.
 - ``tokenize``: tokenizing the classification splits; a tokenizer's identity.
 - ``store``: the prepared-data folders (``WORK_DIR/prepared/<key>``): publish, open, load.
-- ``prepare``: :func:`prepare_data` and :func:`check_data` for classification (the
+- ``prepare``: :func:`prepare_data` for classification (the
   manifest is described there).
+- ``check``: :func:`check_data`, the check before a run: missing inputs found without
+  reading (no pandas), then the inputs validated as ``prepare`` does.
 - ``lm``: the same for language-model data (domain text, SFT).
 - ``task``: the Prefect task around :func:`prepare_data`.
 """

@@ -56,7 +56,7 @@ from adaptflow.tasks.config import DataConfig
 from adaptflow.tasks.data.columns import Columns, resolve_columns
 from adaptflow.tasks.data.labels import Split, clean
 from adaptflow.tasks.data.readers import DATA_SPLITS, EVAL_SPLITS, Table, held_out_split, read_source
-from adaptflow.tasks.data.sources import Fetch, Source, fingerprint, is_local, resolve_source
+from adaptflow.tasks.data.sources import Fetch, Source, fingerprint, resolve_source
 from adaptflow.tasks.data.splits import make_splits
 from adaptflow.tasks.data.store import MANIFEST, PreparedData, open_prepared, publish
 from adaptflow.tasks.data.tokenize import check_max_length, load_tokenizer, tokenize, tokenizer_identity
@@ -113,22 +113,6 @@ def prep_key(cfg: DataConfig, inputs: dict[str, Any], tokenizer: dict[str, str])
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def check_data(cfg: DataConfig, work_dir: Path) -> None:
-    """Read, validate and split local inputs exactly as :func:`prepare_data` does, without a tokenizer.
-
-    For the checks before a run starts (no model, no Prefect server needed): raises one
-    :class:`DataError` naming every bad file, column, row or label. Inputs on S3 or the
-    hub are left to :func:`prepare_data`, which fetches them.
-    """
-    if any(ref and not is_local(ref) for ref in (cfg.data, cfg.eval_data)):
-        return
-    sources = _collect(
-        lambda: resolve_source("data", cfg.data, work_dir, None),
-        lambda: resolve_source("eval_data", cfg.eval_data, work_dir, None) if cfg.eval_data else None,
-    )
-    _validated(cfg, sources[0], sources[1])
-
-
 @dataclass
 class _Validated:
     """The inputs read, cleaned and split: what tokenizing starts from."""
@@ -142,8 +126,8 @@ class _Validated:
     splits: dict[str, pd.DataFrame]
 
 
-def _validated(cfg: DataConfig, data: Source, eval_data: Source | None) -> _Validated:
-    """Tables -> columns -> clean -> splits; one DataError for every problem found."""
+def validated(cfg: DataConfig, data: Source, eval_data: Source | None) -> _Validated:
+    """Tables -> columns -> clean -> splits; one DataError for every problem found (also the check before a run, data/check.py)."""
     train_table, held_table = _collect(
         lambda: read_source(data, DATA_SPLITS),
         lambda: read_source(eval_data, EVAL_SPLITS) if eval_data is not None else held_out_split(data),
@@ -155,7 +139,7 @@ def _validated(cfg: DataConfig, data: Source, eval_data: Source | None) -> _Vali
 
 def _build(cfg: DataConfig, data: Source, eval_data: Source | None, tokenizer_dir: Path) -> tuple[DatasetDict, dict[str, Any]]:
     """Everything but the key and the folder: validated splits -> tokens."""
-    v = _validated(cfg, data, eval_data)
+    v = validated(cfg, data, eval_data)
     train_table, held_table, columns, train, held, names, splits = (
         v.train_table,
         v.held_table,

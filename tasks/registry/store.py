@@ -82,7 +82,7 @@ from typing import Any, TypeVar
 
 from botocore.exceptions import BotoCoreError, ClientError
 
-from adaptflow.tasks.config import NAME_PATTERN, adaptflow_home
+from adaptflow.tasks.config import adaptflow_home, valid_name, validate_name
 from adaptflow.tasks.errors import ConfigError, Problem, StorageError, TransientStorageError
 from adaptflow.tasks.storage.s3 import (
     TRANSFER_CONFIG,
@@ -220,19 +220,6 @@ class _SourceFile:
 
 
 # ---- naming -----------------------------------------------------------------------
-def validate_name(name: str, what: str = "model name") -> str:
-    """A registry name: 1-63 lowercase letters, digits, '.', '_', '-' (no '/', no '..')."""
-    if not NAME_PATTERN.match(name) or ".." in name:
-        raise ConfigError(
-            Problem(
-                f"{what} {name!r}",
-                "not a valid registry name",
-                "use 1-63 lowercase letters, digits, '.', '_' or '-', starting with a letter or digit",
-            )
-        )
-    return name
-
-
 def validate_alias(alias: str) -> str:
     """An alias name follows the rules of model names."""
     return validate_name(alias, "alias")
@@ -722,7 +709,7 @@ def list_models(settings: S3Settings, client: Any = None) -> list[str]:
         pages = client.get_paginator("list_objects_v2").paginate(Bucket=settings.bucket, Prefix=prefix, Delimiter="/")
         for page in pages:
             names += [common["Prefix"][len(prefix) :].strip("/") for common in page.get("CommonPrefixes", [])]
-    return sorted(name for name in names if NAME_PATTERN.match(name) and ".." not in name)
+    return sorted(name for name in names if valid_name(name))
 
 
 def list_versions(settings: S3Settings, name: str, client: Any = None) -> list[VersionInfo]:
@@ -1196,7 +1183,7 @@ def list_aliases(settings: S3Settings, name: str, client: Any = None) -> list[Al
     aliases = []
     for obj in iter_objects(settings, settings.bucket, prefix, client):
         alias = obj["Key"][len(prefix) :].removesuffix(".json")
-        if NAME_PATTERN.match(alias):
+        if valid_name(alias):
             info = get_alias(settings, name, alias, client)
             if info is not None:  # deleted since the listing
                 aliases.append(info)

@@ -9,9 +9,8 @@ import pytest
 
 from adaptflow.flows.preflight import check_inputs
 from adaptflow.tasks.base_model import inspect_model
-from adaptflow.tasks.config import NAME_PATTERN, load_config, slug
+from adaptflow.tasks.config import NAME_PATTERN, load_config, slug, validate_name
 from adaptflow.tasks.errors import ConfigError, DataError, ModelError, Problem, TrainingError, WorkerCrashed
-from adaptflow.tasks.registry.store import validate_name
 from adaptflow.tasks.training.launch import fresh_log, is_noise, retry_after_crash
 from tests.model_fixtures import build_tiny_model
 

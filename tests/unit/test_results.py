@@ -114,7 +114,9 @@ def test_the_flow_runner_returns_the_result_and_turns_user_errors_into_exit_code
     from adaptflow.infra import prefect_client
     from adaptflow.tasks.training import launch
 
-    monkeypatch.setattr(prefect_client, "prefect_server", lambda say: contextlib.nullcontext())  # no server: the flow is a plain function here
+    monkeypatch.setattr(
+        prefect_client, "prefect_server", lambda say: contextlib.nullcontext()
+    )  # no server: the flow is a plain function here
     listeners = list(launch._listeners)
 
     def training():
