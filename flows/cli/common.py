@@ -19,14 +19,16 @@ import os
 import sys
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-from adaptflow.tasks.config import AdaptConfig
 from adaptflow.tasks.errors import AdaptFlowError
+
+if TYPE_CHECKING:  # the root's --help loads no config model (half of its start-up)
+    from adaptflow.tasks.config import AdaptConfig
 
 T = TypeVar("T")
 
@@ -73,7 +75,7 @@ def reported() -> Iterator[None]:
         raise fail(exc) from None
 
 
-def check_before_prefect(cfg: AdaptConfig) -> None:
+def check_before_prefect(cfg: "AdaptConfig") -> None:
     """Report bad config, files, columns, labels, model or S3 access now, before a Prefect server is involved."""
     from adaptflow.flows.preflight import preflight  # reads data files (pandas) and S3 (boto3): only when a run is asked for
 
