@@ -88,6 +88,7 @@ ACCELERATE_CONFIGS = ("fsdp", "deepspeed_zero2", "deepspeed_zero3")
 ENGINE_LIBRARIES = ("torch", "transformers", "peft", "accelerate", "safetensors", "pydantic", "datasets", "pyarrow")
 RESUME_STEPS, RESUME_AT, RESUME_TOLERANCE = 4, 3, 1e-3
 WARM_UP_STEPS = 3
+GPU_BUDGET_S = 480  # the whole check on one H100: a lent machine's 15 minutes then hold it, its start and a rerun
 PREREQUISITES = ("environment", "models")  # every other row needs them: run always, and stop there when one fails
 PASS, FAIL, SKIP = "pass", "fail", "skip"
 
@@ -330,7 +331,10 @@ class EventLog:
         from adaptflow.tasks.training.engine import EVENT_PREFIX
 
         if line.startswith(EVENT_PREFIX):
-            self.events.append((time.perf_counter(), json.loads(line[len(EVENT_PREFIX) :])))
+            event = json.loads(line[len(EVENT_PREFIX) :])
+            self.events.append((time.perf_counter(), event))
+            if event["type"] == "progress":  # a sign of life on a long row
+                print(f"           step {event['step']}/{event['total_steps']}, loss {event['train_loss']:.4f}", flush=True)
 
     def progress(self) -> list[tuple[float, int]]:
         """(arrival time, examples seen) of every progress event."""
@@ -953,6 +957,8 @@ def main(argv: list[str] | None = None) -> int:
     total = time.perf_counter() - started
     print("\n" + "\n".join(table_lines(rows)))
     failed = [r.check for r in rows if r.status == FAIL]
+    if device == "cuda" and total > GPU_BUDGET_S:
+        print(f"\nthe check took {total:.0f}s, over its {GPU_BUDGET_S}s budget on one GPU: lower --steps or name rows with --only")
     print(
         f"\n{len(rows)} checks in {total:.0f}s: {sum(r.status == PASS for r in rows)} pass, {len(failed)} fail, {sum(r.status == SKIP for r in rows)} skip"
     )
