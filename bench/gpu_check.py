@@ -449,9 +449,15 @@ def adapt_config(ctx: Context, strategy: dict, model: Path, *, task: str = "clas
     return load_config(raw)
 
 
+def fresh(folder: Path) -> Path:
+    """``folder``, emptied: a --work folder used before must not hand a run old checkpoints (it would resume from them)."""
+    shutil.rmtree(folder, ignore_errors=True)
+    return folder
+
+
 def prepared_copy(ctx: Context, kind: str, name: str) -> Path:
     """A fresh copy of the pack's prepared data for one run (transfer learning caches features next to it)."""
-    dest = ctx.work / "prepared" / name
+    dest = fresh(ctx.work / "prepared" / name)
     shutil.copytree(ctx.pack / kind, dest)
     return dest
 
@@ -461,7 +467,7 @@ def engine_run(ctx: Context, name: str, cfg, prepared: Path, model: Path, run_di
     from adaptflow.tasks.training.engine import RunSpec, run_task
     from adaptflow.tasks.training.worker import task_for
 
-    spec = RunSpec(cfg, prepared, model, run_dir or ctx.work / "runs" / name)
+    spec = RunSpec(cfg, prepared, model, run_dir or fresh(ctx.work / "runs" / name))
     log = EventLog()
     metrics = run_task(spec, task_for(spec), write_event=log.write)
     return metrics, log
@@ -537,6 +543,7 @@ def check_warm_up(ctx: Context) -> Row:
 
 def check_encoder(ctx: Context, strategy: str) -> Row:
     """One strategy on the encoder through the engine: runs, loss falls, samples/s, memory, TFLOP/s."""
+    from adaptflow.tasks.evaluation.cost import training_seconds
     from adaptflow.tasks.strategies import get_strategy
 
     cfg = adapt_config(ctx, {"name": strategy}, ctx.encoder)
@@ -562,7 +569,7 @@ def check_encoder(ctx: Context, strategy: str) -> Row:
         "steps": metrics["steps"],
         "trainable_params": metrics["trainable_params"],
         "total_params": metrics["total_params"],
-        "train_s": metrics["train_runtime_s"] - metrics.get("eval_time_s", 0.0),
+        "train_s": training_seconds(metrics),
         "eval_accuracy": metrics["eval_accuracy"],
     }
     ctx.results[f"engine:{strategy}"] = {"cfg": cfg, "metrics": metrics, "prepared": prepared}
@@ -716,7 +723,10 @@ def check_qlora(ctx: Context) -> Row:
 
     folder = ctx.work / "models" / "qlora-decoder"
     torch.manual_seed(SEED)
-    LlamaForCausalLM(LlamaConfig(vocab_size=30522, max_position_embeddings=1024, **ctx.scale.qlora_decoder)).save_pretrained(folder)
+    config = LlamaConfig(
+        vocab_size=30522, max_position_embeddings=1024, bos_token_id=101, eos_token_id=102, pad_token_id=0, **ctx.scale.qlora_decoder
+    )
+    LlamaForCausalLM(config).save_pretrained(folder)
     for file in TOKENIZER_FILES:
         shutil.copy(ctx.pack / "tokenizer" / file, folder / file)
     cfg = adapt_config(ctx, {"name": "lora", "qlora": True}, folder, task="causal_lm")
@@ -770,7 +780,7 @@ def check_accelerate(ctx: Context, name: str) -> Row:
         config_file, note = cpu_fsdp_config(ctx), "CPU: fsdp.yaml with fsdp_sync_module_states off; "
     cfg = adapt_config(ctx, {"name": "full_fine_tuning"}, ctx.encoder, launch={"accelerate_config": str(config_file), "num_processes": 1})
     prepared = prepared_copy(ctx, "classification", name)
-    run_dir = ctx.work / "runs" / name
+    run_dir = fresh(ctx.work / "runs" / name)
     spec_path = RunSpec(cfg, prepared, ctx.encoder, run_dir).write()
     log = EventLog()
     stderr_path = run_dir / "stderr.log"
@@ -811,7 +821,7 @@ def check_resume(ctx: Context) -> Row:
     saved = ctx.work / "runs" / "resume-a" / CHECKPOINTS / f"step-{RESUME_AT:07d}"
     if not saved.is_dir():
         return Row("checkpoint resume", FAIL, f"no checkpoint at {saved}")
-    second_dir = ctx.work / "runs" / "resume-b"
+    second_dir = fresh(ctx.work / "runs" / "resume-b")
     shutil.copytree(saved, second_dir / CHECKPOINTS / saved.name)
     second, _ = engine_run(ctx, "resume-b", cfg, prepared, ctx.encoder, run_dir=second_dir)
     step = RESUME_AT + 1
@@ -888,8 +898,8 @@ def run_checks(ctx: Context, only: list[str] | None) -> list[Row]:
         if row.status == FAIL and name in PREREQUISITES:
             print(f"{name} failed: the other checks cannot run", flush=True)
             break
-        gc.collect()
-        if torch.cuda.is_available():
+        if ctx.cuda:  # give the last row's GPU memory back (cycles hold tensors), so the next row's peak is its own
+            gc.collect()
             torch.cuda.empty_cache()
     return rows
 

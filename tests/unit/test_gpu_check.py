@@ -24,13 +24,17 @@ TRAINING_ROWS = (
     "accelerate fsdp",
 )
 CUDA_ONLY_ROWS = ("sft qlora", "accelerate deepspeed_zero2", "accelerate deepspeed_zero3")
-ALL_ROWS = (
+ALL_ROWS = (  # in the order they run: Trainer right after the engine on the same strategy
     "environment",
     "models",
     "warm-up",
-    *TRAINING_ROWS,
-    *(f"Trainer: {s}" for s in STRATEGIES),
-    *CUDA_ONLY_ROWS,
+    *(row for s in STRATEGIES for row in (f"engine: {s}", f"Trainer: {s}")),
+    "sft lora, checkpointing off",
+    "sft lora, checkpointing on",
+    "sft qlora",
+    "accelerate fsdp",
+    "accelerate deepspeed_zero2",
+    "accelerate deepspeed_zero3",
     "checkpoint resume",
     "estimate --gpu h100 vs measured",
 )
