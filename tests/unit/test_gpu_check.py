@@ -14,6 +14,8 @@ from pathlib import Path
 
 import pytest
 
+from bench.gpu_check import accelerate_command
+
 ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "bench" / "gpu_check.py"
 STRATEGIES = ("full_fine_tuning", "partial_fine_tuning", "lora", "transfer_learning")
@@ -114,24 +116,19 @@ def test_the_pack_holds_what_the_gpu_machine_reads(rehearsal):
 
 def test_the_fsdp_row_launches_what_adaptflow_launches(tmp_path):
     """gpu_check cannot import the launcher (it imports Prefect); its command must stay the launcher's."""
-    sys.path.insert(0, str(ROOT / "bench"))
-    try:
-        import gpu_check
-    finally:
-        sys.path.remove(str(ROOT / "bench"))
     from adaptflow.tasks.config import load_config
     from adaptflow.tasks.training.launch import launch_command
 
     config_file = ROOT / "infra" / "accelerate" / "fsdp.yaml"
     cfg = load_config({"launch": {"accelerate_config": str(config_file), "num_processes": 1}})
     spec = tmp_path / "run_spec.json"
-    assert gpu_check.accelerate_command(config_file, spec) == launch_command(cfg, spec)
+    assert accelerate_command(config_file, spec) == launch_command(cfg, spec)
 
 
 def test_a_bare_checkout_imports_as_adaptflow():
     """Without the installed package (no site-packages at all: python -S), the script maps adaptflow.* to the checkout."""
     code = (
-        "import sys; sys.path.insert(0, 'bench'); import gpu_check; gpu_check.ensure_adaptflow(); "
+        "from bench.gpu_check import ensure_adaptflow; ensure_adaptflow(); "
         "import adaptflow.tasks.errors as e, os; print(os.path.realpath(e.__file__))"
     )
     done = subprocess.run([sys.executable, "-S", "-c", code], capture_output=True, text=True, cwd=ROOT, timeout=60)
