@@ -843,7 +843,8 @@ def check_resume(ctx: Context) -> Row:
 
 def check_estimate(ctx: Context) -> Row:
     """compare --estimate --gpu's FLOP projection of the full fine-tuning row against its measured train time."""
-    from adaptflow.tasks.evaluation.cost import GPU_UTILISATION, gpu_seconds, training_flops, training_seconds
+    from adaptflow.tasks.evaluation.compare_config import GPU_UTILISATION
+    from adaptflow.tasks.evaluation.cost import gpu_seconds, training_flops, training_seconds
 
     check = f"estimate --gpu {ctx.gpu} vs measured"
     ours = ctx.results.get("engine:full_fine_tuning")
@@ -939,7 +940,7 @@ def main(argv: list[str] | None = None) -> int:
     started = time.perf_counter()
     import torch
 
-    from adaptflow.tasks.evaluation.cost import GPU_PEAK_TFLOPS
+    from adaptflow.tasks.evaluation.compare_config import GPU_PEAK_TFLOPS
 
     device = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
     if args.gpu not in GPU_PEAK_TFLOPS:
