@@ -201,10 +201,10 @@ def folder_mb(folder: Path) -> float:
 
 def make_pack(dest: Path, wheels: bool, python_version: str = "3.12") -> Path:
     """Write the pack (see the module docstring) into ``dest``; returns it."""
+    from adaptflow.tasks.base_model import offline_copy
     from adaptflow.tasks.config import DEFAULT_MODEL, load_config
     from adaptflow.tasks.data.lm import prepare_lm_data
     from adaptflow.tasks.data.prepare import prepare_data
-    from adaptflow.tasks.modeling import offline_copy
 
     minilm = offline_copy(DEFAULT_MODEL)
     if minilm is None or not minilm.is_dir():
@@ -598,8 +598,9 @@ def check_trainer(ctx: Context, strategy: str) -> Row:
     from accelerate.utils import set_seed
     from transformers import AutoTokenizer, DataCollatorWithPadding, PrinterCallback, Trainer, TrainerCallback, TrainingArguments
 
+    from adaptflow.tasks.base_model import inspect_model
     from adaptflow.tasks.data.store import load_prepared
-    from adaptflow.tasks.modeling import build_classifier, inspect_model
+    from adaptflow.tasks.modeling import build_classifier
     from adaptflow.tasks.strategies import get_strategy
     from adaptflow.tasks.training.engine import pad_multiple, resolve_precision
 
