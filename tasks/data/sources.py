@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING, Any, Literal
 
 from adaptflow.tasks.assets import asset
 from adaptflow.tasks.errors import DataError, Problem
-from adaptflow.tasks.storage.s3 import download_file, download_prefix
 from adaptflow.tasks.storage.settings import S3Settings, is_s3_uri, s3_not_configured
 
 if TYPE_CHECKING:
@@ -198,6 +197,9 @@ def _sha256_folder(folder: Path) -> tuple[str, int]:
 
 def s3_fetcher() -> Fetch:
     """``fetch`` for :func:`prepare_data`: objects and folders (``s3://.../``) from the configured S3."""
+    # boto3 loads only for S3 inputs: the training worker imports this module and must run without it (bench/gpu_check.py)
+    from adaptflow.tasks.storage.s3 import download_file, download_prefix
+
     settings = S3Settings.resolve()
 
     def fetch(uri: str, dest_dir: Path) -> Path:

@@ -30,10 +30,14 @@ from adaptflow.tasks.evaluation.compare_config import (
     BOOTSTRAP_RESAMPLES,
     CURVE_POINTS,
     CURVE_VALIDATION_ROWS,
-    GPU_PEAK_TFLOPS,
-    GPU_UTILISATION,
     SIGNIFICANCE,
     CompareConfig,
+)
+from adaptflow.tasks.evaluation.cost import (  # the cost rules live there (importable without Prefect); re-exported for --estimate
+    examples_per_step,
+    gpu_seconds,  # noqa: F401
+    training_flops,  # noqa: F401
+    training_seconds,  # noqa: F401
 )
 from adaptflow.tasks.strategies import get_strategy
 
@@ -46,11 +50,6 @@ def _updated(cfg: AdaptConfig, training: dict | None = None, strategy: dict | No
 
 
 # ---- budget ----------------------------------------------------------------------------
-
-
-def examples_per_step(cfg: AdaptConfig) -> int:
-    t = cfg.training
-    return t.batch_size * t.gradient_accumulation_steps * cfg.launch.num_processes * cfg.launch.nnodes
 
 
 def backbone_budget(cc: CompareConfig, train_rows: int) -> int | None:
@@ -113,12 +112,6 @@ def budget_sentence(cc: CompareConfig, train_rows: int, plans: Sequence[AdaptCon
     return "; ".join(parts)
 
 
-def training_seconds(metrics: dict[str, Any]) -> float:
-    """A training's time in the table: its loop without the learning curves' validation evaluations, plus transfer
-    learning's feature pass (which also covers the validation and evaluation rows)."""
-    return metrics["train_runtime_s"] - metrics.get("eval_time_s", 0.0)
-
-
 def with_seed(cfg: AdaptConfig, seed_index: int) -> AdaptConfig:
     """The config of the seed_index-th repetition (seed, seed+1, ...)."""
     return cfg if seed_index == 0 else _updated(cfg, {"seed": cfg.training.seed + seed_index})
@@ -173,25 +166,6 @@ def projected_seconds(cfg: AdaptConfig, probe: dict[str, Any], probe_rows: dict[
         else:
             seconds += probe["feature_time_s"] / max(1, probed) * rows
     return min(seconds, cfg.training.time_limit_s + step_s) if cfg.training.time_limit_s else seconds
-
-
-def training_flops(cfg: AdaptConfig, trainable: int, total: int, mean_tokens: dict[str, float], rows: dict[str, int]) -> float:
-    """FLOPs of a strategy's training under the budget (``cfg`` from :func:`with_budget`).
-
-    Per token: 2 x parameters forward; backward 2 x parameters (activation gradients, an
-    upper bound for partial fine-tuning) plus 2 x trainable parameters (weight gradients).
-    Transfer learning: one forward pass over every split's rows (its head is negligible).
-    ``mean_tokens``: tokens per row of each split (the prepared data's manifest).
-    """
-    if get_strategy(cfg.strategy.name).uses_cached_features:
-        return 2.0 * total * sum(mean_tokens[split] * n for split, n in rows.items())
-    trained_rows = (cfg.training.max_steps or 0) * examples_per_step(cfg)
-    return (4.0 * total + 2.0 * trainable) * trained_rows * mean_tokens["train"]
-
-
-def gpu_seconds(flops: float, gpu: str, utilisation: float = GPU_UTILISATION) -> float:
-    """A projection: ``flops`` at ``utilisation`` of the GPU's published peak."""
-    return flops / (GPU_PEAK_TFLOPS[gpu] * 1e12 * utilisation)
 
 
 # ---- search ----------------------------------------------------------------------------
