@@ -37,9 +37,7 @@ from adaptflow.tasks.evaluation.compare import (
     budget_sentence,
     curve_findings,
     curve_view,
-    examples_per_step,
     final_config,
-    gpu_seconds,
     grid,
     learning_curve,
     paired_tests,
@@ -54,8 +52,6 @@ from adaptflow.tasks.evaluation.compare import (
     recommend,
     search_view,
     slug,
-    training_flops,
-    training_seconds,
     trial_config,
     with_budget,
     with_seed,
@@ -72,6 +68,7 @@ from adaptflow.tasks.evaluation.compare_config import (
     load_compare_config,
 )
 from adaptflow.tasks.evaluation.compare_report import folder_size_mb, report_markdown, table_rows
+from adaptflow.tasks.evaluation.cost import examples_per_step, gpu_seconds, training_flops, training_seconds
 from adaptflow.tasks.evaluation.forgetting import forgetting_task
 from adaptflow.tasks.registry.manifest import register_task
 from adaptflow.tasks.training.launch import run_training, train_task

@@ -2,8 +2,8 @@
 
 Plain functions of a run's config and metrics, with no Prefect and no evaluation code, so a
 bare GPU machine can import them (``bench/gpu_check.py`` holds a measured run against the
-projection). ``tasks/evaluation/compare.py`` uses them for ``adaptflow compare --estimate``
-and re-exports them.
+projection). ``flows/compare.py`` and ``tasks/evaluation/compare.py`` use them for
+``adaptflow compare --estimate`` and the budget.
 
 Rules:
 

@@ -14,7 +14,6 @@ from adaptflow.tasks.evaluation.compare import (
     budget_sentence,
     curve_findings,
     final_config,
-    gpu_seconds,
     grid,
     learning_curve,
     mcnemar_midp,
@@ -24,12 +23,12 @@ from adaptflow.tasks.evaluation.compare import (
     probe_config,
     projected_seconds,
     recommend,
-    training_flops,
     trial_config,
     with_budget,
 )
 from adaptflow.tasks.evaluation.compare_config import load_compare_config
 from adaptflow.tasks.evaluation.compare_report import mean_sd
+from adaptflow.tasks.evaluation.cost import gpu_seconds, training_flops
 
 
 def _row(name, acc, time_s, mem, f1=None, p=None):
