@@ -33,12 +33,7 @@ from adaptflow.tasks.evaluation.compare_config import (
     SIGNIFICANCE,
     CompareConfig,
 )
-from adaptflow.tasks.evaluation.cost import (  # the cost rules live there (importable without Prefect); re-exported for --estimate
-    examples_per_step,
-    gpu_seconds,  # noqa: F401
-    training_flops,  # noqa: F401
-    training_seconds,  # noqa: F401
-)
+from adaptflow.tasks.evaluation.cost import examples_per_step
 from adaptflow.tasks.strategies import get_strategy
 
 
