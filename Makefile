@@ -20,18 +20,21 @@ setup-dev: $(VENV)/.installed-dev
 # an unpinned torch would pull the newest CUDA build (GBs). Then the project, held to the releases the suite
 # passed with (constraints.txt), by uv when it can be had (installed into the venv from PyPI in seconds;
 # it resolves and installs about 5x faster than pip), else by pip. ADAPTFLOW_NO_UV=1 forces pip.
+# --compile-bytecode: uv writes no .pyc by default (pip does), and where PYTHONDONTWRITEBYTECODE is set
+# (these machines set it) every process would then compile torch, transformers and Prefect from source
+# again: seconds per `adaptflow` command and per training worker, minutes over the test suite.
 $(VENV)/.installed: pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --disable-pip-version-check torch==2.13.0
 	@if [ -z "$$ADAPTFLOW_NO_UV" ] && { [ -x $(VENV)/bin/uv ] || $(PY) -m pip install --quiet --disable-pip-version-check uv >/dev/null 2>&1; }; \
-	then echo "installing with uv"; $(VENV)/bin/uv pip install --quiet --python $(PY) -c constraints.txt -e .; \
+	then echo "installing with uv"; $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e .; \
 	else echo "installing with pip (uv not available)"; $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e .; fi
 	rm -f $(VENV)/.installed-dev
 	touch $@
 
 $(VENV)/.installed-dev: $(VENV)/.installed
 	@if [ -z "$$ADAPTFLOW_NO_UV" ] && [ -x $(VENV)/bin/uv ]; \
-	then $(VENV)/bin/uv pip install --quiet --python $(PY) -c constraints.txt -e ".[dev]"; \
+	then $(VENV)/bin/uv pip install --quiet --compile-bytecode --python $(PY) -c constraints.txt -e ".[dev]"; \
 	else $(PY) -m pip install --quiet --disable-pip-version-check -c constraints.txt -e ".[dev]"; fi
 	touch $@
 
