@@ -349,6 +349,18 @@ def steady_rate(progress: list[tuple[float, int]]) -> tuple[float, float] | None
     return (n1 - n0, t1 - t0) if t1 > t0 else None
 
 
+def run_figures(ctx, cfg, metrics: dict[str, Any], prepared, log) -> dict[str, Any]:
+    """The figures of one engine run: its loss curve, rate, FLOP/s and MFU, memory, precision and device."""
+    figures = loss_figures([h["train_loss"] for h in metrics["history"]])
+    figures |= ctx.meter.figures(flops_per_example(cfg, metrics, prepared), steady_rate(log.progress()))
+    return figures | {
+        "samples_per_s": metrics["samples_per_s"],
+        "peak_gpu_mb": ctx.meter.peak_gpu_mb(metrics["peak_memory_mb"]),
+        "precision": metrics["mixed_precision"],
+        "device": metrics["device"],
+    }
+
+
 def loss_figures(losses: list[float]) -> dict[str, Any]:
     """The first and last logged training loss (each the mean over one window of steps) and whether it fell."""
     if len(losses) < 2 or not all(math.isfinite(x) for x in losses):
@@ -686,13 +698,7 @@ def check_sft(ctx: Context, checkpointing: bool) -> Row:
     cfg = adapt_config(ctx, {"name": "lora"}, ctx.decoder, task="causal_lm", gradient_checkpointing=checkpointing)
     prepared = prepared_copy(ctx, "sft", f"sft-{checkpointing}")
     metrics, log = engine_run(ctx, f"sft-gc-{'on' if checkpointing else 'off'}", cfg, prepared, ctx.decoder)
-    figures = loss_figures([h["train_loss"] for h in metrics["history"]])
-    figures |= ctx.meter.figures(flops_per_example(cfg, metrics, prepared), steady_rate(log.progress()))
-    figures |= {
-        "samples_per_s": metrics["samples_per_s"],
-        "peak_gpu_mb": ctx.meter.peak_gpu_mb(metrics["peak_memory_mb"]),
-        "precision": metrics["mixed_precision"],
-        "device": metrics["device"],
+    figures = run_figures(ctx, cfg, metrics, prepared, log) | {
         "gradient_checkpointing": checkpointing,
         "eval_perplexity_before": metrics["before"].get("eval_perplexity"),
         "eval_perplexity_after": metrics["after"].get("eval_perplexity"),
@@ -795,15 +801,7 @@ def check_accelerate(ctx: Context, name: str) -> Row:
         tail = " | ".join(stderr_path.read_text().strip().splitlines()[-3:])
         return Row(check, FAIL, f"{note}worker exited {code}: {tail[-400:]}", {"stderr": str(stderr_path)})
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    figures = loss_figures([h["train_loss"] for h in metrics["history"]])
-    figures |= ctx.meter.figures(flops_per_example(cfg, metrics, prepared), steady_rate(log.progress()))
-    figures |= {
-        "samples_per_s": metrics["samples_per_s"],
-        "peak_gpu_mb": ctx.meter.peak_gpu_mb(metrics["peak_memory_mb"]),
-        "precision": metrics["mixed_precision"],
-        "device": metrics["device"],
-        "num_processes": metrics["num_processes"],
-    }
+    figures = run_figures(ctx, cfg, metrics, prepared, log) | {"num_processes": metrics["num_processes"]}
     saved = (run_dir / "model" / "backbone").is_dir()
     problems = [] if figures["loss_falls"] else ["loss did not fall"]
     if not saved:
